@@ -1,0 +1,106 @@
+"""Serve-time engine: a verified bundle + ONNX Runtime encoder + the NumPy kernel.
+
+Used by the service and by offline checks that must give exactly the served answer.
+Imports no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Mapping
+
+import numpy as np
+
+from recsae import BundleError
+from recsae.bundle import Bundle, load_bundle
+from recsae.kernel import Codes, SAEKernel, SteerMode, history_windows, recommend
+
+log = logging.getLogger(__name__)
+
+
+def make_session(path: str, threads: int = 1):
+    """An ONNX Runtime session: CUDA provider first when onnxruntime-gpu sees a GPU."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    try:
+        return ort.InferenceSession(path, sess_options=opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise BundleError(f"cannot load ONNX encoder {path}: {e}; rebuild the bundle") from e
+
+
+class Engine:
+    """Everything a request needs, loaded and checked once."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = None):
+        self.bundle = bundle
+        model = bundle.model
+        self.input_kind: str = model["input_kind"]
+        self.max_len: int = int(model.get("max_len") or 0)
+        self.n_items: int = int(model["n_items"])
+        self.sae = SAEKernel.load(bundle.sae_path)
+        threads = threads or int(os.environ.get("RECSAE_ORT_THREADS", "1"))
+        self.session = make_session(str(bundle.encoder_path), threads)
+        self._check_signature()
+        if self.sae.d_in != bundle.item_emb.shape[1]:
+            raise BundleError(
+                f"SAE input size {self.sae.d_in} != item embedding size {bundle.item_emb.shape[1]}"
+            )
+        self.item_emb = np.ascontiguousarray(bundle.item_emb, dtype=np.float32)
+
+    @classmethod
+    def from_path(cls, path: str, threads: int | None = None) -> "Engine":
+        return cls(load_bundle(path), threads)
+
+    def _check_signature(self) -> None:
+        inputs = self.session.get_inputs()
+        want_rank = 1 if self.input_kind == "user" else 2
+        if len(inputs) != 1 or len(inputs[0].shape) != want_rank or "int64" not in inputs[0].type:
+            got = [(i.name, i.type, i.shape) for i in inputs]
+            raise BundleError(
+                f"ONNX encoder in {self.bundle.path} has input signature {got}; a "
+                f"{self.input_kind!r} model needs one int64 input of rank {want_rank}: rebuild the bundle"
+            )
+        self.input_name = inputs[0].name
+        x = self.session.run(None, {self.input_name: self._dummy()})[0]
+        if x.ndim != 2 or x.shape[1] != self.bundle.item_emb.shape[1]:
+            raise BundleError(f"ONNX encoder output shape {x.shape} does not match the item embeddings")
+
+    def _dummy(self) -> np.ndarray:
+        if self.input_kind == "user":
+            return np.zeros(1, dtype=np.int64)
+        return history_windows([np.zeros(1, np.int64)], self.max_len, self.n_items)
+
+    # -- encoding ---------------------------------------------------------------------------
+    @property
+    def accepts_history(self) -> bool:
+        return self.input_kind == "history"
+
+    def encode_users(self, users: np.ndarray) -> np.ndarray:
+        users = np.asarray(users, dtype=np.int64)
+        if self.input_kind == "user":
+            return self.session.run(None, {self.input_name: users})[0]
+        return self.encode_histories([self.bundle.users.history(int(u)) for u in users])
+
+    def encode_histories(self, histories: list[np.ndarray]) -> np.ndarray:
+        if self.input_kind != "history":
+            raise BundleError("this bundle's model encodes user ids, not histories")
+        windows = history_windows(histories, self.max_len, self.n_items)
+        return self.session.run(None, {self.input_name: windows})[0]
+
+    # -- recommending -----------------------------------------------------------------------
+    def recommend(
+        self,
+        x: np.ndarray,
+        k: int,
+        exclude: list[np.ndarray] | None = None,
+        suppress: Mapping[int, float] | None = None,
+        mode: SteerMode = "error",
+    ) -> tuple[np.ndarray, np.ndarray, Codes, np.ndarray]:
+        return recommend(self.sae, x, self.item_emb, k, exclude=exclude, suppress=suppress, mode=mode)

@@ -1,0 +1,191 @@
+"""The one numerical kernel: SAE encode, suppression, scoring, top-k and concept contributions.
+
+NumPy only. The offline evaluation (fidelity, de-bias sweeps) and the service both call these
+functions, so a served answer equals the offline one by construction.
+
+Decomposition used by explanations, for a user representation ``x`` and item embedding ``e_i``::
+
+    score_i = x . e_i = b_dec . e_i  +  sum_j z_j (W_dec[j] . e_i)  +  (x - x_hat) . e_i
+                        \\ bias /      \\ concept contributions /     \\ error term /
+
+Error-preserving suppression removes only the suppressed latents' terms, so suppressing
+nothing returns exactly the original model's scores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping, NamedTuple
+
+import numpy as np
+
+from recsae import BundleError, ConfigError
+
+SteerMode = Literal["error", "reconstruction"]
+
+
+class Codes(NamedTuple):
+    acts: np.ndarray
+    """(B, k) float32 activations, sorted descending per row; zeros mean 'not firing'."""
+    idx: np.ndarray
+    """(B, k) int64 latent ids matching ``acts``."""
+
+
+class Explanation(NamedTuple):
+    contributions: np.ndarray
+    """(B, k, n) contribution of each active latent (as in ``Codes``) to each listed item."""
+    bias: np.ndarray
+    """(B, n) the decoder bias' share of each item's score."""
+    error: np.ndarray
+    """(B, n) what the SAE does not reconstruct; bias + contributions + error = score."""
+
+
+@dataclass(frozen=True)
+class SAEKernel:
+    W_enc: np.ndarray  # (m, d)
+    b_enc: np.ndarray  # (m,)
+    W_dec: np.ndarray  # (m, d)
+    b_dec: np.ndarray  # (d,)
+    k: int
+
+    @property
+    def n_latents(self) -> int:
+        return self.W_dec.shape[0]
+
+    @property
+    def d_in(self) -> int:
+        return self.W_dec.shape[1]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SAEKernel":
+        """Read ``sae.safetensors`` + ``cfg.json`` as written by ``recsae.sae.TopKSAE.save``."""
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        try:
+            cfg = json.loads((folder / "cfg.json").read_text())
+            t = load_file(str(folder / "sae.safetensors"))
+        except (OSError, ValueError) as e:
+            raise BundleError(f"cannot read SAE weights in {folder}: {e}") from e
+        f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+        return cls(f32(t["W_enc"]), f32(t["b_enc"]), f32(t["W_dec"]), f32(t["b_dec"]), int(cfg["k"]))
+
+    # -- encode / decode ----------------------------------------------------------------------
+    def encode(self, x: np.ndarray) -> Codes:
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        pre = (x - self.b_dec) @ self.W_enc.T + self.b_enc
+        k = self.k
+        idx = np.argpartition(pre, -k, axis=1)[:, -k:]
+        acts = np.take_along_axis(pre, idx, axis=1)
+        order = np.argsort(-acts, axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, axis=1).astype(np.int64)
+        acts = np.maximum(np.take_along_axis(acts, order, axis=1), 0.0).astype(np.float32)
+        return Codes(acts, idx)
+
+    def decode(self, codes: Codes) -> np.ndarray:
+        return np.einsum("bk,bkd->bd", codes.acts, self.W_dec[codes.idx]) + self.b_dec
+
+    # -- steering -----------------------------------------------------------------------------
+    def suppression_weights(self, codes: Codes, suppress: Mapping[int, float]) -> np.ndarray:
+        """(B, k) strength in [0, 1] with which each active latent is suppressed."""
+        w = np.zeros(codes.idx.shape, dtype=np.float32)
+        for latent, strength in suppress.items():
+            if not 0.0 <= strength <= 1.0:
+                raise ConfigError(f"suppression strength for latent {latent} must be in [0, 1]")
+            w[codes.idx == latent] = strength
+        return w
+
+    def steer(
+        self,
+        x: np.ndarray,
+        codes: Codes,
+        suppress: Mapping[int, float] | None = None,
+        mode: SteerMode = "error",
+    ) -> np.ndarray:
+        """The representation with the given latents suppressed.
+
+        ``error`` (default): x - sum_j s_j z_j W_dec[j]; nothing suppressed -> x unchanged.
+        ``reconstruction`` (the paper's): decode with z_j scaled by (1 - s_j); the SAE's
+        reconstruction error is dropped even when nothing is suppressed.
+        """
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        w = self.suppression_weights(codes, suppress or {})
+        if mode == "error":
+            if not w.any():
+                return x
+            removed = np.einsum("bk,bkd->bd", codes.acts * w, self.W_dec[codes.idx])
+            return x - removed
+        if mode == "reconstruction":
+            return self.decode(Codes(codes.acts * (1.0 - w), codes.idx))
+        raise ConfigError(f"unknown steering mode {mode!r}; use 'error' or 'reconstruction'")
+
+    # -- explanation --------------------------------------------------------------------------
+    def explain(self, x: np.ndarray, codes: Codes, item_vectors: np.ndarray) -> Explanation:
+        """Split the scores of listed items into bias, per-latent contributions and error.
+
+        ``item_vectors`` is (B, n, d): the embeddings of the items recommended to each row.
+        Cost is O(B k n d) — independent of the catalogue size.
+        """
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        dirs = self.W_dec[codes.idx]  # (B, k, d)
+        contrib = codes.acts[:, :, None] * np.einsum("bkd,bnd->bkn", dirs, item_vectors)
+        recon = np.einsum("bk,bkd->bd", codes.acts, dirs) + self.b_dec
+        bias = np.einsum("d,bnd->bn", self.b_dec, item_vectors)
+        error = np.einsum("bd,bnd->bn", x - recon, item_vectors)
+        return Explanation(contrib.astype(np.float32), bias, error)
+
+
+def top_items(
+    scores: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k items per row with ``argpartition`` (O(n), not a full sort), best first.
+
+    ``exclude[b]`` lists item ids that must not be recommended to row ``b`` (seen items). The
+    scores array is not modified. Ties are broken by lower item id, deterministically.
+    """
+    scores = np.atleast_2d(scores)
+    b, n = scores.shape
+    if exclude is not None and any(len(e) for e in exclude):
+        scores = scores.copy()
+        for r, e in enumerate(exclude):
+            if len(e):
+                scores[r, e] = -np.inf
+    k = min(k, n)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (b, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    ids = np.take_along_axis(part, order, axis=1)
+    return ids, np.take_along_axis(scores, ids, axis=1)
+
+
+def recommend(
+    sae: SAEKernel,
+    x: np.ndarray,
+    item_emb: np.ndarray,
+    k: int,
+    *,
+    exclude: list[np.ndarray] | None = None,
+    suppress: Mapping[int, float] | None = None,
+    mode: SteerMode = "error",
+) -> tuple[np.ndarray, np.ndarray, Codes, np.ndarray]:
+    """Encode, steer, score all items and take the top-k. Returns (ids, scores, codes, x')."""
+    codes = sae.encode(x)
+    xs = sae.steer(x, codes, suppress, mode)
+    ids, sc = top_items(xs @ item_emb.T, k, exclude)
+    return ids, sc, codes, xs
+
+
+def history_windows(histories: list[np.ndarray], max_len: int, pad: int) -> np.ndarray:
+    """Left-pad (or keep the last ``max_len`` of) each history: int64 ``(B, max_len)``.
+
+    The most recent item is last; ``pad`` (= n_items) fills the front. This is the sequential
+    encoder's input layout, shared by training, export and serving.
+    """
+    out = np.full((len(histories), max_len), pad, dtype=np.int64)
+    for i, h in enumerate(histories):
+        h = np.asarray(h)[-max_len:]
+        if len(h):
+            out[i, max_len - len(h) :] = h
+    return out

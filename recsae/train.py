@@ -1,0 +1,198 @@
+"""Train a TopK SAE on cached activations (a memory-mapped ``.npy``), in large batches.
+
+The reference implementation pushes every batch through the recommender again; here the
+activations are captured once (``capture_activations`` in ``recsae.pipeline``) and the SAE
+trains on the cached matrix, which is what makes an epoch take about a second.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recsae.sae import SAEConfig, TopKSAE
+
+
+@dataclass
+class SAETrainConfig:
+    epochs: int = 30
+    batch_size: int = 2048
+    lr: float = 2e-3
+    lr_warmup_steps: int = 50
+    lr_final_fraction: float = 0.1  # cosine decay to this fraction of lr
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class SAEMetrics:
+    """Quality of an SAE on one activation set; ``dead_ratio`` counts latents firing on none."""
+
+    fvu: float
+    dead_ratio: float
+    mean_l0: float
+    n_samples: int
+    firing_frequency: np.ndarray = field(repr=False)  # per latent, share of samples it fires on
+    mean_activation: np.ndarray = field(repr=False)  # per latent, mean activation when firing
+
+    def as_dict(self) -> dict:
+        return {
+            "fvu": round(self.fvu, 6),
+            "dead_ratio": round(self.dead_ratio, 6),
+            "mean_l0": round(self.mean_l0, 3),
+            "n_samples": self.n_samples,
+        }
+
+
+@dataclass
+class SAETrainResult:
+    sae: TopKSAE
+    train: SAEMetrics
+    heldout: SAEMetrics | None
+    seconds_per_epoch: float
+    samples_per_second: float
+    epochs: int
+    history: list[dict]
+
+    def summary(self) -> dict:
+        out = {
+            "train": self.train.as_dict(),
+            "seconds_per_epoch": round(self.seconds_per_epoch, 4),
+            "samples_per_second": round(self.samples_per_second),
+            "epochs": self.epochs,
+        }
+        if self.heldout is not None:
+            out["heldout"] = self.heldout.as_dict()
+        return out
+
+
+@torch.no_grad()
+def measure(sae: TopKSAE, acts: np.ndarray | torch.Tensor, batch_size: int = 8192) -> SAEMetrics:
+    """FVU, dead ratio, L0 and per-latent statistics of ``sae`` on ``acts``."""
+    x_all = torch.as_tensor(np.asarray(acts), dtype=torch.float32)
+    n, m = len(x_all), sae.cfg.n_latents
+    mean = x_all.mean(0)
+    sq_err = 0.0
+    total = float((x_all - mean).pow(2).sum())
+    counts = torch.zeros(m, dtype=torch.float64)
+    sums = torch.zeros(m, dtype=torch.float64)
+    l0 = 0.0
+    for s in range(0, n, batch_size):
+        x = x_all[s : s + batch_size]
+        acts_, idx = sae.encode(x)
+        recon = sae.decode(acts_, idx)
+        sq_err += float((recon - x).pow(2).sum())
+        fired = acts_ > 0
+        counts.index_add_(0, idx[fired], torch.ones(int(fired.sum()), dtype=torch.float64))
+        sums.index_add_(0, idx[fired], acts_[fired].double())
+        l0 += float(fired.sum())
+    freq = (counts / max(n, 1)).numpy()
+    mean_act = (sums / counts.clamp_min(1)).numpy()
+    return SAEMetrics(
+        fvu=sq_err / max(total, 1e-12),
+        dead_ratio=float((counts == 0).double().mean()),
+        mean_l0=l0 / max(n, 1),
+        n_samples=n,
+        firing_frequency=freq.astype(np.float32),
+        mean_activation=mean_act.astype(np.float32),
+    )
+
+
+def train_sae(
+    train_acts: np.ndarray,
+    cfg: SAEConfig,
+    tcfg: SAETrainConfig | None = None,
+    heldout_acts: np.ndarray | None = None,
+) -> SAETrainResult:
+    """Train a TopK SAE with AuxK on ``train_acts`` (N, d_in); report train and held-out quality."""
+    tcfg = tcfg or SAETrainConfig()
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    torch.manual_seed(tcfg.seed)
+    x_all = torch.as_tensor(np.ascontiguousarray(train_acts), dtype=torch.float32)
+    n = len(x_all)
+    sae = TopKSAE(cfg, seed=tcfg.seed)
+    with torch.no_grad():
+        # b_dec from the data mean; encoder starts as the decoder (rows), scaled so the typical
+        # pre-activation is comparable to the data's spread.
+        sae.b_dec.copy_(x_all.mean(0))
+        # Rescale the encoder so the initial reconstruction has the data's scale: with k unit
+        # decoder rows all firing, the raw transpose init overshoots by roughly a factor k.
+        probe = x_all[torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed))[:4096]]
+        acts, idx = sae.encode(probe)
+        rec = sae.decode(acts, idx) - sae.b_dec
+        target = probe - sae.b_dec
+        s = float((rec * target).sum() / rec.pow(2).sum().clamp_min(1e-12))
+        sae.W_enc.mul_(s)
+
+    opt = torch.optim.Adam(sae.parameters(), lr=tcfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    steps_per_epoch = math.ceil(n / tcfg.batch_size)
+    total_steps = steps_per_epoch * tcfg.epochs
+
+    def lr_at(step: int) -> float:
+        if step < tcfg.lr_warmup_steps:
+            return tcfg.lr * (step + 1) / tcfg.lr_warmup_steps
+        p = (step - tcfg.lr_warmup_steps) / max(1, total_steps - tcfg.lr_warmup_steps)
+        f = tcfg.lr_final_fraction
+        return tcfg.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+    since_fired = torch.zeros(cfg.n_latents, dtype=torch.long)
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    history: list[dict] = []
+    step = 0
+    t_train = 0.0
+    bar = tqdm(range(tcfg.epochs), desc=f"SAE k={cfg.k} m={cfg.n_latents}", disable=not tcfg.progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen)
+        fvu_sum, aux_sum = 0.0, 0.0
+        for s in range(0, n, tcfg.batch_size):
+            x = x_all[perm[s : s + tcfg.batch_size]]
+            dead = since_fired >= cfg.dead_after
+            out = sae(x, dead_mask=dead)
+            loss = out.fvu + cfg.auxk_alpha * out.auxk_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            sae.remove_gradient_parallel_to_decoder_directions()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            opt.step()
+            sae.set_decoder_norm_to_unit_norm()
+            with torch.no_grad():
+                fired = torch.zeros(cfg.n_latents, dtype=torch.bool)
+                fired[out.top_indices[out.top_acts > 0]] = True
+                since_fired += len(x)
+                since_fired[fired] = 0
+            fvu_sum += float(out.fvu.detach()) * len(x)
+            aux_sum += float(out.auxk_loss.detach()) * len(x)
+            step += 1
+        t_train += time.perf_counter() - t0
+        rec = {
+            "epoch": epoch + 1,
+            "train_fvu": fvu_sum / n,
+            "auxk": aux_sum / n,
+            "dead_now": float((since_fired >= cfg.dead_after).float().mean()),
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(rec)
+        bar.set_postfix(fvu=f"{rec['train_fvu']:.4f}", dead=f"{rec['dead_now']:.3f}")
+    sae.eval()
+    return SAETrainResult(
+        sae=sae,
+        train=measure(sae, x_all),
+        heldout=measure(sae, heldout_acts) if heldout_acts is not None and len(heldout_acts) else None,
+        seconds_per_epoch=t_train / max(1, tcfg.epochs),
+        samples_per_second=n * tcfg.epochs / max(t_train, 1e-9),
+        epochs=tcfg.epochs,
+        history=history,
+    )
+
+
+def config_dict(cfg: SAEConfig, tcfg: SAETrainConfig) -> dict:
+    return {"sae": asdict(cfg), "train": asdict(tcfg)}
