@@ -1,0 +1,208 @@
+"""``recsae`` command line: train, interpret, fetch, info, serve.
+
+Errors a user can act on (``RecSAEError``) print one line and exit 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from recsae import RecSAEError
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def default_data_dir() -> str | None:
+    env = os.environ.get("RECSAE_DATA_DIR")
+    if env:
+        return env
+    return str(DEFAULT_DATA_DIR) if DEFAULT_DATA_DIR.is_dir() else None
+
+
+def resolve_dataset(name: str, data_dir: str | None) -> str:
+    """``auto``: the real ml-100k when it is on disk, else the embedded synthetic dataset."""
+    if name != "auto":
+        return name
+    if data_dir and (Path(data_dir) / "ml-100k" / "u.data").is_file():
+        return "ml-100k"
+    return "synthetic"
+
+
+def _parse_kv(items: list[str]) -> dict:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise RecSAEError(f"--set expects KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from recsae.pipeline import JobConfig, run_job
+
+    data_dir = a.data_dir or default_data_dir()
+    cfg = JobConfig(
+        dataset=resolve_dataset(a.dataset, data_dir),
+        data_dir=data_dir,
+        min_rating=a.min_rating,
+        kcore=a.kcore,
+        model=a.model,
+        model_params=_parse_kv(a.model_param),
+        train_params=_parse_kv(a.train_param),
+        expansion=a.expansion,
+        k=a.k,
+        sae_epochs=a.sae_epochs,
+        describer=a.describer,
+        seed=a.seed,
+        threads=a.threads,
+        progress=not a.quiet,
+    )
+    if cfg.k > cfg.expansion * 64 and cfg.model_params.get("d") in (None, 64):
+        pass  # SAEConfig raises a precise error once d is known
+    res = run_job(cfg, a.out, a.work_dir)
+    print_summary(res.summary)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res.summary, indent=2, default=str))
+    return 0
+
+
+def print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    t = Table(title=f"bundle {s['bundle']}  (version {s['version']})")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    rec = s["recommender"].get("test", {})
+    for m in ("HR@10", "NDCG@10", "NDCG@20"):
+        if m in rec:
+            t.add_row(f"recommender test {m}", f"{rec[m]:.4f}")
+    sae = s["sae"]
+    for part in ("train", "heldout"):
+        if part in sae:
+            t.add_row(f"SAE {part} FVU", f"{sae[part]['fvu']:.4f}")
+            t.add_row(f"SAE {part} dead latents", f"{sae[part]['dead_ratio']:.1%}")
+    t.add_row("SAE seconds / epoch", f"{sae['seconds_per_epoch']:.3f}")
+    fid = s["fidelity"]
+    t.add_row("NDCG@10 with reconstruction / original", f"{fid['ndcg10_ratio_reconstruction']:.3f}")
+    t.add_row("ONNX vs PyTorch max abs diff", f"{s['onnx_max_abs_diff']:.2e}")
+    for k, v in (s.get("concepts") or {}).items():
+        if isinstance(v, (int, float)):
+            t.add_row(f"concepts {k}", f"{v:.3f}" if isinstance(v, float) else str(v))
+    for k, v in s["timings_s"].items():
+        t.add_row(f"time {k} (s)", f"{v:.1f}")
+    c.print(t)
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from recsae.bundle import verify_bundle
+
+    m = verify_bundle(a.bundle)
+    print(json.dumps({k: m[k] for k in ("version", "bundle_hash", "model", "sae", "metrics")}, indent=2, default=str))
+    return 0
+
+
+def cmd_fetch(a: argparse.Namespace) -> int:
+    from recsae.data.fetch import fetch_movielens
+
+    path = fetch_movielens(a.name, a.dest, base_url=a.base_url) if a.base_url else fetch_movielens(a.name, a.dest)
+    print(path)
+    return 0
+
+
+def cmd_interpret(a: argparse.Namespace) -> int:
+    from recsae.interpret import reinterpret_bundle
+
+    summary = reinterpret_bundle(a.bundle, describer=a.describer, data_dir=a.data_dir or default_data_dir())
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    """Build a bundle when none exists, then ``bentoml serve`` the service on it."""
+    bundle = Path(a.bundle)
+    if not (bundle / "manifest.json").exists():
+        print(f"no bundle at {bundle}: building one (dataset {a.dataset})", file=sys.stderr)
+        ns = build_parser().parse_args(["train", "--dataset", a.dataset, "--out", str(bundle)])
+        cmd_train(ns)
+    env = dict(os.environ, RECSAE_BUNDLE=str(bundle.resolve()), BENTOML_DO_NOT_TRACK="True")
+    args = [sys.executable, "-m", "bentoml", "serve", "service.service:RecSAEService",
+            "--host", a.host, "--port", str(a.port)]
+    root = Path(__file__).resolve().parents[1]
+    os.chdir(root)
+    os.execvpe(args[0], args, env)
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recsae", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="dataset -> recommender -> SAE -> concepts -> bundle")
+    t.add_argument("--dataset", default="auto", help="ml-100k, ml-1m, ml-latest-small, grocery, synthetic, a folder, or auto")
+    t.add_argument("--data-dir", default=None, help="folder holding the datasets (default: ../shared/data or $RECSAE_DATA_DIR)")
+    t.add_argument("--min-rating", type=float, default=None, help="keep ratings >= this as interactions (default: all)")
+    t.add_argument("--kcore", type=int, default=0)
+    t.add_argument("--model", default="sasrec", choices=["sasrec", "bprmf", "lightgcn"])
+    t.add_argument("--model-param", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--train-param", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--expansion", type=int, default=16, help="latents = expansion x d (default 16)")
+    t.add_argument("-k", "--k", type=int, default=8, help="active latents per sample (default 8)")
+    t.add_argument("--sae-epochs", type=int, default=40)
+    t.add_argument("--describer", default="stats", choices=["stats", "llm", "none"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--out", default="bundles/default")
+    t.add_argument("--work-dir", default=None, help="cache of finished stages (default: next to --out)")
+    t.add_argument("--json", default=None, help="also write the summary here")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("info", help="verify a bundle and print its manifest summary")
+    i.add_argument("bundle")
+    i.set_defaults(func=cmd_info)
+
+    f = sub.add_parser("fetch", help="download a MovieLens dataset (checksum-verified)")
+    f.add_argument("name", choices=["ml-100k", "ml-1m", "ml-latest-small"])
+    f.add_argument("--dest", default="data")
+    f.add_argument("--base-url", default=None)
+    f.set_defaults(func=cmd_fetch)
+
+    it = sub.add_parser("interpret", help="(re)describe the latents of a bundle")
+    it.add_argument("bundle")
+    it.add_argument("--describer", default="stats", choices=["stats", "llm"])
+    it.add_argument("--data-dir", default=None)
+    it.set_defaults(func=cmd_interpret)
+
+    s = sub.add_parser("serve", help="serve a bundle with BentoML (building one if missing)")
+    s.add_argument("--bundle", default="bundles/default")
+    s.add_argument("--dataset", default="auto")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=3000)
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except RecSAEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

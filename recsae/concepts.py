@@ -1,0 +1,93 @@
+"""The concept dictionary: one entry per SAE latent, written by the offline job, read by serving.
+
+Pydantic models are the single source of truth for this file format (``concepts.json`` in a
+bundle) and for the concept part of the service's wire format.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ConceptStatus = Literal["described", "undescribed", "dead"]
+
+
+class Enrichment(BaseModel):
+    """An item or user attribute over-represented where the latent fires."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feature: str = Field(description='"group:value", e.g. "genre:Horror"')
+    lift: float = Field(description="share among activating samples / share in the background")
+    share: float = Field(description="share of activating samples that have the feature")
+    background: float = Field(description="share of all samples that have the feature")
+    count: int = Field(description="activating samples with the feature")
+
+
+class DetectionScore(BaseModel):
+    """How well the description tells activating from non-activating held-out samples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    balanced_accuracy: float
+    auc: float
+    n_positive: int
+    n_negative: int
+
+
+class Evidence(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    top_items: list[str] = Field(default_factory=list, description="titles most associated")
+    enriched: list[Enrichment] = Field(default_factory=list)
+    activation_quantiles: dict[str, float] = Field(default_factory=dict)
+    histogram: list[int] = Field(default_factory=list, description="counts over 20 equal bins")
+    histogram_max: float = 0.0
+    n_activating: int = 0
+
+
+class Concept(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    latent: int
+    status: ConceptStatus
+    description: str | None = None
+    attributes: list[str] = Field(default_factory=list, description="features the description names")
+    confidence: float | None = Field(
+        default=None, description="paper protocol: 5 activating + 5 random, threshold 5 of 10"
+    )
+    detection: DetectionScore | None = None
+    firing_frequency: float = 0.0
+    describer: str | None = None
+    model: str | None = None
+    reason: str | None = Field(default=None, description="why undescribed or dead")
+    evidence: Evidence = Field(default_factory=Evidence)
+
+
+class ConceptDictionary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    describer: str
+    model: str | None = None
+    concepts: list[Concept]
+    summary: dict = Field(default_factory=dict)
+
+    def by_latent(self) -> dict[int, Concept]:
+        return {c.latent: c for c in self.concepts}
+
+
+def placeholder_dictionary(firing_frequency, reason: str = "not interpreted yet") -> ConceptDictionary:
+    """Every latent marked (dead if it never fired), for bundles built without interpretation."""
+    return ConceptDictionary(
+        describer="none",
+        concepts=[
+            Concept(
+                latent=j,
+                status="dead" if f == 0 else "undescribed",
+                firing_frequency=float(f),
+                reason="never fires on the reference activations" if f == 0 else reason,
+            )
+            for j, f in enumerate(firing_frequency)
+        ],
+    )

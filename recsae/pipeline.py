@@ -1,0 +1,394 @@
+"""The offline job: dataset -> recommender -> activations -> SAE -> concepts -> bundle.
+
+Every stage caches its output in a work directory keyed by the settings that made it, so a
+re-run with the same settings skips finished stages (resume after an interruption) and a
+changed setting recomputes only what depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsae import ConfigError
+from recsae.bundle import Catalog, UserTable, write_bundle
+from recsae.concepts import ConceptDictionary, placeholder_dictionary
+from recsae.data import Dataset, Split, leave_one_out
+from recsae.evaluate import evaluate_reps, eval_users
+from recsae.kernel import Codes, SAEKernel, history_windows, top_items
+from recsae.sae import SAEConfig, TopKSAE
+from recsae.train import SAETrainConfig, SAETrainResult, measure, train_sae
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobConfig:
+    """Settings of one offline run. Defaults: SASRec d=64, SAE k=8 x 1,024 latents (see README)."""
+
+    dataset: str = "ml-100k"
+    data_dir: str | None = None
+    min_rating: float | None = None
+    kcore: int = 0
+    model: str = "sasrec"
+    model_params: dict = field(default_factory=dict)
+    train_params: dict = field(default_factory=dict)
+    expansion: int = 16
+    k: int = 8
+    sae_epochs: int = 40
+    sae_batch_size: int = 2048
+    sae_lr: float = 2e-3
+    heldout_fraction: float = 0.1
+    describer: str = "stats"  # "stats" | "llm" | "none"
+    llm: dict = field(default_factory=dict)
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+    def key(self, *names: str) -> str:
+        d = asdict(self)
+        return hashlib.sha256(json.dumps({n: d[n] for n in names}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+DATA_KEYS = ("dataset", "data_dir", "min_rating", "kcore")
+MODEL_KEYS = DATA_KEYS + ("model", "model_params", "train_params", "seed")
+SAE_KEYS = MODEL_KEYS + ("expansion", "k", "sae_epochs", "sae_batch_size", "sae_lr", "heldout_fraction")
+
+
+# -- data --------------------------------------------------------------------------------------
+def load_data(cfg: JobConfig) -> Dataset:
+    from recsae.data.loaders import load_dataset
+
+    return load_dataset(cfg.dataset, data_dir=cfg.data_dir, min_rating=cfg.min_rating, kcore=cfg.kcore)
+
+
+# -- recommender ---------------------------------------------------------------------------------
+def train_recommender(cfg: JobConfig, split: Split, work: Path) -> tuple[Any, dict]:
+    """Train (or reload from the work directory) the recommender; returns (model, metrics)."""
+    from models import MODELS
+    from models.training import TrainConfig, fit
+
+    if cfg.model not in MODELS:
+        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {sorted(MODELS)}")
+    cls = MODELS[cfg.model]
+    ckpt, meta_path = work / "recommender.pt", work / "recommender.json"
+    if ckpt.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        model = cls.from_config(meta["config"])
+        model.load_state_dict(torch.load(ckpt, weights_only=True))
+        model.eval()
+        log.info("reusing trained recommender from %s", ckpt)
+        return model, meta["metrics"]
+    torch.manual_seed(cfg.seed)
+    model = cls.for_split(split, **cfg.model_params)
+    tcfg = TrainConfig.for_model(cfg.model, seed=cfg.seed, progress=cfg.progress, **cfg.train_params)
+    result = fit(model, split, tcfg)
+    model.eval()
+    metrics = {k: v for k, v in result.to_dict().items() if k != "history"}
+    metrics["test"] = evaluate_model(model, split, "test")
+    tmp = ckpt.with_suffix(".pt.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(ckpt)
+    meta_path.write_text(json.dumps({"config": model.config(), "metrics": metrics}, indent=2))
+    return model, metrics
+
+
+@torch.no_grad()
+def represent(model, split: Split, users: np.ndarray, stage: str, batch: int = 1024) -> np.ndarray:
+    out = [
+        model.represent(model.encoder_inputs(split, users[s : s + batch], stage)).numpy()
+        for s in range(0, len(users), batch)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
+
+
+@torch.no_grad()
+def item_embeddings(model) -> np.ndarray:
+    return model.item_embeddings().detach().numpy().astype(np.float32)
+
+
+def evaluate_model(model, split: Split, stage: str) -> dict:
+    users = eval_users(split, stage)
+    return evaluate_reps(represent(model, split, users, stage), item_embeddings(model), split, users, stage)
+
+
+# -- activations ---------------------------------------------------------------------------------
+@dataclass
+class Activations:
+    """Captured representations: SAE training rows and held-out rows, with where they came from.
+
+    ``*_windows`` hold each row's history window (sequential models) so interpretation can show
+    the sequences a latent fires on; for user-based models the window is the user's last items.
+    """
+
+    train: np.ndarray
+    heldout: np.ndarray
+    train_users: np.ndarray
+    heldout_users: np.ndarray
+    train_windows: np.ndarray
+    heldout_windows: np.ndarray
+
+
+def _positions(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(user, t) for every prefix train[:t] with t >= 1 of every training sequence."""
+    users, ts = [], []
+    for u, seq in enumerate(split.train):
+        if len(seq) > 1:
+            t = np.arange(1, len(seq))
+            users.append(np.full(len(t), u))
+            ts.append(t)
+    return np.concatenate(users).astype(np.int64), np.concatenate(ts).astype(np.int64)
+
+
+@torch.no_grad()
+def capture_activations(model, split: Split, cfg: JobConfig, work: Path) -> Activations:
+    """Capture once into memory-mapped ``.npy`` files (reused when already complete).
+
+    Sequential models: one row per prefix of every training sequence (the paper's training
+    samples, ~98k on ml-100k); a random ``heldout_fraction`` of them plus every evaluated user's
+    dev and test input is held out from SAE training. User-based models: one row per user (the
+    representation exists only per user); ``heldout_fraction`` of users held out.
+    """
+    folder = work / f"activations-{cfg.key(*MODEL_KEYS, 'heldout_fraction')}"
+    done = folder / "DONE"
+    names = ["train", "heldout", "train_users", "heldout_users", "train_windows", "heldout_windows"]
+    if done.exists():
+        return Activations(*[np.load(folder / f"{n}.npy", mmap_mode="r") for n in names])
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(cfg.seed)
+    L = getattr(model, "max_len", None) if model.input_kind == "history" else None
+    win_len = L or 20
+
+    if model.input_kind == "history":
+        users, ts = _positions(split)
+        hold = rng.random(len(users)) < cfg.heldout_fraction
+        windows = history_windows([split.train[u][:t] for u, t in zip(users, ts)], win_len, split.n_items)
+        extra_users, extra_windows = [], []
+        for stage in ("dev", "test"):
+            eu = eval_users(split, stage)
+            extra_users.append(eu)
+            extra_windows.append(
+                history_windows([split.history(int(u), stage) for u in eu], win_len, split.n_items)
+            )
+        parts = {
+            "train": (users[~hold], windows[~hold]),
+            "heldout": (
+                np.concatenate([users[hold], *extra_users]),
+                np.concatenate([windows[hold], *extra_windows]),
+            ),
+        }
+    else:
+        all_users = np.arange(split.n_users)
+        hold = rng.random(len(all_users)) < cfg.heldout_fraction
+        windows = history_windows([split.train[u] for u in all_users], win_len, split.n_items)
+        parts = {"train": (all_users[~hold], windows[~hold]), "heldout": (all_users[hold], windows[hold])}
+
+    from tqdm.auto import tqdm
+
+    for name, (us, ws) in parts.items():
+        acts = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=(len(us), model.dim))
+        for s in tqdm(range(0, len(us), 4096), desc=f"capture {name}", disable=not cfg.progress):
+            if model.input_kind == "history":
+                inp = torch.from_numpy(ws[s : s + 4096])
+            else:
+                inp = torch.from_numpy(us[s : s + 4096].astype(np.int64))
+            acts[s : s + len(inp)] = model.represent(inp).numpy()
+        acts.flush()
+        del acts
+        np.save(folder / f"{name}_users.npy", us)
+        np.save(folder / f"{name}_windows.npy", ws)
+    done.write_text("ok")
+    return Activations(*[np.load(folder / f"{n}.npy", mmap_mode="r") for n in names])
+
+
+# -- SAE -----------------------------------------------------------------------------------------
+def fit_sae(cfg: JobConfig, acts: Activations, work: Path) -> tuple[TopKSAE, dict]:
+    folder = work / f"sae-{cfg.key(*SAE_KEYS)}"
+    if (folder / "metrics.json").exists():
+        return TopKSAE.load(folder), json.loads((folder / "metrics.json").read_text())
+    sae_cfg = SAEConfig(d_in=acts.train.shape[1], expansion=cfg.expansion, k=cfg.k)
+    tcfg = SAETrainConfig(
+        epochs=cfg.sae_epochs, batch_size=cfg.sae_batch_size, lr=cfg.sae_lr, seed=cfg.seed,
+        progress=cfg.progress,
+    )
+    res: SAETrainResult = train_sae(np.asarray(acts.train), sae_cfg, tcfg, np.asarray(acts.heldout))
+    metrics = res.summary()
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    res.sae.save(tmp)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return res.sae, metrics
+
+
+def kernel_of(sae: TopKSAE) -> SAEKernel:
+    f = lambda t: t.detach().numpy().astype(np.float32)  # noqa: E731
+    return SAEKernel(f(sae.W_enc), f(sae.b_enc), f(sae.W_dec), f(sae.b_dec), sae.cfg.k)
+
+
+def fidelity(model, split: Split, kernel: SAEKernel) -> dict:
+    """Test metrics with the SAE in the path, against the original model.
+
+    - ``reconstruction``: x replaced by the SAE's reconstruction (the paper's setting);
+    - ``error_preserving_none``: error-preserving mode with nothing suppressed (must equal the
+      original exactly: the service's default path);
+    - ``suppress_top1_*``: each user's strongest latent suppressed, in both modes, with the
+      overlap of the top-10 list against the original model's.
+    """
+    users = eval_users(split, "test")
+    x = represent(model, split, users, "test")
+    emb = item_embeddings(model)
+    codes = kernel.encode(x)
+    base = evaluate_reps(x, emb, split, users, "test")
+    recon = evaluate_reps(kernel.decode(codes), emb, split, users, "test")
+    top1 = Codes(codes.acts, codes.idx)
+    supp_err = x - top1.acts[:, :1] * kernel.W_dec[top1.idx[:, 0]]
+    recon_mask = codes.acts.copy()
+    recon_mask[:, 0] = 0
+    supp_rec = kernel.decode(Codes(recon_mask, codes.idx))
+    hist = [split.history(int(u), "test") for u in users]
+    ref_top, _ = top_items(x @ emb.T, 10, hist)
+
+    def overlap(xs: np.ndarray) -> float:
+        top, _ = top_items(xs @ emb.T, 10, hist)
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, ref_top)]))
+
+    m = "NDCG@10"
+    return {
+        "original": base,
+        "reconstruction": recon,
+        "ndcg10_ratio_reconstruction": recon[m] / max(base[m], 1e-12),
+        "error_preserving_none_equal": bool(np.array_equal(kernel.steer(x, codes, {}), x)),
+        "overlap10_reconstruction": overlap(kernel.decode(codes)),
+        "overlap10_suppress_top1_error_preserving": overlap(supp_err),
+        "overlap10_suppress_top1_reconstruction": overlap(supp_rec),
+        "ndcg10_suppress_top1_error_preserving": evaluate_reps(supp_err, emb, split, users, "test")[m],
+        "ndcg10_suppress_top1_reconstruction": evaluate_reps(supp_rec, emb, split, users, "test")[m],
+    }
+
+
+# -- the job -------------------------------------------------------------------------------------
+@dataclass
+class JobResult:
+    bundle: Path
+    summary: dict
+
+
+def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None) -> JobResult:
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    work_root = Path(work_dir) if work_dir else out.parent / ".recsae-work"
+    work = work_root / f"{cfg.dataset.replace('/', '_')}-{cfg.model}-{cfg.key(*MODEL_KEYS)}"
+    work.mkdir(parents=True, exist_ok=True)
+
+    def lap(name: str, t: float) -> float:
+        now = time.perf_counter()
+        timings[name] = round(now - t, 2)
+        return now
+
+    t = time.perf_counter()
+    ds = load_data(cfg)
+    split = leave_one_out(ds)
+    t = lap("data", t)
+    model, rec_metrics = train_recommender(cfg, split, work)
+    t = lap("recommender", t)
+    acts = capture_activations(model, split, cfg, work)
+    t = lap("capture", t)
+    sae, sae_metrics = fit_sae(cfg, acts, work)
+    kernel = kernel_of(sae)
+    t = lap("sae", t)
+    fid = fidelity(model, split, kernel)
+    t = lap("fidelity", t)
+
+    serve_users = np.arange(split.n_users)
+    serve_x = represent(model, split, serve_users, "serve")
+    ref = measure(sae, serve_x)
+    concepts = interpret_concepts(cfg, ds, split, model, kernel, acts, work)
+    t = lap("interpret", t)
+
+    def fill(tmp: Path) -> dict:
+        from models.base import check_onnx, export_onnx
+
+        export_onnx(model, tmp / "encoder.onnx")
+        onnx_diff = check_onnx(model, tmp / "encoder.onnx")
+        if onnx_diff > 1e-4:
+            raise RuntimeError(f"ONNX encoder differs from PyTorch by {onnx_diff:.2e} (> 1e-4)")
+        np.save(tmp / "item_embeddings.npy", item_embeddings(model))
+        sae.save(tmp / "sae")
+        np.savez(
+            tmp / "reference_stats.npz",
+            firing_frequency=ref.firing_frequency,
+            mean_activation=ref.mean_activation,
+            n_samples=np.int64(ref.n_samples),
+        )
+        (tmp / "concepts.json").write_text(concepts.model_dump_json(indent=1))
+        catalog = Catalog(
+            item_ids=[str(i) for i in ds.item_ids],
+            titles=list(ds.item_titles),
+            feature_names=list(ds.item_features.names),
+            item_features=[np.flatnonzero(r).tolist() for r in ds.item_features.matrix],
+            popularity=np.bincount(np.concatenate(split.train), minlength=ds.n_items),
+        )
+        (tmp / "catalog.json").write_text(json.dumps(catalog.to_json()))
+        UserTable.from_histories(ds.user_ids, [split.full_history(u) for u in range(split.n_users)]).save(
+            tmp / "users.npz"
+        )
+        return {
+            "model": {
+                "name": cfg.model,
+                "kind": model.kind,
+                "input_kind": model.input_kind,
+                "d": int(model.dim),
+                "max_len": int(model.max_len) if model.input_kind == "history" else None,
+                "n_items": int(ds.n_items),
+                "n_users": int(ds.n_users),
+                "config": model.config(),
+            },
+            "dataset": {**ds.summary(), "meta": ds.meta},
+            "sae": {"k": cfg.k, "expansion": cfg.expansion, "n_latents": sae.cfg.n_latents},
+            "settings": asdict(cfg),
+            "reference_stats": {"source": "serve-stage representation of every user", **ref.as_dict()},
+            "metrics": {
+                "recommender": rec_metrics,
+                "sae": sae_metrics,
+                "fidelity": fid,
+                "onnx_max_abs_diff": onnx_diff,
+                "concepts": concepts.summary,
+            },
+        }
+
+    bundle = write_bundle(out, fill)
+    lap("bundle", t)
+    timings["total"] = round(time.perf_counter() - t0, 2)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    summary = {"bundle": str(bundle), "version": manifest["version"], "timings_s": timings, **manifest["metrics"]}
+    return JobResult(bundle, summary)
+
+
+def interpret_concepts(cfg, ds, split, model, kernel, acts, work) -> ConceptDictionary:
+    """Describe every latent (``recsae.interpret``); a placeholder dictionary when disabled."""
+    if cfg.describer == "none":
+        return placeholder_dictionary(measure_freq(kernel, acts.heldout), reason="describer disabled")
+    from recsae.interpret import describe_bundle_latents
+
+    return describe_bundle_latents(cfg, ds, split, model, kernel, acts, work)
+
+
+def measure_freq(kernel: SAEKernel, x: np.ndarray) -> np.ndarray:
+    codes = kernel.encode(np.asarray(x))
+    counts = np.bincount(codes.idx[codes.acts > 0], minlength=kernel.n_latents)
+    return counts / max(1, len(x))
