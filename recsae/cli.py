@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-param", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--expansion", type=int, default=16, help="latents = expansion x d (default 16)")
     t.add_argument("-k", "--k", type=int, default=8, help="active latents per sample (default 8)")
-    t.add_argument("--sae-epochs", type=int, default=40)
+    t.add_argument("--sae-epochs", type=int, default=30)
     t.add_argument("--describer", default="stats", choices=["stats", "llm", "none"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None)

@@ -44,7 +44,7 @@ class JobConfig:
     train_params: dict = field(default_factory=dict)
     expansion: int = 16
     k: int = 8
-    sae_epochs: int = 40
+    sae_epochs: int = 30
     sae_batch_size: int = 2048
     sae_lr: float = 2e-3
     heldout_fraction: float = 0.1

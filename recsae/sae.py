@@ -114,6 +114,7 @@ class TopKSAE(nn.Module):
         self.W_enc = nn.Parameter(w.clone())
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.k_override: int | None = None  # training-time k annealing (see SAETrainConfig)
 
     # -- core -------------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -130,7 +131,7 @@ class TopKSAE(nn.Module):
         ) + self.b_dec
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
-        acts, idx = _TopKEncode.apply(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
+        acts, idx = _TopKEncode.apply(x, self.W_enc, self.b_enc, self.b_dec, self.k_override or self.cfg.k)
         recon = self.decode(acts, idx)
         err = recon - x
         total_var = (x - x.mean(0)).pow(2).sum()
@@ -147,7 +148,10 @@ class TopKSAE(nn.Module):
             # Residual to explain: stop-gradient through the main reconstruction.
             aux_recon = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_acts, mode="sum")
             residual = (x - recon).detach()
-            auxk_loss = (aux_recon - residual).pow(2).sum() / total_var.clamp_min(1e-12)
+            # Normalised by the residual's own variance (an FVU of the residual), so the signal
+            # does not vanish as the main reconstruction improves.
+            resid_var = (residual - residual.mean(0)).pow(2).sum()
+            auxk_loss = (aux_recon - residual).pow(2).sum() / resid_var.clamp_min(1e-12)
         return ForwardOutput(recon, acts, idx, fvu, auxk_loss)
 
     # -- decoder norm constraint ------------------------------------------------------------

@@ -28,6 +28,17 @@ class SAETrainConfig:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
+    # Start with k_start_factor * k active latents and anneal linearly to k over this share of
+    # the steps: early on every latent gets gradient, which keeps far fewer of them dead.
+    k_anneal_fraction: float = 0.0
+    k_start_factor: int = 4
+    # "data": decoder rows start at random centred training samples (normalised), so each latent
+    # begins in a populated region; "random": isotropic Gaussian directions.
+    init: str = "data"
+    # After each of the first ``resample_until`` share of epochs, latents that have not fired
+    # for ``SAEConfig.dead_after`` samples are re-initialised towards poorly reconstructed
+    # samples (Bricken et al. 2023). AuxK alone could not revive them at d=64 (see README).
+    resample_until: float = 0.9
 
 
 @dataclass
@@ -122,6 +133,13 @@ def train_sae(
         # b_dec from the data mean; encoder starts as the decoder (rows), scaled so the typical
         # pre-activation is comparable to the data's spread.
         sae.b_dec.copy_(x_all.mean(0))
+        if tcfg.init == "data":
+            pick = torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed + 1))
+            rows = x_all[pick[: cfg.n_latents] % n] - sae.b_dec
+            rows = rows + 1e-3 * torch.randn_like(rows)
+            rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            sae.W_dec.copy_(rows)
+            sae.W_enc.copy_(rows)
         # Rescale the encoder so the initial reconstruction has the data's scale: with k unit
         # decoder rows all firing, the raw transpose init overshoots by roughly a factor k.
         probe = x_all[torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed))[:4096]]
@@ -155,6 +173,12 @@ def train_sae(
         for s in range(0, n, tcfg.batch_size):
             x = x_all[perm[s : s + tcfg.batch_size]]
             dead = since_fired >= cfg.dead_after
+            anneal_steps = tcfg.k_anneal_fraction * total_steps
+            if step < anneal_steps:
+                f = 1 - step / anneal_steps
+                sae.k_override = int(round(cfg.k * (1 + (tcfg.k_start_factor - 1) * f)))
+            else:
+                sae.k_override = None
             out = sae(x, dead_mask=dead)
             loss = out.fvu + cfg.auxk_alpha * out.auxk_loss
             opt.zero_grad(set_to_none=True)
@@ -172,12 +196,18 @@ def train_sae(
             fvu_sum += float(out.fvu.detach()) * len(x)
             aux_sum += float(out.auxk_loss.detach()) * len(x)
             step += 1
+        if epoch + 1 < tcfg.epochs * tcfg.resample_until:
+            n_res = resample_dead(sae, opt, x_all, since_fired >= cfg.dead_after, gen)
+            since_fired[since_fired >= cfg.dead_after] = 0 if n_res else since_fired[since_fired >= cfg.dead_after]
+        else:
+            n_res = 0
         t_train += time.perf_counter() - t0
         rec = {
             "epoch": epoch + 1,
             "train_fvu": fvu_sum / n,
             "auxk": aux_sum / n,
             "dead_now": float((since_fired >= cfg.dead_after).float().mean()),
+            "resampled": n_res,
             "seconds": time.perf_counter() - t0,
         }
         history.append(rec)
@@ -192,6 +222,34 @@ def train_sae(
         epochs=tcfg.epochs,
         history=history,
     )
+
+
+@torch.no_grad()
+def resample_dead(
+    sae: TopKSAE, opt: torch.optim.Optimizer, x_all: torch.Tensor, dead: torch.Tensor, gen: torch.Generator
+) -> int:
+    """Point dead latents at the residuals of badly reconstructed samples; reset their Adam state."""
+    dead_ids = dead.nonzero().squeeze(1)
+    if len(dead_ids) == 0:
+        return 0
+    probe = x_all[torch.randperm(len(x_all), generator=gen)[: max(8192, 4 * len(dead_ids))]]
+    out = sae(probe)
+    resid = probe - out.recon
+    loss = resid.pow(2).sum(1)
+    pick = torch.multinomial(loss / loss.sum(), len(dead_ids), replacement=len(dead_ids) > len(probe), generator=gen)
+    dirs = resid[pick]
+    dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    alive = ~dead
+    enc_norm = float(sae.W_enc[alive].norm(dim=1).mean()) if alive.any() else 1.0
+    sae.W_dec[dead_ids] = dirs
+    sae.W_enc[dead_ids] = dirs * enc_norm
+    sae.b_enc[dead_ids] = float(sae.b_enc[alive].mean()) if alive.any() else 0.0
+    for p in (sae.W_dec, sae.W_enc, sae.b_enc):
+        st = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in st:
+                st[key][dead_ids] = 0.0
+    return len(dead_ids)
 
 
 def config_dict(cfg: SAEConfig, tcfg: SAETrainConfig) -> dict:

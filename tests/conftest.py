@@ -22,3 +22,38 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} is absent (set RECSAE_DATA_DIR to run this test)")
     return path
+
+
+# A small but real bundle (SASRec on ml-100k, few epochs), built once per session through the
+# offline job itself and cached across sessions in .pytest-bundles/ keyed by the job settings.
+# Tests that need a served model use it; the offline-job tests check the full-size numbers.
+BUNDLE_CACHE = REPO_ROOT / ".pytest-bundles"
+
+
+def build_small_bundle(data_dir: Path, name: str = "ml100k-sasrec", describer: str = "stats", **overrides):
+    from recsae.pipeline import JobConfig, run_job
+
+    cfg = JobConfig(
+        dataset="ml-100k",
+        data_dir=str(data_dir),
+        model="sasrec",
+        train_params={"epochs": 4, "patience": 4},
+        expansion=8,
+        k=8,
+        sae_epochs=6,
+        describer=describer,
+        seed=0,
+        progress=False,
+    )
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    out = BUNDLE_CACHE / f"{name}-{cfg.key(*cfg.__dataclass_fields__)}"
+    if not (out / "manifest.json").exists():
+        run_job(cfg, out, BUNDLE_CACHE / "work")
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_bundle(data_dir: Path) -> Path:
+    """Path of a verified bundle: SASRec on ml-100k, SAE k=8 x 512 latents, stats concepts."""
+    return build_small_bundle(data_dir)

@@ -1,0 +1,125 @@
+"""TopK SAE invariants, the sparse backward, AuxK, persistence, and the NumPy kernel's equality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsae import ConfigError
+from recsae.kernel import SAEKernel
+from recsae.sae import SAEConfig, TopKSAE
+from recsae.train import SAETrainConfig, measure, train_sae
+
+
+def sparse_data(n: int, d: int, n_atoms: int, active: int, seed: int = 0) -> np.ndarray:
+    """Samples that are sparse non-negative combinations of random unit atoms (ground truth)."""
+    rng = np.random.default_rng(seed)
+    atoms = rng.standard_normal((n_atoms, d)).astype(np.float32)
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    idx = rng.integers(0, n_atoms, (n, active))
+    w = rng.exponential(1.0, (n, active)).astype(np.float32)
+    return (atoms[idx] * w[..., None]).sum(1) + 0.01 * rng.standard_normal((n, d)).astype(np.float32)
+
+
+def test_k_larger_than_latent_count_is_a_clear_error():
+    with pytest.raises(ConfigError, match="k=600 must be between 1 and the latent count 512"):
+        SAEConfig(d_in=64, expansion=8, k=600)
+
+
+def test_exactly_k_active_and_unit_norm_decoder_after_training():
+    x = sparse_data(4000, 16, 40, 3)
+    res = train_sae(x, SAEConfig(d_in=16, expansion=4, k=5), SAETrainConfig(epochs=3, batch_size=256, progress=False))
+    sae = res.sae
+    norms = sae.W_dec.detach().norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    acts, idx = sae.encode(torch.as_tensor(x[:100]))
+    assert acts.shape == (100, 5) and idx.shape == (100, 5)
+    # k distinct latents per sample, all non-negative
+    assert all(len(set(r.tolist())) == 5 for r in idx)
+    assert bool((acts >= 0).all())
+    assert res.train.mean_l0 <= 5.0
+
+
+def test_sparse_backward_matches_dense_autograd():
+    torch.manual_seed(0)
+    sae = TopKSAE(SAEConfig(d_in=8, expansion=4, k=3)).double()
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_()
+    x = torch.randn(7, 8, dtype=torch.double)
+    sae(x).fvu.backward()
+    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    pre = sae.pre_acts(x)  # dense reference path
+    a, i = pre.topk(3, dim=-1)
+    fvu = (sae.decode(a, i) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    fvu.backward()
+    for n, p in sae.named_parameters():
+        assert torch.allclose(p.grad, fast[n], atol=1e-10), n
+
+
+def test_training_reduces_fvu_on_planted_sparse_data():
+    x = sparse_data(6000, 16, 32, 2, seed=1)
+    res = train_sae(x[:5000], SAEConfig(d_in=16, expansion=4, k=4), SAETrainConfig(epochs=15, batch_size=256, progress=False), x[5000:])
+    assert res.heldout is not None
+    assert res.heldout.fvu < 0.1, res.summary()
+    untrained = measure(TopKSAE(SAEConfig(d_in=16, expansion=4, k=4)), x[5000:])
+    assert res.heldout.fvu < 0.5 * untrained.fvu
+
+
+def _trapped_run(alpha: float, resample_until: float = 0.0) -> float:
+    """Train with half the latents trapped behind a large negative encoder bias.
+
+    Many true atoms per sample (12 of 256) leave a large residual made of real features, the
+    regime where AuxK can revive latents (with few strong atoms the k-th activation is too high
+    for a latent trained on the residual ever to win; see README, "dead latents").
+    """
+    x = sparse_data(8000, 32, 256, 12, seed=2)
+    cfg = SAEConfig(d_in=32, expansion=8, k=4, dead_after=1000, auxk_alpha=alpha, aux_k=16)
+    tcfg = SAETrainConfig(epochs=12, batch_size=256, progress=False, resample_until=resample_until, init="random", seed=3)
+    orig_init = TopKSAE.__init__
+
+    def trapped_init(self, cfg_, *, seed=0):
+        orig_init(self, cfg_, seed=seed)
+        with torch.no_grad():
+            self.b_enc[cfg_.n_latents // 2 :] = -3.0
+
+    TopKSAE.__init__ = trapped_init
+    try:
+        return train_sae(x, cfg, tcfg).train.dead_ratio
+    finally:
+        TopKSAE.__init__ = orig_init
+
+
+def test_auxk_revives_dead_latents_in_a_trap():
+    without = _trapped_run(alpha=0.0)
+    with_aux = _trapped_run(alpha=1 / 32)
+    assert without >= 0.45, f"the case should leave the trapped half dead without AuxK (got {without:.2f})"
+    assert with_aux < without - 0.1, (without, with_aux)
+
+
+def test_resampling_revives_trapped_latents():
+    assert _trapped_run(alpha=1 / 32, resample_until=0.9) < 0.05
+
+
+def test_save_load_and_numpy_kernel_agree_with_torch(tmp_path):
+    x = sparse_data(3000, 16, 40, 3)
+    sae = train_sae(x, SAEConfig(d_in=16, expansion=4, k=5), SAETrainConfig(epochs=2, batch_size=256, progress=False)).sae
+    sae.save(tmp_path / "sae")
+    again = TopKSAE.load(tmp_path / "sae")
+    kern = SAEKernel.load(tmp_path / "sae")
+    xt = torch.as_tensor(x[:64])
+    with torch.no_grad():
+        a1, i1 = sae.encode(xt)
+        a2, i2 = again.encode(xt)
+        r1 = sae.decode(a1, i1).numpy()
+    assert torch.equal(a1, a2) and torch.equal(i1, i2)
+    codes = kern.encode(x[:64])
+    # same support and values (the kernel sorts by activation)
+    for b in range(64):
+        t = dict(zip(i1[b].tolist(), a1[b].tolist()))
+        k = dict(zip(codes.idx[b].tolist(), codes.acts[b].tolist()))
+        assert set(t) == set(k)
+        assert np.allclose([t[j] for j in k], list(k.values()), atol=1e-5)
+    assert np.allclose(kern.decode(codes), r1, atol=1e-5)
