@@ -1,0 +1,131 @@
+"""The NumPy kernel (steering, explanation, top-k) and bundle writing/verification."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from recsae import BundleError
+from recsae.bundle import load_bundle, sha256_file, verify_bundle, write_bundle
+from recsae.kernel import SAEKernel, history_windows, recommend, top_items
+
+
+def random_kernel(m=32, d=8, k=4, seed=0) -> SAEKernel:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((m, d)).astype(np.float32)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    return SAEKernel(w.copy(), rng.normal(0, 0.1, m).astype(np.float32), w, rng.normal(0, 0.1, d).astype(np.float32), k)
+
+
+def test_encode_is_topk_of_relu_preacts():
+    kern = random_kernel()
+    x = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
+    codes = kern.encode(x)
+    pre = np.maximum((x - kern.b_dec) @ kern.W_enc.T + kern.b_enc, 0)
+    for b in range(5):
+        assert np.allclose(np.sort(pre[b])[::-1][:4], codes.acts[b], atol=1e-6)
+        assert np.all(np.diff(codes.acts[b]) <= 0)  # sorted descending
+
+
+def test_error_preserving_suppression_of_nothing_is_identity_and_removes_only_that_term():
+    kern = random_kernel()
+    x = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+    codes = kern.encode(x)
+    assert np.array_equal(kern.steer(x, codes, {}), x)
+    j = int(codes.idx[0, 0])
+    xs = kern.steer(x, codes, {j: 1.0})
+    expected = x[0] - codes.acts[0, 0] * kern.W_dec[j]
+    assert np.allclose(xs[0], expected, atol=1e-6)
+    half = kern.steer(x, codes, {j: 0.5})
+    assert np.allclose(half[0], x[0] - 0.5 * codes.acts[0, 0] * kern.W_dec[j], atol=1e-6)
+    # reconstruction mode drops the error term even when nothing is suppressed
+    assert np.allclose(kern.steer(x, codes, {}, mode="reconstruction"), kern.decode(codes), atol=1e-6)
+
+
+def test_explanation_terms_sum_to_scores():
+    kern = random_kernel()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    items = rng.standard_normal((50, 8)).astype(np.float32)
+    ids, scores, codes, _ = recommend(kern, x, items, 5)
+    ex = kern.explain(x, codes, items[ids])
+    total = ex.bias + ex.contributions.sum(1) + ex.error
+    assert np.allclose(total, scores, atol=1e-4)
+
+
+def test_top_items_excludes_seen_and_breaks_ties_by_id():
+    scores = np.array([[1.0, 3.0, 3.0, 2.0, 0.5]])
+    ids, sc = top_items(scores, 3)
+    assert ids.tolist() == [[1, 2, 3]]
+    ids, _ = top_items(scores, 3, [np.array([1])])
+    assert ids.tolist() == [[2, 3, 0]]
+    assert scores[0, 1] == 3.0  # input untouched
+
+
+def test_history_windows_left_pad_and_truncate():
+    w = history_windows([np.array([1, 2]), np.arange(10), np.array([], dtype=int)], 4, pad=99)
+    assert w.tolist() == [[99, 99, 1, 2], [6, 7, 8, 9], [99, 99, 99, 99]]
+
+
+def _fill(tmp):
+    (tmp / "a.txt").write_text("alpha")
+    (tmp / "sub").mkdir()
+    (tmp / "sub" / "b.bin").write_bytes(b"\x00\x01")
+    return {"model": {"n_items": 0}}
+
+
+def test_write_bundle_is_atomic_and_verifies(tmp_path):
+    out = write_bundle(tmp_path / "b", _fill)
+    m = verify_bundle(out)
+    assert set(m["files"]) == {"a.txt", "sub/b.bin"}
+    assert m["files"]["a.txt"] == sha256_file(out / "a.txt")
+
+    def broken(tmp):
+        _fill(tmp)
+        raise RuntimeError("job died")
+
+    with pytest.raises(RuntimeError):
+        write_bundle(tmp_path / "b", broken)
+    # the old bundle is intact and no temporary directory is left behind
+    verify_bundle(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_altered_or_missing_file_is_named(tmp_path):
+    out = write_bundle(tmp_path / "b", _fill)
+    (out / "a.txt").write_text("tampered")
+    with pytest.raises(BundleError, match=r"a\.txt does not match its manifest hash"):
+        verify_bundle(out)
+    (out / "a.txt").unlink()
+    with pytest.raises(BundleError, match=r"a\.txt is missing"):
+        verify_bundle(out)
+    with pytest.raises(BundleError, match="no bundle at"):
+        verify_bundle(tmp_path / "nowhere")
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        verify_bundle(out)
+
+
+def test_real_bundle_loads_and_onnx_matches_engine(small_bundle, tmp_path):
+    from recsae.engine import Engine
+
+    b = load_bundle(small_bundle)
+    assert b.item_emb.shape == (b.model["n_items"], b.model["d"])
+    assert len(b.concepts) == b.manifest["sae"]["n_latents"]
+    eng = Engine(b)
+    x = eng.encode_users(np.arange(5))
+    ids, scores, codes, _ = eng.recommend(x, 10, exclude=[b.users.history(u) for u in range(5)])
+    assert ids.shape == (5, 10)
+    for u in range(5):
+        assert not set(ids[u]) & set(b.users.history(u).tolist())
+    # a bundle whose ONNX file was swapped is refused by name
+    bad = tmp_path / "bad"
+    shutil.copytree(small_bundle, bad)
+    (bad / "encoder.onnx").write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="encoder.onnx"):
+        load_bundle(bad)
+    m = json.loads((small_bundle / "manifest.json").read_text())
+    assert m["metrics"]["onnx_max_abs_diff"] <= 1e-4
