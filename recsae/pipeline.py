@@ -285,15 +285,20 @@ class JobResult:
     summary: dict
 
 
+def work_dir_for(cfg: JobConfig, root: Path) -> Path:
+    """The cache folder of one (dataset, recommender) pair; SAE runs live inside it."""
+    work = Path(root) / f"{cfg.dataset.replace('/', '_')}-{cfg.model}-{cfg.key(*MODEL_KEYS)}"
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None) -> JobResult:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(out)
-    work_root = Path(work_dir) if work_dir else out.parent / ".recsae-work"
-    work = work_root / f"{cfg.dataset.replace('/', '_')}-{cfg.model}-{cfg.key(*MODEL_KEYS)}"
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir_for(cfg, Path(work_dir) if work_dir else out.parent / ".recsae-work")
 
     def lap(name: str, t: float) -> float:
         now = time.perf_counter()

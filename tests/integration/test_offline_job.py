@@ -1,0 +1,66 @@
+"""The offline job through its CLI: bad input gives one clear line, re-runs resume, fidelity holds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "recsae.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(cwd)},
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "no-such-data"], "unknown dataset"),
+        (["--dataset", "ml-100k", "--data-dir", "/nonexistent"], "--data-dir"),
+        (["--dataset", "synthetic", "-k", "5000"], "k=5000 must be between 1 and the latent count"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_leaves_no_bundle(tmp_path, args, message):
+    out = tmp_path / "bundle"
+    r = run_cli("train", *args, "--out", str(out), "-q", "--sae-epochs", "1", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_synthetic_job_builds_a_bundle_and_a_rerun_resumes(tmp_path):
+    out = tmp_path / "b"
+    args = ["train", "--dataset", "synthetic", "--out", str(out), "-q", "--sae-epochs", "4",
+            "--expansion", "8", "--describer", "none", "--train-param", "epochs=3", "--json", str(tmp_path / "s.json")]
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = json.loads((tmp_path / "s.json").read_text())
+    assert (out / "manifest.json").exists() and (out / "encoder.onnx").exists()
+    assert first["onnx_max_abs_diff"] <= 1e-4
+    assert first["fidelity"]["error_preserving_none_equal"] is True
+    # second run: recommender, activations and SAE come from the cache
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    second = json.loads((tmp_path / "s.json").read_text())
+    assert second["timings_s"]["recommender"] < 2.0 and second["timings_s"]["sae"] < 2.0
+    assert second["sae"] == first["sae"]
+    r = run_cli("info", str(out), cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["model"]["name"] == "sasrec"
+
+
+def test_small_ml100k_bundle_fidelity(small_bundle):
+    m = json.loads((small_bundle / "manifest.json").read_text())
+    fid = m["metrics"]["fidelity"]
+    assert fid["error_preserving_none_equal"] is True
+    # even a small SAE keeps most of the ranking quality with its reconstruction in the path
+    assert fid["ndcg10_ratio_reconstruction"] >= 0.9, fid
+    assert m["metrics"]["sae"]["heldout"]["fvu"] < 0.5
