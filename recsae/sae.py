@@ -114,7 +114,6 @@ class TopKSAE(nn.Module):
         self.W_enc = nn.Parameter(w.clone())
         self.b_enc = nn.Parameter(torch.zeros(cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        self.k_override: int | None = None  # training-time k annealing (see SAETrainConfig)
 
     # -- core -------------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -131,7 +130,7 @@ class TopKSAE(nn.Module):
         ) + self.b_dec
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
-        acts, idx = _TopKEncode.apply(x, self.W_enc, self.b_enc, self.b_dec, self.k_override or self.cfg.k)
+        acts, idx = _TopKEncode.apply(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
         recon = self.decode(acts, idx)
         err = recon - x
         total_var = (x - x.mean(0)).pow(2).sum()

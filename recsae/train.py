@@ -28,10 +28,6 @@ class SAETrainConfig:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
-    # Start with k_start_factor * k active latents and anneal linearly to k over this share of
-    # the steps: early on every latent gets gradient, which keeps far fewer of them dead.
-    k_anneal_fraction: float = 0.0
-    k_start_factor: int = 4
     # "data": decoder rows start at random centred training samples (normalised), so each latent
     # begins in a populated region; "random": isotropic Gaussian directions.
     init: str = "data"
@@ -121,8 +117,15 @@ def train_sae(
     tcfg: SAETrainConfig | None = None,
     heldout_acts: np.ndarray | None = None,
 ) -> SAETrainResult:
-    """Train a TopK SAE with AuxK on ``train_acts`` (N, d_in); report train and held-out quality."""
+    """Train a TopK SAE with AuxK on ``train_acts`` (N, d_in); report train and held-out quality.
+
+    Under ``torch.distributed`` (e.g. ``torchrun``), each process passes its own shard: the
+    model is wrapped in DistributedDataParallel, the data mean, firing statistics and the step
+    count are agreed across processes, and dead-latent resampling runs on rank 0 and is
+    broadcast, so all replicas stay identical.
+    """
     tcfg = tcfg or SAETrainConfig()
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
@@ -132,7 +135,10 @@ def train_sae(
     with torch.no_grad():
         # b_dec from the data mean; encoder starts as the decoder (rows), scaled so the typical
         # pre-activation is comparable to the data's spread.
-        sae.b_dec.copy_(x_all.mean(0))
+        total = torch.cat([x_all.sum(0), torch.tensor([float(n)])])
+        if dist:
+            torch.distributed.all_reduce(total)
+        sae.b_dec.copy_(total[:-1] / total[-1])
         if tcfg.init == "data":
             pick = torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed + 1))
             rows = x_all[pick[: cfg.n_latents] % n] - sae.b_dec
@@ -149,8 +155,18 @@ def train_sae(
         s = float((rec * target).sum() / rec.pow(2).sum().clamp_min(1e-12))
         sae.W_enc.mul_(s)
 
+    model: torch.nn.Module = sae
+    if dist:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(sae)  # broadcasts rank 0's initial weights
+        n_min = torch.tensor([n])
+        torch.distributed.all_reduce(n_min, op=torch.distributed.ReduceOp.MIN)
+        n_steps_rows = int(n_min)  # every rank runs the same number of steps
+    else:
+        n_steps_rows = n
     opt = torch.optim.Adam(sae.parameters(), lr=tcfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    steps_per_epoch = math.ceil(n / tcfg.batch_size)
+    steps_per_epoch = math.ceil(n_steps_rows / tcfg.batch_size)
     total_steps = steps_per_epoch * tcfg.epochs
 
     def lr_at(step: int) -> float:
@@ -170,16 +186,10 @@ def train_sae(
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen)
         fvu_sum, aux_sum = 0.0, 0.0
-        for s in range(0, n, tcfg.batch_size):
-            x = x_all[perm[s : s + tcfg.batch_size]]
+        for s in range(0, n_steps_rows, tcfg.batch_size):
+            x = x_all[perm[s : min(s + tcfg.batch_size, n_steps_rows)]]
             dead = since_fired >= cfg.dead_after
-            anneal_steps = tcfg.k_anneal_fraction * total_steps
-            if step < anneal_steps:
-                f = 1 - step / anneal_steps
-                sae.k_override = int(round(cfg.k * (1 + (tcfg.k_start_factor - 1) * f)))
-            else:
-                sae.k_override = None
-            out = sae(x, dead_mask=dead)
+            out = model(x, dead_mask=dead)
             loss = out.fvu + cfg.auxk_alpha * out.auxk_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -191,21 +201,27 @@ def train_sae(
             with torch.no_grad():
                 fired = torch.zeros(cfg.n_latents, dtype=torch.bool)
                 fired[out.top_indices[out.top_acts > 0]] = True
-                since_fired += len(x)
+                seen = len(x)
+                if dist:
+                    f = fired.to(torch.int32)
+                    torch.distributed.all_reduce(f, op=torch.distributed.ReduceOp.MAX)
+                    fired = f.bool()
+                    seen *= torch.distributed.get_world_size()
+                since_fired += seen
                 since_fired[fired] = 0
             fvu_sum += float(out.fvu.detach()) * len(x)
             aux_sum += float(out.auxk_loss.detach()) * len(x)
             step += 1
         if epoch + 1 < tcfg.epochs * tcfg.resample_until:
-            n_res = resample_dead(sae, opt, x_all, since_fired >= cfg.dead_after, gen)
+            n_res = resample_dead(sae, opt, x_all, since_fired >= cfg.dead_after, gen, dist)
             since_fired[since_fired >= cfg.dead_after] = 0 if n_res else since_fired[since_fired >= cfg.dead_after]
         else:
             n_res = 0
         t_train += time.perf_counter() - t0
         rec = {
             "epoch": epoch + 1,
-            "train_fvu": fvu_sum / n,
-            "auxk": aux_sum / n,
+            "train_fvu": fvu_sum / n_steps_rows,
+            "auxk": aux_sum / n_steps_rows,
             "dead_now": float((since_fired >= cfg.dead_after).float().mean()),
             "resampled": n_res,
             "seconds": time.perf_counter() - t0,
@@ -218,7 +234,7 @@ def train_sae(
         train=measure(sae, x_all),
         heldout=measure(sae, heldout_acts) if heldout_acts is not None and len(heldout_acts) else None,
         seconds_per_epoch=t_train / max(1, tcfg.epochs),
-        samples_per_second=n * tcfg.epochs / max(t_train, 1e-9),
+        samples_per_second=n_steps_rows * tcfg.epochs / max(t_train, 1e-9),
         epochs=tcfg.epochs,
         history=history,
     )
@@ -226,7 +242,12 @@ def train_sae(
 
 @torch.no_grad()
 def resample_dead(
-    sae: TopKSAE, opt: torch.optim.Optimizer, x_all: torch.Tensor, dead: torch.Tensor, gen: torch.Generator
+    sae: TopKSAE,
+    opt: torch.optim.Optimizer,
+    x_all: torch.Tensor,
+    dead: torch.Tensor,
+    gen: torch.Generator,
+    dist: bool = False,
 ) -> int:
     """Point dead latents at the residuals of badly reconstructed samples; reset their Adam state."""
     dead_ids = dead.nonzero().squeeze(1)
@@ -244,6 +265,9 @@ def resample_dead(
     sae.W_dec[dead_ids] = dirs
     sae.W_enc[dead_ids] = dirs * enc_norm
     sae.b_enc[dead_ids] = float(sae.b_enc[alive].mean()) if alive.any() else 0.0
+    if dist:  # rank 0's choice wins; the dead mask is already identical on every rank
+        for p in (sae.W_dec, sae.W_enc, sae.b_enc):
+            torch.distributed.broadcast(p.data, src=0)
     for p in (sae.W_dec, sae.W_enc, sae.b_enc):
         st = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):

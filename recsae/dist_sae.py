@@ -1,0 +1,61 @@
+"""Data-parallel SAE training over sharded activation files, launched with ``torchrun``.
+
+    torchrun --nproc_per_node=2 -m recsae.dist_sae --shards 'acts/shard-*.npy' --out sae_dir \\
+        --k 8 --expansion 16 --epochs 30 [--heldout acts/heldout.npy]
+
+Process ``r`` trains on the ``r``-th shard (sorted by name); gradients are averaged by
+DistributedDataParallel (gloo on CPU, nccl on GPUs). Rank 0 writes the SAE and metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from recsae.sae import SAEConfig
+from recsae.train import SAETrainConfig, measure, train_sae
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--shards", required=True, help="glob of .npy activation shards, one per process")
+    ap.add_argument("--heldout", default=None)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--expansion", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=2048, help="per process")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    backend = "nccl" if torch.cuda.is_available() and os.environ.get("RECSAE_DIST_BACKEND") != "gloo" else "gloo"
+    dist.init_process_group(backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    shards = sorted(glob.glob(a.shards))
+    if len(shards) != world:
+        raise SystemExit(f"{len(shards)} shards match {a.shards!r} but {world} processes run: give one shard per process")
+    x = np.load(shards[rank], mmap_mode="r")
+    cfg = SAEConfig(d_in=x.shape[1], expansion=a.expansion, k=a.k)
+    tcfg = SAETrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, progress=rank == 0)
+    res = train_sae(np.asarray(x), cfg, tcfg)
+    if rank == 0:
+        out = Path(a.out)
+        res.sae.save(out)
+        metrics = {"world_size": world, "train_shard0": res.train.as_dict(), "seconds_per_epoch": res.seconds_per_epoch}
+        if a.heldout:
+            metrics["heldout"] = measure(res.sae, np.load(a.heldout)).as_dict()
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

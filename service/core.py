@@ -1,0 +1,433 @@
+"""What a request does, independent of the web framework.
+
+``Core`` holds the verified bundle (through ``recsae.engine.Engine``), the concept store, the
+policy store and the drift tracker; ``service.service`` maps HTTP onto it. All numbers come from
+the one kernel in ``recsae.kernel`` (encode, steer, top_items, explain), so a served answer is
+the offline answer.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from recsae import BundleError
+from recsae.concepts import Concept
+from recsae.engine import Engine
+from recsae.kernel import Codes, top_items
+from service import metrics as M
+from service.concepts import ConceptStore
+from service.metrics import DriftTracker
+from service.config import Settings
+from service.policies import PolicyStore
+from service.redis_link import Pending, RedisLink, RedisUnavailable
+from service.schemas import (
+    BundleInfo,
+    ConceptSummary,
+    ModelInfo,
+    Policy,
+    SAEInfo,
+    SteerMode,
+)
+
+log = logging.getLogger("recsae.service")
+
+
+DECIMALS = 6
+"""Numbers on the wire are rounded to 6 decimals (the kernel computes in float32, ~7 digits):
+the JSON stays small and bias + contributions + error still equals the score to < 1e-5."""
+
+
+def _rounded(a: np.ndarray) -> list:
+    return np.round(np.asarray(a, dtype=np.float64), DECIMALS).tolist()
+
+
+class ClientError(Exception):
+    """Bad client input found after schema validation (needs the bundle): answered with 422."""
+
+    def __init__(self, loc: tuple[str, ...], message: str, kind: str = "value_error"):
+        super().__init__(message)
+        self.loc, self.message, self.kind = loc, message, kind
+
+    def detail(self) -> list[dict[str, Any]]:
+        return [{"type": self.kind, "loc": list(self.loc), "msg": self.message}]
+
+
+class NotFound(Exception):
+    """An unknown user or latent: answered with 404."""
+
+
+def _prepare_gpu() -> None:
+    """onnxruntime-gpu installed from pip (the `gpu` extra) finds the pip-installed CUDA/cuDNN
+    libraries only after ``preload_dlls()``; without a GPU nothing happens (CPU provider)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    if "CUDAExecutionProvider" in ort.get_available_providers() and hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime then falls back to the CPU provider
+            log.warning("could not preload the CUDA libraries (%s): ONNX Runtime may run on CPU", e)
+
+
+class Core:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        _prepare_gpu()
+        self.engine = Engine.from_path(settings.bundle)
+        self.provider = self.engine.session.get_providers()[0]
+        bundle = self.engine.bundle
+        self.bundle = bundle
+        self.sae = self.engine.sae
+        try:
+            self.concepts = [Concept.model_validate(c) for c in bundle.concepts]
+        except ValidationError as e:
+            raise BundleError(f"{bundle.path}/concepts.json does not match the concept schema: {e}") from e
+        if len(bundle.firing_frequency) != self.sae.n_latents:
+            raise BundleError(
+                f"{bundle.path}/reference_stats.npz has {len(bundle.firing_frequency)} latents, "
+                f"the SAE {self.sae.n_latents}: rebuild the bundle"
+            )
+        self.link = (
+            RedisLink(settings.redis_url, settings.redis_timeout_s, settings.redis_backoff_s, settings.redis_prefix)
+            if settings.redis_url
+            else None
+        )
+        self.store = ConceptStore(
+            self.concepts, bundle.bundle_hash, self.link, settings.redis_prefix, settings.concept_ttl_s
+        )
+        self.policies = PolicyStore(
+            self.concepts, self.sae.n_latents, self.link, bundle.bundle_hash, settings.redis_prefix,
+            settings.state_dir, settings.policy_sync_s,
+        )
+        self.drift = DriftTracker(bundle.firing_frequency, self.sae.k, settings.drift_window, settings.drift_top)
+        self.titles = bundle.catalog.titles
+        self.item_ids = bundle.catalog.item_ids
+        self.ready = False
+        self._warming = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        t0 = time.perf_counter()
+        self.policies.start()
+        filled = self.store.prefill()
+        if self.settings.warmup:
+            self.warm()
+        # Everything loaded so far (BentoML, FastAPI, the bundle) lives for the whole process:
+        # move it out of the collector's generations so full collections stay short (p99).
+        gc.collect()
+        gc.freeze()
+        self.ready = True
+        log.info(
+            "serving bundle %s (%s, %d latents) from %s on %s; redis=%s, %d concepts pre-filled; ready in %.2f s",
+            self.bundle.version, self.engine.input_kind, self.sae.n_latents, self.bundle.path, self.provider,
+            "on" if self.link else "off", filled, time.perf_counter() - t0,
+        )
+
+    def warm(self) -> None:
+        """Run the full request path a few times (ONNX Runtime allocations, caches, NumPy)."""
+        self._warming = True
+        try:
+            if len(self.bundle.users.user_ids):
+                uid = str(self.bundle.users.user_ids[0])
+                for explain in (False, True):
+                    self.recommend_user(uid, k=10, explain=explain, suppress=[], policy=None,
+                                        exclude_seen=True, mode=None)
+            if self.engine.accepts_history and self.item_ids:
+                self.recommend_history(self.item_ids[:3], k=10, explain=True, suppress=[], policy=None,
+                                       exclude_seen=True, mode=None)
+        finally:
+            self._warming = False
+
+    def close(self) -> None:
+        self.policies.close()
+        if self.link is not None:
+            self.link.close()
+
+    # -- recommendations --------------------------------------------------------------------------
+    def recommend_user(self, user_id: str, **opts: Any) -> dict[str, Any]:
+        u = self.bundle.users.index_of(user_id)
+        if u is None:
+            raise NotFound(
+                f"unknown user_id {user_id!r}: this bundle knows {len(self.bundle.users.user_ids)} users "
+                "of its training data; for a new user POST /recommend with a history"
+            )
+        x = self.engine.encode_users(np.array([u]))
+        seen = self.bundle.users.history(u)
+        return self._recommend(x, seen, "query", user_id=user_id, source="user", **opts)
+
+    def recommend_history(self, history: list[str], **opts: Any) -> dict[str, Any]:
+        if not self.engine.accepts_history:
+            raise ClientError(
+                ("body", "history"),
+                f"this bundle's model ({self.engine.bundle.model['name']}) encodes user ids, not "
+                "histories: POST /recommend needs a sequential bundle; use GET /recommend?user_id=",
+            )
+        idx, unknown = [], []
+        for raw in history:
+            i = self.bundle.catalog.index_of(raw)
+            (unknown if i is None else idx).append(raw if i is None else i)
+        if unknown:
+            raise ClientError(
+                ("body", "history"),
+                f"{len(unknown)} item id(s) not in the catalog: {unknown[:10]}",
+            )
+        seen = np.asarray(idx, dtype=np.int64)
+        x = self.engine.encode_histories([seen])
+        return self._recommend(x, seen, "body", user_id=None, source="history", **opts)
+
+    def _recommend(
+        self,
+        x: np.ndarray,
+        seen: np.ndarray,
+        where: str,
+        *,
+        user_id: str | None,
+        source: str,
+        k: int,
+        explain: bool,
+        suppress: list[int],
+        policy: str | None,
+        exclude_seen: bool,
+        mode: SteerMode | None,
+    ) -> dict[str, Any]:
+        """The response body (schema: ``service.schemas.RecommendResponse``)."""
+        sae = self.sae
+        bad = [j for j in suppress if not 0 <= j < sae.n_latents]
+        if bad:
+            raise ClientError(
+                (where, "suppress"),
+                f"unknown latent ids {bad[:10]}: this bundle has latents 0..{sae.n_latents - 1}",
+            )
+        codes = sae.encode(x)
+        firing = codes.acts[0] > 0
+        active = [int(j) for j in codes.idx[0][firing]]
+        # the Redis round trip (policy and/or concepts) is sent now and read when first needed:
+        # for concepts that is after scoring, so the round trip overlaps the computation
+        lookup = _Lookup(self, policy, active if explain else None)
+        try:
+            return self._score(x, seen, where, codes, active, lookup, user_id=user_id, source=source, k=k,
+                               explain=explain, suppress=suppress, exclude_seen=exclude_seen, mode=mode)
+        finally:
+            lookup.close()
+
+    def _score(
+        self, x: np.ndarray, seen: np.ndarray, where: str, codes: Codes, active: list[int], lookup: "_Lookup",
+        *, user_id: str | None, source: str, k: int, explain: bool, suppress: list[int], exclude_seen: bool,
+        mode: SteerMode | None,
+    ) -> dict[str, Any]:
+        sae = self.sae
+        policy = lookup.policy_name
+        pol = lookup.policy()
+        if policy is not None and pol is None:
+            raise ClientError((where, "policy"), f"unknown policy {policy!r}; see GET /admin/policies")
+
+        strengths: dict[int, float] = {}
+        sources: dict[int, str] = {}
+        if pol is not None:
+            for j in self.policies.effective_latents(pol):
+                strengths[j], sources[j] = pol.strength, f"policy:{pol.name}"
+        for j in suppress:
+            strengths[j], sources[j] = 1.0, "request"
+        use_mode: SteerMode = mode or (pol.mode if pol is not None else "error")
+
+        xs = sae.steer(x, codes, strengths, use_mode)
+        scores = xs @ self.engine.item_emb.T
+        ids, sc = top_items(scores, k, [seen] if exclude_seen else None)
+        ids, sc = ids[0], sc[0]
+        keep = np.isfinite(sc)  # everything excluded in a tiny catalogue: never -inf in JSON
+        ids, sc = ids[keep], sc[keep]
+
+        # The hot path builds the wire body as plain dicts (field for field the schema's
+        # RecommendResponse; tests check served bodies round-trip through it unchanged):
+        # constructing ~100 Pydantic objects per explained response cost more than the kernel.
+        items = [
+            {"rank": r + 1, "item_id": self.item_ids[i], "title": self.titles[i], "score": s, "explanation": None}
+            for r, (i, s) in enumerate(zip(ids.tolist(), np.round(sc.astype(np.float64), DECIMALS).tolist()))
+        ]
+        active_out: list[dict] = []
+        if explain:
+            active_out = self._explain(xs, codes, strengths, ids, items, lookup)
+
+        if not self._warming:
+            self.drift.record(np.asarray(active, dtype=np.int64))
+            M.RECOMMENDATIONS.labels(source).inc()
+            if strengths:
+                M.SUPPRESSION.labels(M.policy_label(pol.name if pol is not None else None)).inc()
+        active_set = set(active)
+        return {
+            "user_id": user_id,
+            "bundle_version": self.bundle.version,
+            "bundle_hash": self.bundle.bundle_hash,
+            "k": k,
+            "mode": use_mode,
+            "policy": pol.name if pol is not None else None,
+            "suppressed": [
+                {"latent": j, "strength": float(s), "source": sources[j], "active": j in active_set}
+                for j, s in sorted(strengths.items())
+            ],
+            "items": items,
+            "active_latents": active_out,
+        }
+
+    def _explain(
+        self,
+        xs: np.ndarray,
+        codes: Codes,
+        strengths: dict[int, float],
+        ids: np.ndarray,
+        items: list[dict],
+        lookup: "_Lookup",
+    ) -> list[dict]:
+        """Per-item bias + contributions + error (= the steered score), and the active concepts.
+
+        Uses ``SAEKernel.explain`` on the steered representation and the steered codes
+        (z_j scaled by 1 - strength_j), so bias + sum(contributions) + error == steered score.
+        """
+        sae = self.sae
+        w = sae.suppression_weights(codes, strengths)
+        steered = Codes(codes.acts * (1.0 - w), codes.idx)
+        ex = sae.explain(xs, steered, self.engine.item_emb[ids][None])
+        firing = np.flatnonzero(codes.acts[0] > 0)
+        lat = codes.idx[0][firing].tolist()
+        sup = (w[0][firing] > 0).tolist()
+        contrib = ex.contributions[0][firing]  # (n_active, n_items)
+        order = np.argsort(-contrib, axis=0, kind="stable").T.tolist()  # per item, largest first
+        contrib_t = _rounded(contrib.T)
+        bias, error = _rounded(ex.bias[0]), _rounded(ex.error[0])
+        acts, strength = _rounded(codes.acts[0][firing]), w[0][firing].tolist()
+        concepts = lookup.concepts() or {}  # the first point that needs the Redis reply
+        desc = [concepts[j].description if j in concepts else None for j in lat]
+        for n, item in enumerate(items):
+            c = contrib_t[n]
+            item["explanation"] = {
+                "bias": bias[n],
+                "error": error[n],
+                "contributions": [
+                    {"latent": lat[a], "contribution": c[a], "description": desc[a], "suppressed": sup[a]}
+                    for a in order[n]
+                ],
+            }
+        out = []
+        for a, j in enumerate(lat):
+            cs = concepts.get(j)
+            out.append(
+                {
+                    "latent": j,
+                    "activation": acts[a],
+                    "description": cs.description if cs else None,
+                    "confidence": cs.confidence if cs else None,
+                    "status": cs.status if cs else None,
+                    "suppressed": sup[a],
+                    "strength": strength[a],
+                }
+            )
+        return out
+
+    # -- concepts and bundle ----------------------------------------------------------------------
+    def concept(self, latent: int) -> Concept:
+        c = self.store.concepts.get(latent)
+        if c is None:
+            raise NotFound(f"unknown latent {latent}: this bundle has latents 0..{self.sae.n_latents - 1}")
+        return c
+
+    def bundle_info(self) -> BundleInfo:
+        m = self.bundle.manifest
+        model = m["model"]
+        metrics = m.get("metrics", {})
+        headline: dict[str, Any] = {}
+        rec_test = metrics.get("recommender", {}).get("test", {})
+        if "NDCG@10" in rec_test:
+            headline["recommender_test_ndcg10"] = rec_test["NDCG@10"]
+        heldout = metrics.get("sae", {}).get("heldout", {})
+        for key in ("fvu", "dead_ratio"):
+            if key in heldout:
+                headline[f"sae_heldout_{key}"] = heldout[key]
+        if "onnx_max_abs_diff" in metrics:
+            headline["onnx_max_abs_diff"] = metrics["onnx_max_abs_diff"]
+        describer = m.get("settings", {}).get("describer") or "unknown"
+        return BundleInfo(
+            version=m["version"],
+            bundle_hash=m["bundle_hash"],
+            created=m.get("created", ""),
+            recsae_version=m.get("recsae_version", ""),
+            dataset=m.get("dataset", {}).get("dataset"),
+            model=ModelInfo(
+                name=model["name"], kind=model.get("kind", ""), input_kind=model["input_kind"],
+                d=int(model.get("d", self.sae.d_in)), n_items=int(model["n_items"]),
+                n_users=int(model.get("n_users", len(self.bundle.users.user_ids))),
+                max_len=model.get("max_len"),
+            ),
+            sae=SAEInfo(k=self.sae.k, n_latents=self.sae.n_latents, expansion=m.get("sae", {}).get("expansion")),
+            describer=describer,
+            accepts_history=self.engine.accepts_history,
+            execution_provider=self.provider,
+            metrics=headline,
+        )
+
+
+class _Lookup:
+    """The named policy and the active concepts of one request: ONE Redis round trip on the hit
+    path (HGET and/or MGET, pipelined), sent at construction and read when first needed."""
+
+    def __init__(self, core: Core, policy: str | None, latents: list[int] | None):
+        self.core, self.policy_name, self.latents = core, policy, latents
+        self._pending: Pending | None = None
+        self._replies: list | None = None
+        self._failed = False
+        link = core.link
+        if link is None:
+            return
+        cmds: list[tuple] = []
+        if policy is not None:
+            cmds.append(("HGET", core.policies.hash_key, policy))
+        if latents:
+            cmds.append(("MGET", *[core.store.key(j) for j in latents]))
+        if cmds:
+            try:
+                self._pending = link.begin("request", cmds)
+            except RedisUnavailable:
+                self._failed = True
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            try:
+                self._replies = self._pending.result()
+            except RedisUnavailable:
+                self._failed = True
+            self._pending = None
+
+    def policy(self) -> Policy | None:
+        name, core = self.policy_name, self.core
+        if name is None:
+            return None
+        if core.link is None:
+            return core.policies.get(name)
+        self._wait()
+        if self._failed:
+            return core.policies.fallback(name)
+        return core.policies.resolve(name, self._replies[0])  # type: ignore[index]
+
+    def concepts(self) -> dict[int, ConceptSummary] | None:
+        latents, core = self.latents, self.core
+        if latents is None:
+            return None
+        if core.link is None:
+            return core.store.fetch(latents)
+        if not latents:
+            return {}
+        self._wait()
+        if self._failed:
+            return core.store.fallback(latents)
+        return core.store.resolve(latents, self._replies[-1])  # type: ignore[index]
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None

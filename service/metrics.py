@@ -1,0 +1,215 @@
+"""Prometheus metrics of the service, and concept drift.
+
+Metrics are defined once, at module level (BentoML runs workers in Prometheus multiprocess
+mode: metrics created per instance would collide). Drift compares which concepts fire for live
+requests (a ring buffer over the last N requests) with the bundle's reference firing
+frequencies (``reference_stats.npz``); the math is the pure function :func:`drift_stats`.
+
+``recsae_concept_firing_rate`` is not a prometheus_client object: its label set (the top-N most
+drifted latents) changes over time, and multiprocess mode cannot remove stale series. It is
+rendered at scrape time (:meth:`DriftTracker.exposition`, hooked into ``/metrics``), so only the
+current top-N latents are ever exported.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+# -- metric objects (module level) ------------------------------------------------------------
+REQUEST_LATENCY = Histogram(
+    "recsae_request_latency_seconds",
+    "Time to answer a request, by route and explain flag (handler incl. JSON encoding).",
+    ["route", "explain"],
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+RECOMMENDATIONS = Counter(
+    "recsae_recommendations_served",
+    "Recommendation responses served, by input (user id or explicit history).",
+    ["source"],
+)
+CACHE_HITS = Counter(
+    "recsae_concept_cache_hits", "Concept lookups answered by the cache.", ["backend"]
+)
+CACHE_MISSES = Counter(
+    "recsae_concept_cache_misses",
+    "Concept lookups the cache did not hold (filled from the bundle and written back).",
+    ["backend"],
+)
+CACHE_FALLBACK = Counter(
+    "recsae_concept_cache_fallback",
+    "Concept lookups answered from the in-process dictionary because Redis was unavailable.",
+)
+REDIS_ERRORS = Counter(
+    "recsae_redis_errors", "Failed Redis round trips (connection, timeout, or error reply).", ["op"]
+)
+REDIS_ROUNDTRIPS = Counter("recsae_redis_roundtrips", "Redis round trips made, by purpose.", ["op"])
+REDIS_UP = Gauge(
+    "recsae_redis_up",
+    "1 while Redis answers, 0 during an outage (in-process fallback in use); absent without "
+    "REDIS_URL. Label: the deployment's key prefix.",
+    ["prefix"],
+    multiprocess_mode="livemin",
+)
+SUPPRESSION = Counter(
+    "recsae_suppression_requests",
+    "Requests that suppressed concepts, by policy ('adhoc' = explicit latents, 'other' = beyond "
+    "the label limit).",
+    ["policy"],
+)
+DRIFT_JSD = Gauge(
+    "recsae_concept_drift_jsd",
+    "Jensen-Shannon divergence (base 2, 0..1) between live and reference concept firing.",
+    multiprocess_mode="livemax",
+)
+DRIFT_PSI = Gauge(
+    "recsae_concept_drift_psi",
+    "Population stability index between live and reference concept firing.",
+    multiprocess_mode="livemax",
+)
+DRIFT_WINDOW = Gauge(
+    "recsae_concept_drift_window_requests",
+    "Requests currently in the drift window (alert only once it is full enough).",
+    multiprocess_mode="livemin",
+)
+
+_POLICY_LABELS: set[str] = set()
+_POLICY_LABEL_LIMIT = 32
+_label_lock = threading.Lock()
+
+
+def policy_label(name: str | None) -> str:
+    """Bounded label values for SUPPRESSION: the first 32 policy names seen, then 'other'."""
+    if name is None:
+        return "adhoc"
+    with _label_lock:
+        if name in _POLICY_LABELS:
+            return name
+        if len(_POLICY_LABELS) < _POLICY_LABEL_LIMIT:
+            _POLICY_LABELS.add(name)
+            return name
+    return "other"
+
+
+# -- drift math (pure) ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Drift:
+    jsd: float
+    """Jensen-Shannon divergence, log base 2: 0 = identical, 1 = disjoint."""
+    psi: float
+    """Population stability index, sum (p - q) ln(p / q) over smoothed shares."""
+    per_latent: np.ndarray
+    """Each latent's PSI term (>= 0): how much it contributes to the drift."""
+    live_rate: np.ndarray
+    """Share of live requests in which each latent fired."""
+    reference_rate: np.ndarray
+    """Share of reference users in which each latent fired."""
+    n: int
+
+    def top(self, n: int) -> np.ndarray:
+        """Ids of the ``n`` most drifted latents (largest PSI term first, ties by id)."""
+        candidates = np.flatnonzero((self.live_rate > 0) | (self.reference_rate > 0))
+        order = np.lexsort((candidates, -self.per_latent[candidates]))
+        return candidates[order][:n]
+
+
+def drift_stats(
+    live_counts: np.ndarray, n_live: int, reference_freq: np.ndarray, eps: float = 1e-4
+) -> Drift | None:
+    """Compare live firing counts with reference firing frequencies.
+
+    ``live_counts[j]``: requests (out of ``n_live``) in which latent ``j`` fired.
+    ``reference_freq[j]``: share of reference users in which it fired. Both are turned into
+    distributions over latents (shares of all firings). JSD needs no smoothing (0 log 0 = 0);
+    PSI uses shares floored at ``eps`` and renormalised, so a latent that never fires on one
+    side gives a large but finite term. Returns None when either side has no firing at all.
+    """
+    live = np.asarray(live_counts, dtype=np.float64)
+    ref = np.asarray(reference_freq, dtype=np.float64)
+    if live.shape != ref.shape:
+        raise ValueError(f"live counts {live.shape} and reference {ref.shape} differ in shape")
+    if n_live <= 0 or live.sum() <= 0 or ref.sum() <= 0:
+        return None
+    p, q = live / live.sum(), ref / ref.sum()
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray, b: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / b[nz])))
+
+    jsd = min(1.0, max(0.0, 0.5 * kl(p, m) + 0.5 * kl(q, m)))
+    if eps > 0:
+        ps, qs = np.maximum(p, eps), np.maximum(q, eps)
+        ps, qs = ps / ps.sum(), qs / qs.sum()
+    else:
+        ps, qs = p, q
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(ps == qs, 0.0, (ps - qs) * np.log(ps / qs))
+    return Drift(jsd, float(terms.sum()), terms, live / n_live, ref, int(n_live))
+
+
+class DriftTracker:
+    """Live firing counts over the last ``window`` requests (a ring buffer of latent ids)."""
+
+    def __init__(self, reference_freq: np.ndarray, k: int, window: int = 2000, top: int = 10):
+        self.reference = np.asarray(reference_freq, dtype=np.float64)
+        self.window, self.top_n = int(window), int(top)
+        self._ring = np.full((self.window, k), -1, dtype=np.int64)
+        self._counts = np.zeros(len(self.reference), dtype=np.int64)
+        self._pos = 0
+        self._n = 0
+        self._lock = threading.Lock()
+        self._last_gauge = 0.0
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def record(self, latents: np.ndarray) -> None:
+        """Count one request whose firing latents (activation > 0, distinct) are ``latents``."""
+        latents = np.asarray(latents, dtype=np.int64)[: self._ring.shape[1]]
+        with self._lock:
+            old = self._ring[self._pos]
+            self._counts[old[old >= 0]] -= 1
+            old[:] = -1
+            old[: len(latents)] = latents
+            self._counts[latents] += 1
+            self._pos = (self._pos + 1) % self.window
+            self._n = min(self._n + 1, self.window)
+        now = time.monotonic()
+        if now - self._last_gauge >= 1.0:
+            self._last_gauge = now
+            self.update_gauges()
+
+    def snapshot(self) -> Drift | None:
+        with self._lock:
+            counts, n = self._counts.copy(), self._n
+        return drift_stats(counts, n, self.reference)
+
+    def update_gauges(self) -> Drift | None:
+        d = self.snapshot()
+        DRIFT_WINDOW.set(self._n)
+        if d is not None:
+            DRIFT_JSD.set(d.jsd)
+            DRIFT_PSI.set(d.psi)
+        return d
+
+    def exposition(self) -> str:
+        """Prometheus text for the current top-N drifted latents (refreshes the gauges too)."""
+        d = self.update_gauges()
+        lines = [
+            "# HELP recsae_concept_firing_rate Share of requests (live: last N in this worker; "
+            "reference: the bundle's users) in which a latent fires; only the most drifted latents.",
+            "# TYPE recsae_concept_firing_rate gauge",
+        ]
+        if d is not None:
+            for j in d.top(self.top_n):
+                lines.append(f'recsae_concept_firing_rate{{kind="live",latent="{j}"}} {d.live_rate[j]:.6g}')
+                lines.append(
+                    f'recsae_concept_firing_rate{{kind="reference",latent="{j}"}} {d.reference_rate[j]:.6g}'
+                )
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,194 @@
+"""One Redis connection pool with a circuit breaker.
+
+Every Redis round trip of the service goes through :meth:`RedisLink.run`. When Redis fails
+(connection refused, timeout), the link is marked down: callers get :class:`RedisUnavailable`
+immediately (they fall back to in-process state) until ``backoff_s`` has passed, then the next
+call tries Redis again. An outage is logged once when it starts and once when it ends, never
+per request. Socket timeouts are short, and redis-py's own retry loop is disabled apart from
+one immediate reconnect (a pooled connection that died with a restarted server).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.metrics import REDIS_ERRORS, REDIS_ROUNDTRIPS, REDIS_UP
+
+log = logging.getLogger("recsae.service.redis")
+
+
+class RedisUnavailable(Exception):
+    """Redis is down (or in backoff after a failure): use the in-process fallback."""
+
+
+class RedisLink:
+    def __init__(self, url: str, timeout_s: float = 0.1, backoff_s: float = 1.0, prefix: str = "recsae"):
+        self.url = url
+        self._up_gauge = REDIS_UP.labels(prefix)
+        self.backoff_s = backoff_s
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            health_check_interval=0,
+            decode_responses=False,
+        )
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._recovered: list[Callable[[], None]] = []
+        self._up_gauge.set(1)
+
+    @property
+    def up(self) -> bool:
+        return self._down_since is None
+
+    def on_recover(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (in the calling thread, errors logged) when Redis answers after an outage."""
+        self._recovered.append(fn)
+
+    def run(self, op: str, fn: Callable[[redis.Redis], Any]) -> Any:
+        """One round trip: ``fn(client)`` must issue exactly one command or one pipeline."""
+        if self._down_since is not None and time.monotonic() < self._retry_at:
+            raise RedisUnavailable("Redis is down (backing off)")
+        REDIS_ROUNDTRIPS.labels(op).inc()
+        try:
+            result = fn(self.client)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            REDIS_ERRORS.labels(op).inc()
+            self._mark_down(e)
+            raise RedisUnavailable(str(e)) from e
+        except redis.RedisError as e:  # an error reply: Redis is up, this operation failed
+            REDIS_ERRORS.labels(op).inc()
+            log.warning("Redis %s failed: %s", op, e)
+            raise RedisUnavailable(str(e)) from e
+        if self._down_since is not None:
+            self._mark_up()
+        return result
+
+    def begin(self, op: str, commands: list[tuple]) -> "Pending":
+        """Send ``commands`` as one pipeline now; read the replies later with ``Pending.result()``.
+
+        One round trip, overlapped with whatever the caller computes in between (the request
+        path sends its concept MGET right after encoding and reads it after scoring).
+        """
+        if self._down_since is not None and time.monotonic() < self._retry_at:
+            raise RedisUnavailable("Redis is down (backing off)")
+        REDIS_ROUNDTRIPS.labels(op).inc()
+        pool = self.client.connection_pool
+        try:
+            conn = pool.get_connection()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            REDIS_ERRORS.labels(op).inc()
+            self._mark_down(e)
+            raise RedisUnavailable(str(e)) from e
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            pool.release(conn)
+            # a pooled connection that died with a restarted server: one synchronous retry
+            return Pending(self, op, None, commands, self._execute(op, commands))
+        return Pending(self, op, conn, commands)
+
+    def _execute(self, op: str, commands: list[tuple]) -> list:
+        def pipeline(r: redis.Redis) -> list:
+            pipe = r.pipeline(transaction=False)
+            for c in commands:
+                pipe.execute_command(*c)
+            return pipe.execute()
+
+        return self.run(op, pipeline)
+
+    def _mark_down(self, e: Exception) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._retry_at = now + self.backoff_s
+            if self._down_since is not None:
+                return
+            self._down_since = now
+        self._up_gauge.set(0)
+        log.error(
+            "Redis at %s is unreachable (%s): answering from in-process state; retrying every %.1f s",
+            _redact(self.url), e, self.backoff_s,
+        )
+
+    def _mark_up(self) -> None:
+        with self._lock:
+            if self._down_since is None:
+                return
+            outage = time.monotonic() - self._down_since
+            self._down_since = None
+        self._up_gauge.set(1)
+        log.warning("Redis at %s is reachable again after %.1f s", _redact(self.url), outage)
+        for fn in self._recovered:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a failing hook must not fail the request
+                log.exception("Redis recovery hook failed")
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _redact(url: str) -> str:
+    """redis://user:secret@host -> redis://user:***@host"""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    cred, _, host = rest.rpartition("@")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+class Pending:
+    """Replies of commands already sent by :meth:`RedisLink.begin`."""
+
+    __slots__ = ("link", "op", "conn", "commands", "_replies")
+
+    def __init__(self, link: RedisLink, op: str, conn: Any, commands: list[tuple], replies: list | None = None):
+        self.link, self.op, self.conn, self.commands = link, op, conn, commands
+        self._replies = replies
+
+    def result(self) -> list:
+        if self._replies is not None:
+            return self._replies
+        link, conn = self.link, self.conn
+        pool = link.client.connection_pool
+        self.conn = None
+        try:
+            replies = [conn.read_response() for _ in self.commands]
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            pool.release(conn)
+            self._replies = link._execute(self.op, self.commands)  # one retry; marks Redis down
+            return self._replies
+        except redis.RedisError as e:  # an error reply: drop the connection (replies may be pending)
+            conn.disconnect()
+            pool.release(conn)
+            REDIS_ERRORS.labels(self.op).inc()
+            log.warning("Redis %s failed: %s", self.op, e)
+            raise RedisUnavailable(str(e)) from e
+        pool.release(conn)
+        if link._down_since is not None:
+            link._mark_up()
+        self._replies = replies
+        return replies
+
+    def cancel(self) -> None:
+        """Abandon unread replies (the connection is closed, not reused half-read)."""
+        if self.conn is not None:
+            self.conn.disconnect()
+            self.link.client.connection_pool.release(self.conn)
+            self.conn = None

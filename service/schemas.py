@@ -1,0 +1,326 @@
+"""The wire format: every request and response of the service, as Pydantic models.
+
+This module is the single source of truth: FastAPI validates with these models and the
+OpenAPI document (service/openapi.json, regenerated with ``python -m service.openapi``) is
+generated from them. Concept entries reuse ``recsae.concepts.Concept`` (the bundle's format).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from recsae.concepts import Concept, ConceptStatus
+
+SteerMode = Literal["error", "reconstruction"]
+
+MAX_K = 100
+MAX_HISTORY = 200
+MAX_SUPPRESS = 256
+POLICY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_LATENT_LIST = re.compile(r"^\s*\d{1,9}\s*(,\s*\d{1,9}\s*)*$")
+
+
+def _blank_to_none(v: Any) -> Any:
+    return None if isinstance(v, str) and v.strip() == "" else v
+
+
+PolicyNameStr = Annotated[str, StringConstraints(pattern=POLICY_NAME)]
+OptionalPolicyName = Annotated[
+    PolicyNameStr | None,
+    BeforeValidator(_blank_to_none),
+    Field(
+        default=None,
+        description="name of a stored suppression policy (see /admin/policies); empty = none",
+    ),
+]
+ModeOption = Annotated[
+    SteerMode | None,
+    BeforeValidator(_blank_to_none),
+    Field(
+        default=None,
+        description=(
+            "how suppression edits the representation: 'error' (default; keeps the SAE's "
+            "reconstruction error, so suppressing nothing changes nothing) or 'reconstruction' "
+            "(the paper's: decode the edited codes). Defaults to the policy's mode when a "
+            "policy is named."
+        ),
+    ),
+]
+
+
+def parse_latent_list(raw: str | None) -> list[int]:
+    """'12, 57' -> [12, 57] (duplicates dropped, order kept); '' or None -> []."""
+    if raw is None or raw.strip() == "":
+        return []
+    if not _LATENT_LIST.match(raw):
+        raise ValueError("must be comma-separated latent ids, e.g. '12,57'")
+    out = list(dict.fromkeys(int(p) for p in raw.split(",")))
+    if len(out) > MAX_SUPPRESS:
+        raise ValueError(f"at most {MAX_SUPPRESS} latents may be suppressed per request")
+    return out
+
+
+# -- requests -------------------------------------------------------------------------------------
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(10, ge=1, le=MAX_K, description=f"number of items to return (1..{MAX_K})")
+    explain: bool = Field(False, description="add active concepts and per-item score decompositions")
+    policy: OptionalPolicyName
+    exclude_seen: bool = Field(True, description="never recommend items already in the history")
+    mode: ModeOption
+
+
+class RecommendQuery(_Options):
+    """Query parameters of ``GET /recommend``; unknown parameters are rejected (422)."""
+
+    user_id: str = Field(min_length=1, max_length=128, description="raw user id of the bundle's dataset")
+    suppress: str | None = Field(
+        None,
+        max_length=4096,
+        description="comma-separated latent ids to switch off for this request, e.g. '12,57'",
+        examples=["12,57"],
+    )
+
+    @field_validator("suppress")
+    @classmethod
+    def _check_suppress(cls, v: str | None) -> str | None:
+        parse_latent_list(v)
+        return v
+
+    def suppress_list(self) -> list[int]:
+        return parse_latent_list(self.suppress)
+
+
+class RecommendRequest(_Options):
+    """Body of ``POST /recommend``: recommend for an explicit history (sequential bundles only)."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    history: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1,
+        max_length=MAX_HISTORY,
+        description=f"raw item ids, oldest first (1..{MAX_HISTORY}); numbers are read as ids",
+        examples=[["50", "172", "181"]],
+    )
+    suppress: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, max_length=MAX_SUPPRESS, description="latent ids to switch off"
+    )
+
+    def suppress_list(self) -> list[int]:
+        return list(dict.fromkeys(self.suppress))
+
+
+# -- recommendation responses --------------------------------------------------------------------
+class Contribution(BaseModel):
+    latent: int
+    contribution: float = Field(description="z_j * (W_dec[j] . item): this concept's share of the score")
+    description: str | None = None
+    suppressed: bool = False
+
+
+class ItemExplanation(BaseModel):
+    """``bias + sum(contributions) + error == score`` (float32 rounding, < 1e-4)."""
+
+    bias: float = Field(description="the SAE decoder bias' share of the score")
+    error: float = Field(description="what the SAE does not reconstruct (0 in reconstruction mode)")
+    contributions: list[Contribution] = Field(
+        default_factory=list, description="every active concept, largest contribution first"
+    )
+
+
+class RecommendedItem(BaseModel):
+    rank: int = Field(description="1 = best")
+    item_id: str
+    title: str
+    score: float = Field(description="the (steered) score x' . item")
+    explanation: ItemExplanation | None = Field(default=None, description="only with explain=true")
+
+
+class ActiveLatent(BaseModel):
+    latent: int
+    activation: float = Field(description="z_j before suppression")
+    description: str | None = None
+    confidence: float | None = None
+    status: ConceptStatus | None = None
+    suppressed: bool = False
+    strength: float = Field(0.0, description="suppression strength applied (0 = none, 1 = removed)")
+
+
+class SuppressedLatent(BaseModel):
+    latent: int
+    strength: float
+    source: str = Field(description="'request' or 'policy:<name>'")
+    active: bool = Field(description="whether it fired for this request (only then it changes scores)")
+
+
+class RecommendResponse(BaseModel):
+    user_id: str | None = Field(None, description="null for POST (explicit history)")
+    bundle_version: str
+    bundle_hash: str
+    k: int
+    mode: SteerMode
+    policy: str | None = None
+    suppressed: list[SuppressedLatent] = Field(default_factory=list)
+    items: list[RecommendedItem]
+    active_latents: list[ActiveLatent] = Field(
+        default_factory=list, description="concepts firing for this user (only with explain=true)"
+    )
+
+
+# -- concepts ------------------------------------------------------------------------------------
+ConceptSort = Literal[
+    "latent", "-latent", "frequency", "-frequency", "confidence", "-confidence"
+]
+
+
+class ConceptQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    q: str | None = Field(None, max_length=200, description="words that must all occur (description, attributes, top items)")
+    status: ConceptStatus | None = None
+    sort: ConceptSort = Field("latent", description="field to sort by; '-' for descending")
+    limit: int = Field(50, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+class ConceptSummary(BaseModel):
+    latent: int
+    status: ConceptStatus
+    description: str | None = None
+    confidence: float | None = None
+    firing_frequency: float = 0.0
+    attributes: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, c: Concept) -> "ConceptSummary":
+        return cls(
+            latent=c.latent,
+            status=c.status,
+            description=c.description,
+            confidence=c.confidence,
+            firing_frequency=c.firing_frequency,
+            attributes=c.attributes,
+        )
+
+
+class ConceptList(BaseModel):
+    total: int = Field(description="matches before limit/offset")
+    concepts: list[ConceptSummary]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    kind: str
+    input_kind: str
+    d: int
+    n_items: int
+    n_users: int
+    max_len: int | None = None
+
+
+class SAEInfo(BaseModel):
+    k: int
+    n_latents: int
+    expansion: int | None = None
+
+
+class BundleInfo(BaseModel):
+    version: str
+    bundle_hash: str
+    created: str
+    recsae_version: str
+    dataset: str | None = None
+    model: ModelInfo
+    sae: SAEInfo
+    describer: str
+    accepts_history: bool = Field(description="whether POST /recommend (explicit history) works")
+    execution_provider: str = Field(description="ONNX Runtime provider of the encoder in this worker")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="headline offline metrics")
+
+
+# -- policies ------------------------------------------------------------------------------------
+class PolicyIn(BaseModel):
+    """A suppression policy: explicit latents and/or a text query resolved at creation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latents: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=MAX_SUPPRESS)
+    query: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="words that must all occur in a concept's description/attributes; "
+        "resolved to latents when the policy is stored",
+    )
+    strength: float = Field(1.0, ge=0.0, le=1.0, description="1 = remove the concept, 0.5 = halve it")
+    mode: SteerMode = "error"
+    description: str | None = Field(None, max_length=500)
+
+    @model_validator(mode="after")
+    def _needs_target(self) -> "PolicyIn":
+        if not self.latents and not self.query:
+            raise ValueError("give 'latents' and/or 'query'")
+        return self
+
+
+class Policy(BaseModel):
+    name: str
+    latents: list[int] = Field(description="resolved latent ids (explicit + query matches) for `bundle_hash`")
+    explicit: list[int] = Field(default_factory=list, description="the latents given explicitly")
+    query: str | None = None
+    bundle_hash: str | None = Field(
+        None,
+        description="bundle the latents refer to; a replica serving another bundle re-resolves `query` "
+        "against its own concepts and ignores the explicit latents (ids differ between SAEs)",
+    )
+    strength: float
+    mode: SteerMode
+    description: str | None = None
+    created_at: float
+    updated_at: float
+    updated_by: str
+
+
+class PolicyList(BaseModel):
+    policies: list[Policy]
+
+
+class AuditEntry(BaseModel):
+    id: str
+    ts: float
+    who: str
+    action: Literal["put", "delete", "reseed"]
+    policy: str
+    detail: str = ""
+
+
+class AuditQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(100, ge=1, le=1000, description="newest entries to return")
+
+
+class NoParams(BaseModel):
+    """Query of routes without parameters: unknown parameters are still rejected (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AuditList(BaseModel):
+    entries: list[AuditEntry] = Field(description="newest first")
+
+
+class ErrorResponse(BaseModel):
+    detail: Any = Field(description="a message, or FastAPI's list of field errors (loc, msg, type)")

@@ -1,0 +1,307 @@
+"""Redis failures and absence: outages, restarts, durable policies, round trips.
+
+Every test here runs its own ``redis-server`` (loopback, no persistence) that it may stop and
+restart; the shared Redis is never touched. Core-level tests drive ``service.core.Core`` (the
+request path minus HTTP); the last tests do the same over real HTTP against ``bentoml serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsae-prom-"))
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+import pytest  # noqa: E402
+
+from service.devserver import Client, RedisServer, ServeProcess  # noqa: E402
+from tests.conftest import build_small_bundle  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+if shutil.which("redis-server") is None:
+    pytest.skip("redis-server is not installed", allow_module_level=True)
+
+DESCRIBER = os.environ.get("RECSAE_TEST_DESCRIBER", "none")
+TOKEN = "fault-token-" + uuid.uuid4().hex[:8]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+IGNORED_COMMANDS = {"info", "config|resetstat", "client|setinfo", "hello", "ping", "command", "command|docs"}
+
+
+@pytest.fixture(scope="module")
+def bundle(data_dir) -> Path:
+    return build_small_bundle(data_dir, describer=DESCRIBER)
+
+
+@pytest.fixture()
+def redis_server():
+    with RedisServer() as r:
+        yield r
+
+
+def make_core(bundle, url, state_dir, prefix=None, **kw):
+    from service.config import Settings
+    from service.core import Core
+
+    s = Settings(bundle=str(bundle), redis_url=url, redis_prefix=prefix or f"t{uuid.uuid4().hex[:8]}",
+                 state_dir=str(state_dir), policy_sync_s=0, warmup=False, **kw)
+    core = Core(s)
+    core.start()
+    return core
+
+
+def rec(core, uid="1", **kw):
+    opts = {"k": 10, "explain": True, "suppress": [], "policy": None, "exclude_seen": True, "mode": None, **kw}
+    return core.recommend_user(uid, **opts)
+
+
+def ids(body):
+    return [i["item_id"] for i in body["items"]]
+
+
+def commandstats(r) -> dict[str, int]:
+    out = {}
+    for name, v in r.info("commandstats").items():
+        out[name.removeprefix("cmdstat_")] = int(v["calls"])
+    return {k: v for k, v in out.items() if k not in IGNORED_COMMANDS}
+
+
+# -- Core level -----------------------------------------------------------------------------------
+def test_outage_is_served_from_memory_logged_once_and_recovers(bundle, redis_server, tmp_path, caplog):
+    from service import metrics as M
+
+    core = make_core(bundle, redis_server.url, tmp_path, redis_backoff_s=1.0)
+    try:
+        want = rec(core)
+        hits0 = M.CACHE_HITS.labels("redis")._value.get()
+        rec(core)
+        assert M.CACHE_HITS.labels("redis")._value.get() > hits0
+        caplog.set_level(logging.INFO, logger="recsae")
+        redis_server.stop()
+        fb0 = M.CACHE_FALLBACK._value.get()
+        t_end = time.monotonic() + 2.5  # spans two backoff periods: Redis is retried, still down
+        slowest = 0.0
+        while time.monotonic() < t_end:
+            t0 = time.perf_counter()
+            got = rec(core)
+            slowest = max(slowest, time.perf_counter() - t0)
+            assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in want["items"]]
+            assert [a["latent"] for a in got["active_latents"]] == [a["latent"] for a in want["active_latents"]]
+            time.sleep(0.02)
+        assert not core.link.up
+        assert M.CACHE_FALLBACK._value.get() > fb0
+        assert slowest < 0.5
+        down_logs = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(down_logs) == 1, [r.getMessage() for r in caplog.records]
+
+        redis_server.start()
+        t0 = time.monotonic()
+        while True:
+            hits = M.CACHE_HITS.labels("redis")._value.get()
+            rec(core)
+            if core.link.up and M.CACHE_HITS.labels("redis")._value.get() > hits or time.monotonic() - t0 > 5:
+                break
+            time.sleep(0.1)
+        resumed = time.monotonic() - t0
+        assert core.link.up and resumed < 5.0, f"cache use resumed after {resumed:.1f} s"
+        rec(core)
+        assert M.CACHE_HITS.labels("redis")._value.get() > hits  # entries written back after restart
+        assert len([r for r in caplog.records if "reachable again" in r.getMessage()]) == 1
+    finally:
+        core.close()
+
+
+def test_policies_survive_a_redis_restart(bundle, redis_server, tmp_path):
+    from service.policies import PolicyStoreUnavailable
+    from service.schemas import PolicyIn
+
+    core = make_core(bundle, redis_server.url, tmp_path / "a")
+    try:
+        active = [a["latent"] for a in rec(core)["active_latents"]]
+        core.policies.put("quiet", PolicyIn(latents=active[:2]), who="test")
+        want = ids(rec(core, policy="quiet"))
+        assert (tmp_path / "a" / f"policies-{core.settings.redis_prefix}.json").exists()
+
+        redis_server.stop()
+        assert ids(rec(core, policy="quiet")) == want  # served from memory
+        with pytest.raises(PolicyStoreUnavailable):
+            core.policies.put("other", PolicyIn(latents=[1]), who="test")
+        redis_server.start()  # comes back EMPTY (no persistence)
+        time.sleep(core.settings.redis_backoff_s + 0.1)
+        assert ids(rec(core, policy="quiet")) == want
+        r = redis_server.client()
+        assert r.hexists(core.policies.hash_key, "quiet"), "the policy was not re-seeded into Redis"
+        assert int(r.get(core.policies.gen_key)) >= 1
+    finally:
+        core.close()
+
+    # a replica starting later against an empty Redis re-seeds it from its durable copy
+    redis_server.stop()
+    redis_server.start()
+    from service.core import Core
+
+    fresh = Core(core.settings)
+    try:
+        fresh.start()
+        assert redis_server.client().hexists(fresh.policies.hash_key, "quiet")
+        assert ids(rec(fresh, policy="quiet")) == want
+    finally:
+        fresh.close()
+
+
+def test_a_stale_copy_never_overwrites_newer_redis_state(bundle, redis_server, tmp_path):
+    from dataclasses import replace
+
+    from service.core import Core
+    from service.schemas import PolicyIn
+
+    a = make_core(bundle, redis_server.url, tmp_path / "a")
+    try:
+        a.policies.put("p1", PolicyIn(latents=[1]), who="a")
+        (tmp_path / "b").mkdir()
+        name = f"policies-{a.settings.redis_prefix}.json"
+        shutil.copy(tmp_path / "a" / name, tmp_path / "b" / name)  # B's copy: generation 1
+        a.policies.put("p2", PolicyIn(latents=[2]), who="a")
+        a.policies.delete("p1", who="a")
+    finally:
+        a.close()
+    b = Core(replace(a.settings, state_dir=str(tmp_path / "b")))
+    try:
+        b.start()
+        assert [p.name for p in b.policies.list()] == ["p2"]
+        assert '"p1"' not in (tmp_path / "b" / name).read_text()  # B's copy caught up
+    finally:
+        b.close()
+
+
+def test_one_round_trip_per_explained_request_on_the_hit_path(bundle, redis_server, tmp_path):
+    from service import metrics as M
+    from service.schemas import PolicyIn
+
+    core = make_core(bundle, redis_server.url, tmp_path)
+    try:
+        core.policies.put("p", PolicyIn(latents=[1, 2]), who="t")
+        uids = [str(u) for u in core.bundle.users.user_ids[:25]]
+        for u in uids:  # every concept was pre-filled at start: these are all hits
+            rec(core, u)
+        r = redis_server.client()
+        r.config_resetstat()
+        rt0 = M.REDIS_ROUNDTRIPS.labels("request")._value.get()
+        for u in uids:
+            rec(core, u)
+        assert commandstats(r) == {"mget": len(uids)}
+        for u in uids:
+            rec(core, u, explain=False)  # nothing to look up: no round trip at all
+        assert commandstats(r) == {"mget": len(uids)}
+        for u in uids:
+            rec(core, u, policy="p")  # policy + concepts: one pipeline
+        assert commandstats(r) == {"mget": 2 * len(uids), "hget": len(uids)}
+        assert M.REDIS_ROUNDTRIPS.labels("request")._value.get() - rt0 == 2 * len(uids)
+    finally:
+        core.close()
+
+
+def test_without_redis_everything_is_in_process_and_durable(bundle, tmp_path):
+    from service.schemas import PolicyIn
+
+    core = make_core(bundle, None, tmp_path)
+    try:
+        assert core.link is None
+        base = rec(core)
+        assert base["active_latents"]
+        core.policies.put("local", PolicyIn(latents=[base["active_latents"][0]["latent"]], strength=1.0), who="t")
+        with_policy = rec(core, policy="local")
+        assert with_policy["suppressed"][0]["source"] == "policy:local"
+        assert [e.action for e in core.policies.audit()] == ["put"]
+    finally:
+        core.close()
+    again = make_core(bundle, None, tmp_path, prefix=core.settings.redis_prefix)
+    try:
+        assert again.settings.redis_url is None
+        assert again.policies.get("local") is not None  # re-read from RECSAE_STATE_DIR
+        assert (tmp_path / f"audit-{core.settings.redis_prefix}.jsonl").exists()
+    finally:
+        again.close()
+
+
+# -- over HTTP, bentoml serve -----------------------------------------------------------------------
+@pytest.fixture()
+def served(bundle, redis_server, tmp_path):
+    env = {
+        "RECSAE_BUNDLE": str(bundle),
+        "REDIS_URL": redis_server.url,
+        "RECSAE_REDIS_PREFIX": f"fault-{uuid.uuid4().hex[:8]}",
+        "RECSAE_ADMIN_TOKEN": TOKEN,
+        "RECSAE_STATE_DIR": str(tmp_path / "state"),
+        "RECSAE_POLICY_SYNC_S": "0",  # no background traffic: round trips are countable
+    }
+    with ServeProcess(env, log_dir=str(tmp_path)) as s:
+        yield s
+
+
+def test_http_round_trips_outage_and_restart(served, redis_server):
+    c = Client(served.port)
+    status, _ = c.request("PUT", "/admin/policies/calm", body={"latents": [1, 2, 3]}, headers=AUTH)
+    assert status == 200
+    uids = [str(u) for u in range(1, 21)]
+    for u in uids:
+        assert c.request("GET", "/recommend", {"user_id": u, "explain": "true"})[0] == 200
+    r = redis_server.client()
+    r.config_resetstat()
+    for u in uids:
+        assert c.request("GET", "/recommend", {"user_id": u, "explain": "true"})[0] == 200
+    assert commandstats(r) == {"mget": len(uids)}, "more than one round trip per explained request"
+
+    # continuous load while Redis stops and comes back (empty)
+    failures, done, stop = [], [0], threading.Event()
+
+    def load():
+        lc = Client(served.port)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            for params in ({"user_id": uids[i % 20], "explain": "true"}, {"user_id": uids[i % 20], "policy": "calm"}):
+                st, body = lc.request("GET", "/recommend", params)
+                done[0] += 1
+                if st != 200:
+                    failures.append((st, body))
+            time.sleep(0.01)
+        lc.close()
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        time.sleep(0.3)
+        redis_server.stop()
+        time.sleep(1.5)
+        redis_server.start()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 6:
+            text = c.request("GET", "/metrics")[1]
+            if re.search(r"^recsae_redis_up\{[^}]*\} 1", text, re.M) and r.keys("*:concept:*"):
+                break
+            time.sleep(0.2)
+        resumed = time.monotonic() - t0
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        t.join(10)
+    assert not failures, failures[:3]
+    assert done[0] > 50
+    assert resumed < 5.0, f"Redis use resumed {resumed:.1f} s after the restart"
+    assert r.hexists(f"{served.env['RECSAE_REDIS_PREFIX']}:policies", "calm"), "policy not re-seeded"
+    log = served.log()
+    assert log.count("is unreachable") == 1, log[-3000:]
+    assert log.count("reachable again") == 1, log[-3000:]
+    text = c.request("GET", "/metrics")[1]
+    assert re.search(r"^recsae_concept_cache_fallback_total [1-9]", text, re.M)
+    assert re.search(r'^recsae_redis_errors_total\{op="request"\} [1-9]', text, re.M)
+    c.close()

@@ -1,0 +1,520 @@
+"""Fast in-process tests of the HTTP service: starlette's TestClient over the BentoML ASGI app
+(built once per process), a real small bundle, and the shared Redis under a private prefix."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsae-prom-"))
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.conftest import build_small_bundle  # noqa: E402
+
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+TOKEN = "test-admin-token-" + uuid.uuid4().hex[:8]
+AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Admin-Label": "pytest"}
+
+
+def serving_bundle(data_dir: Path) -> Path:
+    """The small real bundle. Concepts: describer 'none' until the 'stats' describer is final
+    (then use the `small_bundle` fixture); RECSAE_TEST_DESCRIBER=stats tries it now."""
+    return build_small_bundle(data_dir, describer=os.environ.get("RECSAE_TEST_DESCRIBER", "none"))
+
+
+@pytest.fixture(scope="module")
+def bundle(data_dir) -> Path:
+    return serving_bundle(data_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(bundle):
+    from recsae.engine import Engine
+
+    return Engine.from_path(str(bundle))
+
+
+@pytest.fixture(scope="module")
+def redis_prefix():
+    import redis
+
+    r = redis.Redis.from_url(SHARED_REDIS, socket_timeout=2)
+    try:
+        r.ping()
+    except redis.RedisError as e:
+        pytest.skip(f"no Redis at {SHARED_REDIS}: {e}")
+    prefix = f"test-inproc-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        r.delete(*keys)
+
+
+_ASGI = None
+
+
+def _asgi():
+    """BentoML's ASGI app can be built only once per process."""
+    global _ASGI
+    if _ASGI is None:
+        from service.service import RecSAEService
+
+        _ASGI = RecSAEService.to_asgi()
+    return _ASGI
+
+
+@pytest.fixture(scope="module")
+def client(bundle, redis_prefix, tmp_path_factory):
+    from starlette.testclient import TestClient
+
+    env = {
+        "RECSAE_BUNDLE": str(bundle),
+        "REDIS_URL": SHARED_REDIS,
+        "RECSAE_REDIS_PREFIX": redis_prefix,
+        "RECSAE_ADMIN_TOKEN": TOKEN,
+        "RECSAE_STATE_DIR": str(tmp_path_factory.mktemp("state")),
+        "RECSAE_POLICY_SYNC_S": "0.5",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with TestClient(_asgi(), raise_server_exceptions=False) as c:
+            yield c
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def svc(client):
+    from _bentoml_sdk.service import get_current_service
+
+    return get_current_service()
+
+
+def users(engine, n=6):
+    ids = engine.bundle.users.user_ids
+    return [str(ids[i]) for i in np.linspace(0, len(ids) - 1, n).astype(int)]
+
+
+def offline(engine, user_id, k=10, suppress=None, mode="error"):
+    u = engine.bundle.users.index_of(user_id)
+    x = engine.encode_users(np.array([u]))
+    ids, sc, _, _ = engine.recommend(x, k, exclude=[engine.bundle.users.history(u)], suppress=suppress, mode=mode)
+    return [engine.bundle.catalog.item_ids[i] for i in ids[0]], sc[0]
+
+
+def check_schema(body):
+    """A served body is exactly what the Pydantic response model describes (the wire format)."""
+    from service.schemas import RecommendResponse
+
+    assert RecommendResponse.model_validate(body).model_dump(mode="json") == body
+
+
+def check_decomposition(body, tol=1e-4):
+    check_schema(body)
+    for it in body["items"]:
+        e = it["explanation"]
+        total = e["bias"] + e["error"] + sum(c["contribution"] for c in e["contributions"])
+        assert total == pytest.approx(it["score"], abs=tol), it["item_id"]
+
+
+# -- basics ---------------------------------------------------------------------------------------
+def test_ready_and_bundle_summary(client, engine):
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/livez").status_code == 200
+    b = client.get("/bundle").json()
+    assert b["bundle_hash"] == engine.bundle.bundle_hash
+    assert b["version"] == engine.bundle.version
+    assert b["sae"] == {"k": engine.sae.k, "n_latents": engine.sae.n_latents, "expansion": 8}
+    assert b["accepts_history"] is True and b["model"]["input_kind"] == "history"
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_recommendations_equal_the_offline_kernel(client, engine, explain):
+    for uid in users(engine):
+        r = client.get("/recommend", params={"user_id": uid, "k": 10, "explain": explain})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        want_ids, want_scores = offline(engine, uid)
+        assert [it["item_id"] for it in body["items"]] == want_ids
+        assert [it["score"] for it in body["items"]] == pytest.approx(want_scores.tolist(), abs=1e-5)
+        assert [it["rank"] for it in body["items"]] == list(range(1, 11))
+        assert body["bundle_version"] == engine.bundle.version
+        assert (body["items"][0]["explanation"] is not None) == explain
+        check_schema(body)
+        if not explain:
+            assert body["active_latents"] == []
+
+
+def test_explanations_decompose_the_scores(client, engine):
+    for uid in users(engine):
+        body = client.get("/recommend", params={"user_id": uid, "explain": "true"}).json()
+        check_decomposition(body)
+        u = engine.bundle.users.index_of(uid)
+        codes = engine.sae.encode(engine.encode_users(np.array([u])))
+        firing = codes.acts[0] > 0
+        assert [a["latent"] for a in body["active_latents"]] == codes.idx[0][firing].tolist()
+        assert [a["activation"] for a in body["active_latents"]] == pytest.approx(codes.acts[0][firing].tolist())
+        for it in body["items"]:
+            lat = {c["latent"] for c in it["explanation"]["contributions"]}
+            assert lat == {a["latent"] for a in body["active_latents"]}
+            contrib = [c["contribution"] for c in it["explanation"]["contributions"]]
+            assert contrib == sorted(contrib, reverse=True)
+
+
+def _strongest_positive(body):
+    """(latent, {item_id: contribution}) of the active latent with the largest positive contribution."""
+    best = max(
+        ((c["latent"], c["contribution"]) for it in body["items"] for c in it["explanation"]["contributions"]),
+        key=lambda t: t[1],
+    )
+    j = best[0]
+    per_item = {
+        it["item_id"]: next(c["contribution"] for c in it["explanation"]["contributions"] if c["latent"] == j)
+        for it in body["items"]
+    }
+    return j, per_item
+
+
+def test_suppression_removes_the_concept_and_moves_scores(client, engine):
+    uid = users(engine)[1]
+    before = client.get("/recommend", params={"user_id": uid, "explain": True, "k": 20}).json()
+    j, contrib = _strongest_positive(before)
+    assert contrib[max(contrib, key=contrib.get)] > 0
+    after = client.get("/recommend", params={"user_id": uid, "explain": True, "k": 20, "suppress": str(j)}).json()
+    check_decomposition(after)
+    assert after["suppressed"] == [{"latent": j, "strength": 1.0, "source": "request", "active": True}]
+    act = {a["latent"]: a for a in after["active_latents"]}
+    assert act[j]["suppressed"] is True and act[j]["strength"] == 1.0
+    for it in after["items"]:
+        c = next(c for c in it["explanation"]["contributions"] if c["latent"] == j)
+        assert c["contribution"] == 0.0 and c["suppressed"] is True
+    # error mode: every item's score drops by exactly that concept's contribution
+    old = {it["item_id"]: it["score"] for it in before["items"]}
+    new = {it["item_id"]: it["score"] for it in after["items"]}
+    common = set(old) & set(new)
+    assert common
+    for i in common:
+        assert new[i] == pytest.approx(old[i] - contrib[i], abs=1e-4)
+        if contrib[i] > 1e-6:
+            assert new[i] < old[i]
+    # and the served ranking is the offline steered ranking
+    ids, scores = offline(engine, uid, k=20, suppress={j: 1.0})
+    assert [it["item_id"] for it in after["items"]] == ids
+    assert [it["score"] for it in after["items"]] == pytest.approx(scores.tolist(), abs=1e-5)
+
+
+def test_reconstruction_mode_has_no_error_term(client, engine):
+    uid = users(engine)[2]
+    body = client.get("/recommend", params={"user_id": uid, "explain": True, "mode": "reconstruction"}).json()
+    assert body["mode"] == "reconstruction"
+    check_decomposition(body)
+    assert all(abs(it["explanation"]["error"]) < 1e-4 for it in body["items"])
+    ids, _ = offline(engine, uid, mode="reconstruction")
+    assert [it["item_id"] for it in body["items"]] == ids
+
+
+def test_post_history_equals_offline(client, engine):
+    cat = engine.bundle.catalog
+    hist = [cat.item_ids[i] for i in (49, 171, 180, 99, 0)]
+    r = client.post("/recommend", json={"history": hist, "k": 5, "explain": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    idx = np.array([cat.index_of(h) for h in hist])
+    x = engine.encode_histories([idx])
+    ids, sc, _, _ = engine.recommend(x, 5, exclude=[idx])
+    assert [it["item_id"] for it in body["items"]] == [cat.item_ids[i] for i in ids[0]]
+    assert body["user_id"] is None
+    check_decomposition(body)
+    assert not set(hist) & {it["item_id"] for it in body["items"]}
+    # numbers are accepted as ids; exclude_seen=false may return history items
+    r2 = client.post("/recommend", json={"history": [int(h) for h in hist], "k": 5})
+    assert [it["item_id"] for it in r2.json()["items"]] == [it["item_id"] for it in body["items"]]
+
+
+def test_post_history_needs_a_sequential_bundle(client, svc):
+    eng = svc.core.engine
+    eng.input_kind = "user"
+    try:
+        r = client.post("/recommend", json={"history": ["1"]})
+    finally:
+        eng.input_kind = "history"
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "history"]
+    assert "sequential" in r.json()["detail"][0]["msg"]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "params, status, field",
+    [
+        ({"user_id": "no-such-user"}, 404, None),
+        ({"user_id": "1", "k": 0}, 422, "k"),
+        ({"user_id": "1", "k": 101}, 422, "k"),
+        ({"user_id": "1", "k": "ten"}, 422, "k"),
+        ({"user_id": "1", "suppress": "12,abc"}, 422, "suppress"),
+        ({"user_id": "1", "suppress": "999999"}, 422, "suppress"),
+        ({"user_id": "1", "policy": "no-such-policy"}, 422, "policy"),
+        ({"user_id": "1", "policy": "bad name!"}, 422, "policy"),
+        ({"user_id": "1", "mode": "fancy"}, 422, "mode"),
+        ({"user_id": "1", "explain": "maybe"}, 422, "explain"),
+        ({"user_id": "1", "verbose": "1"}, 422, "verbose"),
+        ({}, 422, "user_id"),
+    ],
+)
+def test_get_errors(client, params, status, field):
+    r = client.get("/recommend", params=params)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    if field is None:
+        assert "unknown user_id" in detail
+    else:
+        assert field in {d["loc"][-1] for d in detail}, detail
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"history": []}, "history"),
+        ({"history": ["1"] * 201}, "history"),
+        ({"history": ["1", "not-an-item"]}, "history"),
+        ({"history": ["1"], "k": 0}, "k"),
+        ({"history": ["1"], "suppress": [100000]}, "suppress"),
+        ({"history": ["1"], "suppress": "1,2"}, "suppress"),
+        ({"history": ["1"], "user_id": "1"}, "user_id"),
+        ({"k": 3}, "history"),
+    ],
+)
+def test_post_errors(client, body, field):
+    r = client.post("/recommend", json=body)
+    assert r.status_code == 422, r.text
+    assert field in {d["loc"][-1] for d in r.json()["detail"]}, r.text
+
+
+def test_malformed_json_and_unknown_query_on_post(client):
+    r = client.post("/recommend", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/recommend?debug=1", json={"history": ["1"]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "debug"]
+
+
+# -- concepts -------------------------------------------------------------------------------------
+def test_concepts_list_search_sort_and_detail(client, engine):
+    n = engine.sae.n_latents
+    body = client.get("/concepts", params={"limit": 5}).json()
+    assert body["total"] == n and [c["latent"] for c in body["concepts"]] == [0, 1, 2, 3, 4]
+    freq = client.get("/concepts", params={"sort": "-frequency", "limit": 20}).json()["concepts"]
+    f = [c["firing_frequency"] for c in freq]
+    assert f == sorted(f, reverse=True)
+    dead = client.get("/concepts", params={"status": "dead", "limit": 1000}).json()
+    assert all(c["status"] == "dead" for c in dead["concepts"])
+    page = client.get("/concepts", params={"offset": n - 2, "limit": 10}).json()
+    assert [c["latent"] for c in page["concepts"]] == [n - 2, n - 1]
+    assert client.get("/concepts", params={"q": "zzzz-no-such-word"}).json()["total"] == 0
+    detail = client.get("/concepts/3").json()
+    assert detail["latent"] == 3 and "evidence" in detail
+    assert client.get(f"/concepts/{n}").status_code == 404
+    assert client.get("/concepts/-1").status_code == 422
+    assert client.get("/concepts", params={"sort": "colour"}).status_code == 422
+    assert client.get("/concepts", params={"limit": 0}).status_code == 422
+
+
+# -- admin and policies ---------------------------------------------------------------------------
+def test_admin_requires_the_bearer_token(client, svc):
+    assert client.get("/admin/policies").status_code == 401
+    r = client.get("/admin/policies", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert client.get("/admin/policies", headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    assert client.put("/admin/policies/x", json={"latents": [1]}).status_code == 401
+    assert client.get("/admin/policies", headers=AUTH).status_code == 200
+    settings = svc.settings
+    svc.settings = replace(settings, admin_token=None)
+    try:
+        r = client.get("/admin/policies", headers=AUTH)
+        assert r.status_code == 503 and "admin disabled" in r.json()["detail"]
+    finally:
+        svc.settings = settings
+
+
+def test_policy_lifecycle_application_and_audit(client, engine):
+    uid = users(engine)[3]
+    base = client.get("/recommend", params={"user_id": uid, "explain": True}).json()
+    active = [a["latent"] for a in base["active_latents"]]
+    r = client.put("/admin/policies/no-top2", json={"latents": active[:2], "strength": 1.0,
+                                                    "description": "drop two"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    pol = r.json()
+    assert pol["latents"] == sorted(active[:2]) and pol["updated_by"].endswith("/pytest")
+    assert client.get("/admin/policies/no-top2", headers=AUTH).json()["latents"] == sorted(active[:2])
+    assert "no-top2" in [p["name"] for p in client.get("/admin/policies", headers=AUTH).json()["policies"]]
+
+    via_policy = client.get("/recommend", params={"user_id": uid, "explain": True, "policy": "no-top2"}).json()
+    via_request = client.get("/recommend", params={"user_id": uid, "explain": True,
+                                                   "suppress": ",".join(map(str, active[:2]))}).json()
+    assert via_policy["policy"] == "no-top2"
+    assert [it["item_id"] for it in via_policy["items"]] == [it["item_id"] for it in via_request["items"]]
+    assert {s["source"] for s in via_policy["suppressed"]} == {"policy:no-top2"}
+    check_decomposition(via_policy)
+
+    # half strength, reconstruction mode: the policy's mode applies unless the request names one
+    client.put("/admin/policies/half", json={"latents": [active[0]], "strength": 0.5, "mode": "reconstruction"},
+               headers=AUTH)
+    half = client.get("/recommend", params={"user_id": uid, "explain": True, "policy": "half"}).json()
+    assert half["mode"] == "reconstruction"
+    assert next(a for a in half["active_latents"] if a["latent"] == active[0])["strength"] == 0.5
+    ids, _ = offline(engine, uid, suppress={active[0]: 0.5}, mode="reconstruction")
+    assert [it["item_id"] for it in half["items"]] == ids
+    forced = client.get("/recommend", params={"user_id": uid, "policy": "half", "mode": "error"}).json()
+    assert forced["mode"] == "error"
+
+    # the policy shows in the POST body form too
+    r = client.post("/recommend", json={"history": ["1", "2"], "policy": "half"})
+    assert r.status_code == 200 and r.json()["policy"] == "half"
+
+    assert client.delete("/admin/policies/no-top2", headers=AUTH).status_code == 204
+    assert client.delete("/admin/policies/no-top2", headers=AUTH).status_code == 404
+    assert client.get("/admin/policies/no-top2", headers=AUTH).status_code == 404
+    r = client.get("/recommend", params={"user_id": uid, "policy": "no-top2"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "policy"]
+
+    audit = client.get("/admin/audit", headers=AUTH, params={"limit": 10}).json()["entries"]
+    actions = [(e["action"], e["policy"]) for e in audit]
+    assert actions[:3] == [("delete", "no-top2"), ("put", "half"), ("put", "no-top2")]
+    assert all(e["who"].startswith("token:") and e["who"].endswith("/pytest") for e in audit[:3])
+    assert TOKEN not in str(audit)
+    assert client.get("/admin/audit", headers=AUTH, params={"limit": 0}).status_code == 422
+
+
+def test_policy_input_errors(client, engine):
+    n = engine.sae.n_latents
+    r = client.put("/admin/policies/p", json={"latents": [n]}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "latents"]
+    r = client.put("/admin/policies/p", json={"query": "zzzz-matches-nothing"}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "query"]
+    assert client.put("/admin/policies/p", json={}, headers=AUTH).status_code == 422
+    assert client.put("/admin/policies/p", json={"latents": [1], "strength": 2}, headers=AUTH).status_code == 422
+    assert client.put("/admin/policies/bad%20name", json={"latents": [1]}, headers=AUTH).status_code == 422
+
+
+def test_policy_from_a_text_query(client, engine):
+    described = [c for c in engine.bundle.concepts if c.get("status") == "described" and c.get("description")]
+    if not described:
+        pytest.skip("this bundle has no described concepts (describer 'none')")
+    word = max(described[0]["description"].split(), key=len)
+    r = client.put("/admin/policies/by-query", json={"query": word}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert described[0]["latent"] in r.json()["latents"]
+    client.delete("/admin/policies/by-query", headers=AUTH)
+
+
+# -- the concept cache in Redis -------------------------------------------------------------------
+def test_concepts_are_cached_in_redis_per_bundle_hash(client, svc, engine, redis_prefix):
+    import redis
+
+    r = redis.Redis.from_url(SHARED_REDIS)
+    uid = users(engine)[4]
+    body = client.get("/recommend", params={"user_id": uid, "explain": True}).json()
+    active = [a["latent"] for a in body["active_latents"]]
+    keys = [f"{redis_prefix}:concept:{engine.bundle.bundle_hash}:{j}" for j in active]
+    assert all(r.exists(k) for k in keys)
+    assert 0 < r.ttl(keys[0]) <= svc.settings.concept_ttl_s
+    # a cached (e.g. curated) entry is what the service answers with
+    r.set(keys[0], b'{"latent": %d, "status": "described", "description": "cached text", "confidence": 0.9}'
+          % active[0], ex=60)
+    body = client.get("/recommend", params={"user_id": uid, "explain": True}).json()
+    a0 = next(a for a in body["active_latents"] if a["latent"] == active[0])
+    assert a0["description"] == "cached text" and a0["confidence"] == 0.9
+    # a missing or corrupt entry is answered from the bundle and written back
+    r.delete(keys[0])
+    r.set(keys[1], b"{corrupt")
+    body = client.get("/recommend", params={"user_id": uid, "explain": True}).json()
+    a0 = next(a for a in body["active_latents"] if a["latent"] == active[0])
+    assert a0["description"] == engine.bundle.concepts[active[0]]["description"]
+    assert r.exists(keys[0]) and r.get(keys[1]) != b"{corrupt"
+
+
+def test_a_new_bundle_hash_never_reads_old_entries(svc, redis_prefix):
+    from recsae.concepts import Concept
+    from service.concepts import ConceptStore
+
+    c = [Concept(latent=0, status="undescribed")]
+    old = ConceptStore(c, "oldhash", svc.core.link, redis_prefix, 60)
+    new = ConceptStore(c, "newhash", svc.core.link, redis_prefix, 60)
+    svc.core.link.client.set(old.key(0), b'{"latent": 0, "status": "described", "description": "old bundle"}')
+    assert old.fetch([0])[0].description == "old bundle"
+    assert new.fetch([0])[0].description is None
+    assert new.key(0) != old.key(0) and "newhash" in new.key(0)
+
+
+# -- metrics --------------------------------------------------------------------------------------
+def test_metrics(client, engine):
+    for uid in users(engine, 3):
+        client.get("/recommend", params={"user_id": uid, "explain": True, "suppress": "1"})
+    text = client.get("/metrics").text
+    assert 'recsae_request_latency_seconds_bucket{explain="true",le="0.005",route="GET /recommend"}' in text
+    assert re.search(r'recsae_recommendations_served_total\{source="user"\} \d', text)
+    assert re.search(r'recsae_concept_cache_hits_total\{backend="redis"\} \d', text)
+    assert re.search(r'recsae_suppression_requests_total\{policy="adhoc"\} \d', text)
+    assert re.search(r"^recsae_concept_drift_jsd \d", text, re.M)
+    assert re.search(r"^recsae_concept_drift_psi \d", text, re.M)
+    rates = re.findall(r'^recsae_concept_firing_rate\{kind="(live|reference)",latent="(\d+)"\}', text, re.M)
+    assert 0 < len(rates) <= 2 * 10 and len({j for _, j in rates}) == len(rates) // 2
+
+
+# -- no 500 for any client input ------------------------------------------------------------------
+def test_fuzzed_requests_never_get_a_500(client):
+    import json
+
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis import GenerationMode
+
+    from service.openapi import PATH
+
+    schema = schemathesis.openapi.from_dict(json.loads(PATH.read_text()))
+    ops = [op.ok() for op in schema.get_all_operations()]
+    strategies = [op.as_strategy(generation_mode=m) for op in ops for m in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(strategies), st.booleans())
+    def run(case, with_token):
+        kw = case.as_transport_kwargs(base_url="http://testserver")
+        if with_token:
+            kw["headers"] = {**kw.get("headers", {}), **AUTH}
+        kw.pop("cookies", None)
+        r = client.request(**kw)
+        assert r.status_code < 500, (kw, r.status_code, r.text[:500])
+
+    run()
+
+
+def test_a_policy_stored_for_another_bundle_does_not_apply_its_latent_ids(client, svc, engine, redis_prefix):
+    """Latent ids differ between SAEs: during a rolling upgrade only a policy's query carries over."""
+    import json
+    import time
+
+    uid = users(engine)[5]
+    active = [a["latent"] for a in client.get("/recommend", params={"user_id": uid, "explain": True}).json()["active_latents"]]
+    foreign = {"name": "foreign", "latents": active[:2], "explicit": active[:2], "query": None,
+               "bundle_hash": "0" * 64, "strength": 1.0, "mode": "error", "description": None,
+               "created_at": time.time(), "updated_at": time.time(), "updated_by": "other-replica"}
+    svc.core.link.client.hset(f"{redis_prefix}:policies", "foreign", json.dumps(foreign))
+    try:
+        body = client.get("/recommend", params={"user_id": uid, "explain": True, "policy": "foreign"}).json()
+        assert body["policy"] == "foreign" and body["suppressed"] == []
+        plain = client.get("/recommend", params={"user_id": uid}).json()
+        assert [i["item_id"] for i in body["items"]] == [i["item_id"] for i in plain["items"]]
+    finally:
+        svc.core.link.client.hdel(f"{redis_prefix}:policies", "foreign")

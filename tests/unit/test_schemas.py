@@ -1,0 +1,146 @@
+"""The wire format (service.schemas): validation rules, and the committed OpenAPI document."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsae-prom-"))
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+import pytest  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from recsae.concepts import Concept  # noqa: E402
+from service.concepts import resolve_query, searchable_text  # noqa: E402
+from service.schemas import (  # noqa: E402
+    ItemExplanation,
+    PolicyIn,
+    RecommendQuery,
+    RecommendRequest,
+    RecommendResponse,
+    parse_latent_list,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _loc(e: ValidationError) -> set[str]:
+    return {str(err["loc"][0]) for err in e.errors()}
+
+
+@pytest.mark.parametrize(
+    "raw, want",
+    [(None, []), ("", []), ("  ", []), ("12", [12]), ("12,57", [12, 57]), (" 3 , 1 ,3", [3, 1])],
+)
+def test_parse_latent_list(raw, want):
+    assert parse_latent_list(raw) == want
+
+
+@pytest.mark.parametrize("raw", ["a", "1,,2", "1,", "-1", "1.5", "1;2", "12345678901", ",1"])
+def test_parse_latent_list_rejects_malformed(raw):
+    with pytest.raises(ValueError):
+        parse_latent_list(raw)
+
+
+def test_query_defaults_and_blank_options():
+    q = RecommendQuery(user_id="7", policy="", mode="", suppress="")
+    assert (q.k, q.explain, q.exclude_seen, q.policy, q.mode) == (10, False, True, None, None)
+    assert q.suppress_list() == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"k": 0}, "k"),
+        ({"k": 101}, "k"),
+        ({"suppress": "1,x"}, "suppress"),
+        ({"policy": "has space"}, "policy"),
+        ({"policy": "x" * 65}, "policy"),
+        ({"mode": "fast"}, "mode"),
+        ({"user_id": ""}, "user_id"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_query_rejections_name_the_field(kwargs, field):
+    args = {"user_id": "1", **kwargs}
+    with pytest.raises(ValidationError) as e:
+        RecommendQuery(**args)
+    assert field in _loc(e.value)
+
+
+def test_body_history_rules():
+    r = RecommendRequest(history=[50, "172"], suppress=[3, 3, 1])
+    assert r.history == ["50", "172"]  # numbers are read as raw ids
+    assert r.suppress_list() == [3, 1]
+    for bad, field in [
+        ({"history": []}, "history"),
+        ({"history": ["1"] * 201}, "history"),
+        ({"history": ["1"], "suppress": [-1]}, "suppress"),
+        ({"history": ["1"], "user_id": "3"}, "user_id"),
+        ({"history": [""]}, "history"),
+    ]:
+        with pytest.raises(ValidationError) as e:
+            RecommendRequest(**bad)
+        assert field in _loc(e.value), bad
+    assert len(RecommendRequest(history=["1"] * 200).history) == 200
+
+
+def test_policy_needs_latents_or_query_and_bounded_strength():
+    assert PolicyIn(latents=[1]).strength == 1.0
+    assert PolicyIn(query="horror").mode == "error"
+    for bad in [{}, {"latents": []}, {"latents": [1], "strength": 1.5}, {"latents": [1], "mode": "x"},
+                {"latents": [1], "extra": 1}]:
+        with pytest.raises(ValidationError):
+            PolicyIn(**bad)
+
+
+def test_response_round_trips_and_explanation_defaults():
+    r = RecommendResponse(bundle_version="v", bundle_hash="h", k=1, mode="error", items=[])
+    assert r.suppressed == [] and r.active_latents == [] and r.user_id is None
+    assert RecommendResponse.model_validate_json(r.model_dump_json()) == r
+    assert ItemExplanation(bias=0.1, error=0.0).contributions == []
+
+
+def _concept(j, description, status="described", attributes=(), top=()):
+    return Concept.model_validate(
+        {"latent": j, "status": status, "description": description, "attributes": list(attributes),
+         "evidence": {"top_items": list(top)}}
+    )
+
+
+def test_policy_query_resolution_uses_described_concepts_only():
+    cs = [
+        _concept(0, "Horror films of the 1980s", attributes=["genre:Horror"]),
+        _concept(1, "Children's animation", attributes=["genre:Children's", "genre:Animation"]),
+        _concept(2, None, status="undescribed", top=["Horror Movie (1980)"]),
+        _concept(3, "Slasher HORROR", attributes=[]),
+    ]
+    assert resolve_query(cs, "horror") == [0, 3]
+    assert resolve_query(cs, "genre:animation") == [1]
+    assert resolve_query(cs, "horror 1980s") == [0]
+    assert resolve_query(cs, "western") == []
+    assert "horror movie" in searchable_text(cs[2])  # /concepts?q= also searches evidence
+
+
+def test_openapi_document_is_current():
+    """service/openapi.json must equal what the code generates (regenerate: python -m service.openapi)."""
+    from service.openapi import PATH, render
+
+    assert PATH.exists(), "service/openapi.json is missing: run `python -m service.openapi`"
+    assert PATH.read_text() == render(), "service/openapi.json is stale: run `python -m service.openapi`"
+
+
+def test_service_import_pulls_no_torch_or_training_code():
+    code = (
+        "import sys, service.service, service.devserver, service.openapi\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m in "
+        "('recsae.pipeline', 'recsae.train', 'recsae.sae', 'models') or m.startswith('models.'))\n"
+        "print(','.join(bad))\n"
+    )
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", f"the service imports training modules: {out.stdout.strip()}"
