@@ -18,7 +18,10 @@ class Enrichment(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    feature: str = Field(description='"group:value", e.g. "genre:Horror"')
+    feature: str = Field(
+        description='an attribute: "group:value" (history share, e.g. "genre:Horror"), optionally '
+        'prefixed by its source: "last:" (most recent item), "next:" (top recommendation), "user:"'
+    )
     lift: float = Field(description="share among activating samples / share in the background")
     share: float = Field(description="share of activating samples that have the feature")
     background: float = Field(description="share of all samples that have the feature")
@@ -36,6 +39,16 @@ class DetectionScore(BaseModel):
     n_negative: int
 
 
+class Example(BaseModel):
+    """One activating training sample: its recent history and the model's top recommendation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[str] = Field(default_factory=list, description="titles, oldest first")
+    recommendation: str | None = None
+    activation: float = 0.0
+
+
 class Evidence(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -45,6 +58,7 @@ class Evidence(BaseModel):
     histogram: list[int] = Field(default_factory=list, description="counts over 20 equal bins")
     histogram_max: float = 0.0
     n_activating: int = 0
+    examples: list[Example] = Field(default_factory=list, description="strongest samples, one per user")
 
 
 class Concept(BaseModel):
@@ -58,6 +72,11 @@ class Concept(BaseModel):
         default=None, description="paper protocol: 5 activating + 5 random, threshold 5 of 10"
     )
     detection: DetectionScore | None = None
+    match_threshold: float | None = Field(
+        default=None,
+        description="stats predictor: attribute-match score above which a sample is predicted "
+        "to activate (calibrated on SAE training samples only)",
+    )
     firing_frequency: float = 0.0
     describer: str | None = None
     model: str | None = None

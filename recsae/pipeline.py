@@ -377,6 +377,10 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
         }
 
     bundle = write_bundle(out, fill)
+    if cfg.describer != "none":
+        from recsae.interpret.atlas import write_atlas
+
+        write_atlas(bundle)
     lap("bundle", t)
     timings["total"] = round(time.perf_counter() - t0, 2)
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -4,7 +4,13 @@ their licences forbid redistribution); set ``RECSAE_DATA_DIR`` to point elsewher
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+
+# Before anything imports prometheus_client/bentoml: in-process service tests need a multiprocess
+# metrics dir (or /metrics hangs), and nothing may call out to the network.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsae-prom-"))
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
 import pytest
 

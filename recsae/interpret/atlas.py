@@ -1,0 +1,181 @@
+"""The concept atlas: one static, self-contained HTML page per bundle (``atlas.html``).
+
+A sortable overview table and one card per latent (``id="latent-<j>"``) with its description,
+scores, an inline SVG activation histogram, top items and enriched attributes. No external
+resources, so it opens offline from the file system.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+
+from recsae.concepts import Concept, ConceptDictionary
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.4em}table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}
+#overview th{cursor:pointer;background:#eee;position:sticky;top:0}#overview th:hover{background:#ddd}
+.num{text-align:right;font-variant-numeric:tabular-nums}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:12px;margin-top:1.5em}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px;min-width:0;overflow-x:auto}
+.card h3{margin:0 0 4px;font-size:1.05em}.desc{font-weight:600;margin:4px 0}
+.dead{opacity:.55}.undescribed .desc{color:#a33}.muted{color:#777;font-size:.9em}
+.card table{font-size:.85em;width:100%}.tag{display:inline-block;background:#eef;border-radius:3px;padding:0 4px;margin:1px;font-size:.85em}
+svg.hist rect{fill:#4a7bd0}
+"""
+
+_JS = r"""
+var heads = document.querySelectorAll('#overview th');
+heads.forEach(function(th, col){
+  th.addEventListener('click', function(){
+    var tb = document.querySelector('#overview tbody');
+    var rows = Array.prototype.slice.call(tb.rows);
+    var dir = th.dataset.dir === 'asc' ? -1 : 1; th.dataset.dir = dir === 1 ? 'asc' : 'desc';
+    rows.sort(function(a, b){
+      var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      if (!isNaN(nx) && !isNaN(ny)) return dir * (nx - ny);
+      if (isNaN(nx) !== isNaN(ny)) return isNaN(nx) ? 1 : -1;
+      return dir * String(x).localeCompare(String(y));
+    });
+    rows.forEach(function(r){ tb.appendChild(r); });
+  });
+});
+// #sort=3 sorts by the 4th column ascending, #sort=-3 descending (links and tests use it)
+var m = /^#sort=(-?)(\d+)$/.exec(location.hash);
+if (m && heads[+m[2]]) { heads[+m[2]].click(); if (m[1]) heads[+m[2]].click(); }
+"""
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+def _fmt(x: float | None, nd: int = 2) -> str:
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def histogram_svg(counts: list[int], vmax: float, width: int = 200, height: int = 48) -> str:
+    """Bars of the 20-bin activation histogram (square-root height so small bins stay visible)."""
+    if not counts or max(counts) == 0:
+        return ""
+    top = max(counts) ** 0.5
+    bw = width / len(counts)
+    bars = "".join(
+        f'<rect x="{i * bw:.1f}" y="{height - h:.1f}" width="{bw - 1:.1f}" height="{h:.1f}"><title>{c}</title></rect>'
+        for i, c in enumerate(counts)
+        for h in [height * (c**0.5) / top]
+    )
+    return (
+        f'<svg class="hist" width="{width}" height="{height + 14}" viewBox="0 0 {width} {height + 14}" '
+        f'role="img" aria-label="activation histogram">{bars}'
+        f'<text x="0" y="{height + 12}" font-size="10">0</text>'
+        f'<text x="{width}" y="{height + 12}" font-size="10" text-anchor="end">{vmax:.3g}</text></svg>'
+    )
+
+
+def _card(c: Concept) -> str:
+    ev = c.evidence
+    det = c.detection
+    parts = [
+        f'<section class="card {c.status}" id="latent-{c.latent}">',
+        f"<h3>Latent {c.latent} <span class=\"muted\">{c.status}</span></h3>",
+        f'<div class="desc">{escape(c.description or c.reason or "")}</div>',
+        '<div class="muted">'
+        f"confidence {_fmt(c.confidence)} · detection BA {_fmt(det.balanced_accuracy if det else None)}"
+        f" · AUC {_fmt(det.auc if det else None)} · fires on {c.firing_frequency:.2%}"
+        + (f" · {escape(c.describer)}" if c.describer else "")
+        + (f" ({escape(c.model)})" if c.model else "")
+        + "</div>",
+    ]
+    if c.status == "described" and c.reason:
+        parts.append(f'<div class="muted">{escape(c.reason)}</div>')
+    if c.attributes:
+        parts.append("<div>" + "".join(f'<span class="tag">{escape(a)}</span>' for a in c.attributes) + "</div>")
+    parts.append(histogram_svg(ev.histogram, ev.histogram_max))
+    if ev.top_items:
+        parts.append("<div><b>Top items:</b> " + escape("; ".join(ev.top_items)) + "</div>")
+    if ev.enriched:
+        rows = "".join(
+            f'<tr><td>{escape(e.feature)}</td><td class="num">{e.share:.2f}</td>'
+            f'<td class="num">{e.background:.2f}</td><td class="num">{e.lift:.1f}</td><td class="num">{e.count}</td></tr>'
+            for e in ev.enriched[:8]
+        )
+        parts.append(
+            "<table><thead><tr><th>enriched attribute</th><th>share</th><th>background</th><th>lift</th>"
+            f"<th>count</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    if ev.examples:
+        items = "".join(
+            f"<li>{escape(' → '.join(x.history[-5:]))} ⇒ <i>{escape(x.recommendation or '')}</i> "
+            f'<span class="muted">({x.activation:.3g})</span></li>'
+            for x in ev.examples
+        )
+        parts.append(f'<details><summary>strongest samples</summary><ul>{items}</ul></details>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _row(c: Concept) -> str:
+    det = c.detection
+    cells = [
+        (c.latent, f'<a href="#latent-{c.latent}">{c.latent}</a>'),
+        (c.status, c.status),
+        (c.description or c.reason or "", escape(_clip(c.description or c.reason or "", 140))),
+        (c.confidence, _fmt(c.confidence)),
+        (det.balanced_accuracy if det else None, _fmt(det.balanced_accuracy if det else None)),
+        (det.auc if det else None, _fmt(det.auc if det else None)),
+        (c.firing_frequency, f"{c.firing_frequency:.3%}"),
+    ]
+    tds = "".join(
+        f'<td data-v="{escape(str("" if v is None else v), quote=True)}"'
+        f'{" class=num" if isinstance(v, (int, float)) and i != 0 else ""}>{h}</td>'
+        for i, (v, h) in enumerate(cells)
+    )
+    return f"<tr>{tds}</tr>"
+
+
+def render_atlas(concepts: ConceptDictionary, title: str = "Concept atlas", meta: dict | None = None) -> str:
+    s = concepts.summary or {}
+    head = " · ".join(
+        f"{k.replace('_', ' ')}: {v}" for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
+    info = escape(json.dumps(meta, default=str)[:300]) if meta else ""
+    return "".join(
+        [
+            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+            f"<h1>{escape(title)}</h1>",
+            f'<p class="muted">describer {escape(concepts.describer)}'
+            + (f" ({escape(concepts.model)})" if concepts.model else "")
+            + f" · {escape(head)}</p>",
+            f'<p class="muted">{info}</p>' if info else "",
+            '<table id="overview"><thead><tr><th>latent</th><th>status</th><th>description</th>'
+            "<th>confidence</th><th>detection BA</th><th>AUC</th><th>firing</th></tr></thead><tbody>",
+            *[_row(c) for c in concepts.concepts],
+            '</tbody></table><div class="cards">',
+            *[_card(c) for c in concepts.concepts],
+            f"</div><script>{_JS}</script></body></html>",
+        ]
+    )
+
+
+def write_atlas(bundle_path: str | Path, out: str | Path | None = None) -> Path:
+    """Render ``atlas.html`` from a bundle's ``concepts.json`` (into the bundle by default).
+
+    The atlas is a view, not part of the bundle's payload: it is not in the manifest's hashes.
+    """
+    bundle = Path(bundle_path)
+    concepts = ConceptDictionary.model_validate_json((bundle / "concepts.json").read_text())
+    meta = None
+    if (bundle / "manifest.json").exists():
+        m = json.loads((bundle / "manifest.json").read_text())
+        meta = {"version": m.get("version"), "dataset": m.get("dataset", {}).get("dataset"),
+                "model": m.get("model", {}).get("name"), "sae": m.get("sae")}  # fmt: skip
+    path = Path(out) if out else bundle / "atlas.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(render_atlas(concepts, f"Concept atlas — {bundle.name}", meta), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,518 @@
+"""Describers: evidence about a latent -> a description, the attributes it names, and why.
+
+``stats`` (the default) is offline and deterministic: it names the latent from its most enriched
+attributes, choosing the few that best tell firing from non-firing *training* samples. ``llm``
+asks an OpenAI-compatible chat endpoint; every answer is cached on disk as it arrives, so an
+interrupted run resumes by asking only for what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from recsae import ConfigError
+from recsae.interpret.evidence import Attribute, LatentEvidence, best_threshold, calibration_rows
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Description:
+    """What a describer says about one latent."""
+
+    latent: int
+    status: Literal["described", "undescribed"]
+    text: str | None = None
+    attributes: list[str] = field(default_factory=list)
+    threshold: float | None = None  # stats predictor calibration (training samples only)
+    reason: str | None = None
+
+
+class Describer(ABC):
+    name: str = "describer"
+    model: str | None = None
+
+    @abstractmethod
+    def describe(self, ev: LatentEvidence) -> Description:
+        """Describe one latent from its training evidence; never raises for one bad latent."""
+
+    def usage(self) -> dict:
+        return {}
+
+
+# -- naming ---------------------------------------------------------------------------------------
+def _join(words: list[str], last: str = "and") -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {last} {words[-1]}"
+
+
+def name_features(features: list[str]) -> str:
+    """Plain words for item features: "1990s Horror and Thriller", "popular (head) titles"."""
+    by: dict[str, list[str]] = {}
+    for f in features:
+        g, _, v = f.partition(":")
+        if v not in by.setdefault(g, []):
+            by[g].append(v)
+    pop = by.pop("popularity", [])
+    genres, decades, tags = by.pop("genre", []), by.pop("decade", []), by.pop("tag", [])
+    words = ["/".join(sorted(decades))] if decades else []
+    coded = False
+    for g, vals in by.items():
+        if all(v.replace(".", "").isdigit() for v in vals):
+            words.append(f"{g.capitalize()} {' or '.join(vals)}")
+            coded = True
+        else:
+            words.append(" or ".join(vals))
+    if genres:
+        words.append(_join(genres))
+    if tags:
+        words.append("tagged " + _join([f"'{t}'" for t in tags], "or"))
+    core = " ".join(words)
+    popw = _join([{"head": "popular (head)", "mid": "mid-popularity", "tail": "long-tail"}.get(p, p) for p in pop], "or")
+    if not core:
+        return f"{popw} titles" if popw else ""
+    if coded and not genres:
+        core += " items"
+    return f"{core}, {popw}" if popw else core
+
+
+def describe_attributes(attributes: list[str], label: Callable[[str], str], max_items: int = 4) -> list[str]:
+    """One phrase per source: "recommends 1990s Action such as Men in Black (1997) or Eraser (1996)"."""
+    by: dict[str, tuple[list[str], list[str]]] = {}
+    for name in attributes:
+        a = Attribute.parse(name)
+        feats, items = by.setdefault(a.source, ([], []))
+        (items if a.group == "item" else feats).append(name)
+    lead = {"history": "history mostly", "last": "latest item", "next": "recommends", "user": "users:"}
+    out = []
+    for source in SOURCE_ORDER:
+        if source not in by:
+            continue
+        feats, items = by[source]
+        if source == "user":
+            out.append(f"users: {', '.join(label(n) for n in feats)}")
+            continue
+        what = name_features([Attribute.parse(n).feature for n in feats])
+        if items:
+            titles = [label(n) for n in items]
+            more = f" (+{len(titles) - max_items} more)" if len(titles) > max_items else ""
+            listed = _join(titles[:max_items], "or") + more
+            what = f"{what} such as {listed}" if what else listed
+            if source == "history":
+                what = f"includes {what}"
+        out.append(f"{lead[source]} {what}" if source != "history" or not items else f"history {what}")
+    return out
+
+
+SOURCE_ORDER = ("history", "last", "next", "user")
+
+
+# -- stats ---------------------------------------------------------------------------------------
+class StatsDescriber(Describer):
+    """Greedy choice among the most enriched attributes, judged on training samples only.
+
+    Candidates: per source (history, last item, top recommendation) the few item features whose
+    share rises most over the background, the most enriched user features, per source one *item
+    set* (items much more often the latest item / the recommendation when the latent fires), and
+    per feature group the fewest values most firing samples share (a *cover*). Clauses are added
+    while they raise the balanced accuracy of the match predictor (firing vs random non-firing
+    training samples). The latent is then *named*: covers of every source already used are added
+    when that costs at most ``name_tolerance`` of balanced accuracy, so "latest item: Romance
+    such as ..." replaces a bare list of titles. The predictor's threshold is kept for scoring.
+    """
+
+    name = "stats"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        max_clauses: int = 3,
+        per_source: int = 4,
+        item_set: int = 10,
+        min_gain: float = 0.005,
+        name_tolerance: float = 0.03,
+        shared: float = 0.7,
+    ) -> None:
+        self.seed, self.max_clauses, self.per_source = seed, max_clauses, per_source
+        self.item_set, self.min_gain = item_set, min_gain
+        self.name_tolerance, self.shared = name_tolerance, shared
+
+    def covers(self, ev: LatentEvidence, source: str) -> list[list[str]]:
+        """Per feature group, the fewest values (at most 2) that most firing samples have in this
+        source, e.g. ``[last:genre:Romance]`` or ``[last:decade:1970s, last:decade:1980s]``;
+        kept when they are at least 1.5x as common as in the background."""
+        ctx = ev.context
+        by: dict[str, list[int]] = {}
+        for c in np.flatnonzero(ctx.sources == source):
+            by.setdefault(Attribute.parse(ctx.names[c]).group, []).append(int(c))
+        out = []
+        for cols in by.values():
+            cols = sorted(cols, key=lambda c: -ev.shares[c])[:2]
+            for n in (1, 2):
+                share, bg = ev.shares[cols[:n]].sum(), min(1.0, ctx.background[cols[:n]].sum())
+                if share >= self.shared and share >= 1.5 * bg and all(ev.shares[c] >= 0.15 for c in cols[:n]):
+                    out.append([ctx.names[c] for c in cols[:n]])
+                    break
+        return out
+
+    def candidates(self, ev: LatentEvidence) -> list[list[str]]:
+        ctx = ev.context
+        diff = ev.shares - ctx.background
+        lift = ev.shares / np.maximum(ctx.background, 1e-9)
+        out: list[list[str]] = []
+        for source, n in (("history", self.per_source), ("last", self.per_source), ("next", self.per_source), ("user", 2)):
+            cols = np.flatnonzero(ctx.sources == source)
+            cols = sorted((c for c in cols if diff[c] > 0.02 and lift[c] > 1.2), key=lambda c: -diff[c])[:n]
+            out += [[ctx.names[c]] for c in cols]
+        for source in ("last", "next"):
+            items = [e for e in ev.items if e.source == source and e.share >= 0.02 and e.lift >= 2.0]
+            items = sorted(items, key=lambda e: -e.share)[: self.item_set]
+            if items:
+                out.append([ctx.space.item_attribute(source, e.item) for e in items])
+        for source in ("last", "next"):
+            out += [c for c in self.covers(ev, source) if c not in out]
+        return out
+
+    def describe(self, ev: LatentEvidence) -> Description:
+        ctx, space = ev.context, ev.context.space
+        pos, neg = calibration_rows(ev, seed=self.seed)
+        rows = np.concatenate([pos, neg])
+        n_pos = len(pos)
+        memo: dict[tuple, np.ndarray] = {}
+
+        def evaluate(attrs: list[str]) -> tuple[float, float]:
+            vals = []
+            for c in space.clauses(attrs):
+                if c not in memo:
+                    memo[c] = space.clause_values(c, ctx.train, rows)
+                vals.append(memo[c])
+            s = np.mean(vals, axis=0)
+            t, ba = best_threshold(s[:n_pos], s[n_pos:])
+            return ba, t
+
+        chosen: list[str] = []
+        best_ba, best_t = 0.5, None
+        cands = self.candidates(ev)
+        for _ in range(self.max_clauses):
+            trials = [(evaluate(chosen + c), c) for c in cands if not set(c) <= set(chosen)]
+            if not trials:
+                break
+            (ba, t), c = max(trials, key=lambda x: x[0][0])
+            if ba < best_ba + self.min_gain:
+                break
+            chosen, best_ba, best_t = chosen + [a for a in c if a not in chosen], ba, t
+        if not chosen:
+            return Description(ev.latent, "undescribed", reason="no attribute separates firing from non-firing training samples")
+        # name what the firing samples share, in every source already used, when it costs at
+        # most name_tolerance of balanced accuracy (item sets become "Romance such as ...")
+        floor = best_ba - self.name_tolerance
+        used = {Attribute.parse(a).source for a in chosen}
+        for source in [s for s in ("history", "last", "next") if s in used]:
+            have = {Attribute.parse(a).group for a in chosen if Attribute.parse(a).source == source}
+            for cover in self.covers(ev, source):
+                if Attribute.parse(cover[0]).group in have:
+                    continue
+                ba, t = evaluate(chosen + cover)
+                if ba >= floor:
+                    chosen, best_ba, best_t = chosen + cover, ba, t
+        return Description(
+            ev.latent, "described", text=self.text(ev, chosen), attributes=chosen, threshold=best_t
+        )
+
+    def text(self, ev: LatentEvidence, attributes: list[str]) -> str:
+        space = ev.context.space
+        theme = []
+        for e in ev.enriched:
+            a = Attribute.parse(e.feature)
+            if a.source != "user" and e.lift >= 1.3 and a.feature not in theme:
+                theme.append(a.feature)
+            if len(theme) == 3:
+                break
+        head = name_features(theme)
+        body = "; ".join(describe_attributes(attributes, space.label))
+        return f"{head} — {body}" if head else body
+
+
+# -- LLM -----------------------------------------------------------------------------------------
+class LLMSettings(BaseModel):
+    """``JobConfig.llm``: where to ask, how hard to try, and what it costs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(4, ge=1)
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles per attempt")
+    backoff_max_s: float = Field(30.0, ge=0)
+    concurrency: int = Field(8, ge=1, le=256)
+    max_tokens: int = Field(400, ge=1)
+    cache: str | None = Field(None, description="JSONL answer cache (default: in the work directory)")
+    price_input_per_1m: float = Field(0.0, ge=0, description="USD per million prompt tokens")
+    price_output_per_1m: float = Field(0.0, ge=0, description="USD per million completion tokens")
+    scorer: Literal["llm", "stats"] = "llm"
+    repeats: int = Field(3, ge=1, description="paper-protocol repeats (one request each)")
+    detection_per_class: int = Field(50, ge=1)
+    chunk: int = Field(25, ge=1, description="samples per scoring request")
+    max_titles: int = Field(10, ge=1, description="history titles shown per sample")
+
+
+class LLMFatalError(ConfigError):
+    """The endpoint refuses us (bad key, no access): retrying cannot help, stop the job."""
+
+
+class Usage:
+    """Requests and tokens, thread-safe; cached answers cost nothing."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests = self.cached = self.failed = self.retries = 0
+        self.prompt_tokens = self.completion_tokens = 0
+
+    def add(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self, s: LLMSettings) -> dict:
+        cost = (self.prompt_tokens * s.price_input_per_1m + self.completion_tokens * s.price_output_per_1m) / 1e6
+        return {
+            "model": s.model, "requests": self.requests, "cached_answers": self.cached,
+            "failed_requests": self.failed, "retries": self.retries,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "cost_usd": round(cost, 6),
+        }  # fmt: skip
+
+
+class LLMClient:
+    """The ``openai`` client plus a persistent answer cache, retries with backoff, and usage.
+
+    Cache key: SHA-256 of (model, temperature, messages). Each valid answer is appended to the
+    JSONL file (and flushed) the moment it arrives; invalid or failed answers are not cached,
+    so a re-run asks again exactly for those and for what was never asked.
+    """
+
+    def __init__(self, settings: LLMSettings, cache_path: Path) -> None:
+        from openai import OpenAI
+
+        self.s = settings
+        key = os.environ.get(settings.api_key_env)
+        if not key:
+            raise ConfigError(
+                f"the LLM describer needs an API key in ${settings.api_key_env} "
+                "(set it, or choose another variable with llm.api_key_env)"
+            )
+        self.client = OpenAI(base_url=settings.base_url, api_key=key, timeout=settings.timeout_s, max_retries=0)
+        self.endpoint = str(self.client.base_url)
+        self.usage = Usage()
+        self.cache_path = Path(cache_path)
+        self._cache: dict[str, str] = {}
+        self._lock = threading.Lock()
+        if self.cache_path.exists():
+            for line in self.cache_path.read_text().splitlines():
+                try:  # a line cut short by an interruption is skipped, not fatal
+                    rec = json.loads(line)
+                    self._cache[rec["key"]] = rec["content"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def _fatal(self, e: Exception) -> LLMFatalError:
+        status = getattr(e, "status_code", "?")
+        return LLMFatalError(
+            f"LLM endpoint {self.endpoint} rejected the API key from ${self.s.api_key_env} "
+            f"(HTTP {status}): set a valid key for model {self.s.model!r}"
+        )
+
+    def check(self) -> None:
+        """One cheap call before any work: a wrong key or unreachable endpoint fails here."""
+        import openai
+
+        try:
+            self.client.models.list()
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise self._fatal(e) from None
+        except openai.NotFoundError:  # servers without /models: a 1-token completion instead
+            try:
+                self.client.chat.completions.create(
+                    model=self.s.model, messages=[{"role": "user", "content": "ping"}], max_tokens=1
+                )
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise self._fatal(e) from None
+        except openai.APIConnectionError as e:
+            raise ConfigError(f"cannot reach the LLM endpoint {self.endpoint}: {e}") from None
+
+    def key(self, messages: list[dict]) -> str:
+        blob = json.dumps({"model": self.s.model, "temperature": self.s.temperature, "messages": messages}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def ask(self, messages: list[dict], parse: Callable[[str], T]) -> tuple[T | None, str | None]:
+        """(parsed answer, None) or (None, reason) after ``max_attempts`` tries."""
+        import openai
+
+        key = self.key(messages)
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            try:
+                value = parse(cached)
+                self.usage.add(cached=1)
+                return value, None
+            except (ValueError, ValidationError):
+                pass  # the parser got stricter: ask again
+        reason = "no attempt"
+        for attempt in range(self.s.max_attempts):
+            if attempt:
+                self.usage.add(retries=1)
+                delay = min(self.s.backoff_max_s, self.s.backoff_s * 2 ** (attempt - 1))
+                log.info("LLM request failed (%s); retry %d in %.2f s", reason, attempt, delay)
+                time.sleep(delay)
+            try:
+                resp = self.client.chat.completions.create(
+                    model=self.s.model,
+                    messages=messages,
+                    temperature=self.s.temperature,
+                    max_tokens=self.s.max_tokens,
+                    response_format={"type": "json_object"},
+                )
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise self._fatal(e) from None
+            except openai.APITimeoutError:
+                reason = f"timeout after {self.s.timeout_s:g} s"
+            except openai.RateLimitError:
+                reason = "rate limited (HTTP 429)"
+            except openai.APIStatusError as e:
+                reason = f"HTTP {e.status_code}"
+                if e.status_code < 500:  # a bad request stays bad
+                    self.usage.add(requests=1, failed=1)
+                    return None, f"{reason}: {str(e)[:200]}"
+            except openai.APIConnectionError as e:
+                reason = f"connection error ({e})"
+            else:
+                u = resp.usage
+                self.usage.add(
+                    requests=1,
+                    prompt_tokens=getattr(u, "prompt_tokens", 0) or 0,
+                    completion_tokens=getattr(u, "completion_tokens", 0) or 0,
+                )
+                content = (resp.choices[0].message.content if resp.choices else None) or ""
+                try:
+                    value = parse(content)
+                except (ValueError, ValidationError) as e:
+                    reason = f"invalid answer ({_short(e)})"
+                    self.usage.add(failed=1)
+                    continue
+                self._store(key, content)
+                return value, None
+            self.usage.add(requests=1, failed=1)
+        return None, f"{reason}; gave up after {self.s.max_attempts} attempts"
+
+    def _store(self, key: str, content: str) -> None:
+        with self._lock:
+            self._cache[key] = content
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.cache_path, "a") as f:
+                f.write(json.dumps({"key": key, "model": self.s.model, "content": content}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def _short(e: Exception) -> str:
+    if isinstance(e, ValidationError):
+        err = e.errors()[0]
+        return f"{'.'.join(str(x) for x in err['loc']) or 'answer'}: {err['msg']}"
+    return str(e).splitlines()[0][:120]
+
+
+def parse_json(content: str, model: type[BaseModel]) -> BaseModel:
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON: {e.msg}") from None
+    return model.model_validate(data)
+
+
+class DescribeAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    description: str
+    attributes: list[str] = Field(default_factory=list)
+
+    @field_validator("description")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        v = " ".join(v.split())
+        if not v:
+            raise ValueError("empty description")
+        return v[:300]
+
+
+SYSTEM = (
+    "You explain latent features of a sparse autoencoder trained on the internal user "
+    "representation of a recommender system. Answer with one JSON object and nothing else."
+)
+
+
+class LLMDescriber(Describer):
+    """Shows the LLM the evidence; it names the latent and picks attributes from a given list."""
+
+    name = "llm"
+
+    def __init__(self, client: LLMClient, dataset: str = "") -> None:
+        self.client, self.dataset = client, dataset
+        self.model = client.s.model
+
+    def prompt(self, ev: LatentEvidence) -> list[dict]:
+        ctx, space, n = ev.context, ev.context.space, self.client.s.max_titles
+        q = ev.quantiles
+        lines = [
+            f"Latent {ev.latent} of the SAE over a recommender trained on {self.dataset or 'a dataset'}.",
+            "A sample is a user's recent history (oldest -> newest) and the item the model recommends next.",
+            f"It fires on {ev.firing_frequency:.2%} of samples; activation median {q['p50']:.3g}, max {q['max']:.3g}.",
+            "",
+            "Samples where it fires most strongly:",
+            *[f"{i + 1}. {ctx.text(ctx.train, r, n)}" for i, r in enumerate(ev.top_rows)],
+            "",
+            "Samples where it does not fire:",
+            *[f"{i + 1}. {ctx.text(ctx.train, r, n)}" for i, r in enumerate(ev.negative_rows)],
+            "",
+            "Attributes over-represented where it fires (share among firing samples vs all samples):",
+            *[f"- {e.feature}: {e.share:.2f} vs {e.background:.2f} (lift {e.lift:.1f})" for e in ev.enriched],
+            *[
+                f"- {space.item_attribute(e.source, e.item)} ({space.titles[e.item]}): "
+                f"{e.share:.2f} vs {e.background:.3f} (lift {e.lift:.1f})"
+                for e in ev.items[:5] + [i for i in ev.items if i.source == "next"][:3]
+            ],
+            "",
+            "Attribute names: 'genre:X' = share of history items with it; 'last:' = the most recent item; "
+            "'next:' = the recommended item; 'user:' = the user; 'item:ID' = that item.",
+            'Reply with {"description": "<at most 15 words naming what the latent detects>", '
+            '"attributes": [<names from the attribute list above that your description refers to>]}',
+        ]
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+    def describe(self, ev: LatentEvidence) -> Description:
+        ans, reason = self.client.ask(self.prompt(ev), lambda c: parse_json(c, DescribeAnswer))
+        if ans is None:
+            return Description(ev.latent, "undescribed", reason=f"LLM: {reason}")
+        space = ev.context.space
+        attrs = list(dict.fromkeys(a for a in ans.attributes if space.is_valid(a)))
+        return Description(ev.latent, "described", text=ans.description, attributes=attrs)
+
+    def usage(self) -> dict:
+        return self.client.usage.as_dict(self.client.s)
