@@ -9,10 +9,13 @@ Runtime service; the item embeddings are shipped as a plain matrix.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -54,7 +57,9 @@ class Recommender(nn.Module, ABC):
         return self.represent(inputs) @ self.item_embeddings().T
 
     # --- inputs ---------------------------------------------------------------------------------
-    def encoder_inputs(self, split: Split, users: np.ndarray | list[int], stage: str) -> torch.Tensor:
+    def encoder_inputs(
+        self, split: Split, users: np.ndarray | list[int], stage: str
+    ) -> torch.Tensor:
         """Encoder input for ``users`` with the history visible at ``stage``.
 
         ``stage`` is "dev" (train history), "test" (train + dev) or "serve" (everything, incl.
@@ -73,7 +78,9 @@ class Recommender(nn.Module, ABC):
         ]
         return pad_histories(hists, self.max_len, self.n_items)
 
-    def example_inputs(self, batch: int = 2, seq_len: int | None = None, seed: int = 0) -> torch.Tensor:
+    def example_inputs(
+        self, batch: int = 2, seq_len: int | None = None, seed: int = 0
+    ) -> torch.Tensor:
         """Random valid encoder inputs (used for export tracing and ONNX checks)."""
         g = torch.Generator().manual_seed(seed)
         if self.input_kind == "user":
@@ -105,7 +112,7 @@ class Recommender(nn.Module, ABC):
     # --- persistence ----------------------------------------------------------------------------
     @abstractmethod
     def config(self) -> dict:
-        """JSON-able constructor arguments (plus ``"name"``); ``from_config`` rebuilds the shapes."""
+        """JSON-able constructor arguments plus ``"name"``; ``from_config`` rebuilds the shapes."""
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Recommender":
@@ -161,7 +168,7 @@ def export_onnx(model: Recommender, path: str | Path, opset: int | None = None) 
     kwargs: dict[str, Any] = {}
     if opset is not None:
         kwargs["opset_version"] = opset
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         prog = torch.onnx.export(
             enc,
             (example,),
@@ -177,6 +184,21 @@ def export_onnx(model: Recommender, path: str | Path, opset: int | None = None) 
         raise RuntimeError("torch.onnx.export returned no program")
     prog.save(str(path), external_data=False)
     return path
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's irrelevant chatter (missing torchvision ops, pytree deprecations)."""
+    reg = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = reg.level
+    reg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        reg.setLevel(level)
 
 
 def check_onnx(
@@ -233,16 +255,22 @@ class GatherEncoder(nn.Module):
 
 
 class UserItemRecommender(Recommender):
-    """User-based model trained on (user, item) pairs from ``split.train``.
+    """User-based model trained on the (user, item) pairs of ``split.train``.
 
     Objectives (``loss``):
 
-    * ``"softmax"`` (default): cross-entropy of the positive item against all items
-      (``n_negatives=0``) or against ``n_negatives`` uniform negatives (sampled softmax). With
-      1.7k items the full softmax costs one ``(B, n_items)`` matmul and converges in far fewer
-      epochs than BPR, because every step pushes down every item rather than one.
+    * ``"softmax"`` with ``n_negatives=0`` (default): cross-entropy of every training item against
+      *all* items. Batches are groups of users: one ``(users, n_items)`` logit matrix serves all
+      of those users' training items, so an epoch costs ``n_users`` score rows instead of one per
+      interaction (100x cheaper on ml-100k) and the gradient is the same sum over pairs. With
+      ~1.7k items it converges in a few seconds and beats BPR clearly (measured in
+      ``benchmarks/recommenders.py``): every step pushes down every item, not one sample.
+    * ``"softmax"`` with ``n_negatives=k``: sampled softmax against ``k`` uniform negatives per
+      pair (for catalogues too big for the full softmax).
     * ``"bpr"``: BPR with ``n_negatives`` uniform negatives per positive (averaged), plus ``l2``
       on the batch's ego embeddings (the classic BPR-MF / LightGCN recipe).
+
+    ``batch_size`` counts users for the full softmax and (user, item) pairs otherwise.
     """
 
     input_kind: ClassVar[str] = "user"
@@ -253,6 +281,8 @@ class UserItemRecommender(Recommender):
             raise ConfigError(f"loss must be 'softmax' or 'bpr', not {loss!r}")
         if n_negatives < 0 or (loss == "bpr" and n_negatives < 1):
             raise ConfigError("n_negatives must be >= 1 for bpr (>= 0 for softmax; 0 = all items)")
+        if l2 < 0:
+            raise ConfigError("l2 must be >= 0")
         self.loss_type = loss
         self.n_negatives = n_negatives
         self.l2 = l2
@@ -277,40 +307,64 @@ class UserItemRecommender(Recommender):
 
     def batches(
         self, split: Split, batch_size: int, rng: np.random.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    ) -> Iterator[PairBatch]:
         users, items = train_pairs(split)
-        keys = np.unique(users.astype(np.int64) * self.n_items + items)
+        if self.loss_type == "softmax" and self.n_negatives == 0:
+            lens = np.fromiter((len(t) for t in split.train), dtype=np.int64, count=split.n_users)
+            starts = np.concatenate([[0], np.cumsum(lens)])
+            order = rng.permutation(np.flatnonzero(lens))
+            for s in range(0, len(order), batch_size):
+                us = order[s : s + batch_size]
+                rows = np.repeat(np.arange(len(us)), lens[us])
+                cols = np.concatenate([items[starts[u] : starts[u + 1]] for u in us])
+                yield PairBatch(
+                    torch.from_numpy(us), torch.from_numpy(rows), torch.from_numpy(cols), None
+                )
+            return
+        keys = np.unique(users * self.n_items + items)
         order = rng.permutation(len(users))
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             u, i = users[idx], items[idx]
-            neg = None
-            if self.n_negatives:
-                neg = torch.from_numpy(
-                    sample_unseen(rng, u, self.n_negatives, self.n_items, keys)
-                )
-            yield torch.from_numpy(u.astype(np.int64)), torch.from_numpy(i.astype(np.int64)), neg
+            neg = torch.from_numpy(sample_unseen(rng, u, self.n_negatives, self.n_items, keys))
+            yield PairBatch(torch.from_numpy(u), torch.arange(len(u)), torch.from_numpy(i), neg)
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-        users, pos, neg = batch
+    def loss(self, batch: PairBatch) -> torch.Tensor:
         uv, iv = self.user_item_vectors()
-        u = uv[users]
+        u = uv[batch.users]
+        pos = batch.items
         if self.loss_type == "softmax":
-            if neg is None:
-                logits = u @ iv.T
-                return nn.functional.cross_entropy(logits, pos)
-            cand = torch.cat([pos[:, None], neg], dim=1)
-            logits = (u[:, None, :] * iv[cand]).sum(-1)
-            return nn.functional.cross_entropy(logits, torch.zeros_like(pos))
-        assert neg is not None
-        s_pos = (u * iv[pos]).sum(-1, keepdim=True)
-        s_neg = (u[:, None, :] * iv[neg]).sum(-1)
-        loss = -nn.functional.logsigmoid(s_pos - s_neg).mean()
+            if batch.negatives is None:  # full softmax, one logit row per user
+                logp = (u @ iv.T).log_softmax(dim=-1)
+                loss = -logp[batch.rows, pos].mean()
+            else:
+                cand = torch.cat([pos[:, None], batch.negatives], dim=1)
+                logits = (u[:, None, :] * iv[cand]).sum(-1)
+                loss = nn.functional.cross_entropy(logits, torch.zeros_like(pos))
+            reg_neg = None
+        else:
+            assert batch.negatives is not None
+            s_pos = (u * iv[pos]).sum(-1, keepdim=True)
+            s_neg = (u[:, None, :] * iv[batch.negatives]).sum(-1)
+            loss = -nn.functional.logsigmoid(s_pos - s_neg).mean()
+            reg_neg = batch.negatives
         if self.l2:
             eu, ei = self.ego_embeddings()
-            reg = eu[users].pow(2).sum() + ei[pos].pow(2).sum() + ei[neg].pow(2).sum() / neg.shape[1]
-            loss = loss + self.l2 * reg / (2 * len(users))
+            reg = eu[batch.users].pow(2).sum() + ei[pos].pow(2).sum()
+            if reg_neg is not None:
+                reg = reg + ei[reg_neg].pow(2).sum() / reg_neg.shape[1]
+            loss = loss + self.l2 * reg / (2 * len(pos))
         return loss
+
+
+class PairBatch(NamedTuple):
+    """``items[j]`` is a positive of user ``users[rows[j]]``; ``negatives`` is ``(len(items), k)``
+    or ``None`` for the full softmax."""
+
+    users: torch.Tensor
+    rows: torch.Tensor
+    items: torch.Tensor
+    negatives: torch.Tensor | None
 
 
 def train_pairs(split: Split) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,11 @@
 """BPR-MF: matrix factorization; the probed representation is the user embedding.
 
-Name kept from the RecSAE paper's model zoo. By default it is trained with a full-softmax
-cross-entropy over all items instead of the 1-negative BPR loss (``loss="bpr"`` is still
-available): on ml-100k the softmax reaches a better NDCG in a handful of epochs, while BPR
-needs many more epochs and careful regularization for a lower score (see
-``benchmarks/recommenders.py``).
+Name kept from the RecSAE paper's model zoo, but by default it is trained with a full-softmax
+cross-entropy over all items, batched by user (see :class:`models.base.UserItemRecommender`),
+instead of 1-negative BPR (``loss="bpr"`` is still available). On ml-100k (chronological
+leave-one-out, full ranking) the softmax reached test NDCG@10 ~0.045 in ~15 epochs / a few
+seconds, while BPR (1 negative, l2 1e-4, tuned lr) plateaued at 0.030-0.035, i.e. below 1.5x the
+popularity baseline (0.025). Tuned defaults: d=128, init std 0.01 (see ``TrainConfig.for_model``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ class BPRMF(UserItemRecommender):
         self,
         n_users: int,
         n_items: int,
-        dim: int = 64,
+        dim: int = 128,
         loss: str = "softmax",
         n_negatives: int = 0,
         l2: float = 0.0,
-        init_std: float = 0.1,
+        init_std: float = 0.01,
         seed: int = 0,
     ) -> None:
         super().__init__(loss, n_negatives, l2)

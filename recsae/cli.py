@@ -144,6 +144,46 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+def cmd_debias(a: argparse.Namespace) -> int:
+    """Sweep latent suppression against a bias, write report + plot, optionally save a policy."""
+    from recsae import ConfigError
+    from recsae import debias as D
+
+    def floats(text: str, what: str) -> list[float]:
+        try:
+            return [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--{what} expects comma-separated numbers, got {text!r}") from None
+
+    if a.save_policy and not D.POLICY_NAME.match(a.save_policy):
+        raise ConfigError(f"--save-policy {a.save_policy!r}: use letters, digits, '_.-' (at most 64)")
+    if a.save_policy:
+        D.check_policy_dir(a.policy_dir)
+    say = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    data = D.load_data(a.bundle, a.data_dir or default_data_dir())
+    result = D.run_experiment(
+        data, a.bias, counts=[int(c) for c in floats(a.counts, "counts")], strengths=floats(a.strengths, "strengths"),
+        mode=a.mode, seeds=a.seeds, min_freq=a.min_freq, max_ndcg_loss=a.max_ndcg_loss, progress=say,
+    )
+    point = D.choose_policy(result, a.method, a.max_ndcg_loss)
+    doc = D.policy_document(a.save_policy or f"debias-{a.bias}", point, result)
+    paths = D.write_outputs(result, a.out, doc)
+    print(D.sweep_table(result))
+    print()
+    print(D.targets_markdown(result))
+    print()
+    sel = result["settings"]["select_stage"]
+    print(f"chosen on the {sel} stage ({a.method}, dev NDCG loss <= {a.max_ndcg_loss:.0%}): "
+          f"{len(point['latents'])} latents at strength {point['strength']:g}: {point['latents']}")
+    if not point["improves"]:
+        print(f"warning: no {a.method} point lowers the {sel}-stage bias within the NDCG budget", file=sys.stderr)
+    if a.save_policy:
+        path = D.save_policy(doc, a.policy_dir)
+        print(f"policy written to {path}")
+    print(f"report: {paths['report']}  plot: {paths['plot']}  results: {paths['json']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsae", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -191,6 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=3000)
     s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("debias", help="find latents carrying a bias, sweep their suppression, save a policy")
+    d.add_argument("bundle")
+    d.add_argument("--bias", default="popularity", choices=["popularity", "gender"])
+    d.add_argument("--data-dir", default=None, help="folder holding the bundle's dataset (default: ../shared/data, $RECSAE_DATA_DIR, or the manifest's)")
+    d.add_argument("--counts", default="1,2,4,8,16,32", help="numbers of suppressed latents to sweep")
+    d.add_argument("--strengths", default="0.5,1.0", help="suppression strengths to sweep, in [0, 1]")
+    d.add_argument("--mode", default="error", choices=["error", "reconstruction"])
+    d.add_argument("--seeds", type=int, default=5, help="random-latent draws per sweep point")
+    d.add_argument("--min-freq", type=float, default=0.005, help="candidates fire for at least this share of dev-stage users")
+    d.add_argument("--max-ndcg-loss", type=float, default=0.10, help="relative dev NDCG@10 loss allowed (greedy selection and policy choice)")
+    d.add_argument("--method", default="greedy", choices=["greedy", "association"], help="selection the saved policy uses")
+    d.add_argument("--out", default="debias-report", help="folder for report-<bias>.md, tradeoff-<bias>.png, debias-<bias>.json")
+    d.add_argument("--save-policy", default=None, metavar="NAME", help="write the chosen suppression to <policy-dir>/NAME.json")
+    d.add_argument("--policy-dir", default="policies", help="where policies go (not inside the bundle: bundles are hash-verified)")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    d.set_defaults(func=cmd_debias)
     return p
 
 

@@ -114,7 +114,8 @@ def sampled_metrics(
         raise ValueError(f"negatives {negatives.shape} do not match scores {scores.shape}")
     if ties not in ("pessimistic", "optimistic"):
         raise ValueError(f"ties must be 'pessimistic' or 'optimistic', not {ties!r}")
-    return metrics_from_ranks(_sampled_ranks(scores, targets, negatives, ties), ks, prefix="sampled_")
+    ranks = _sampled_ranks(scores, targets, negatives, ties)
+    return metrics_from_ranks(ranks, ks, prefix="sampled_")
 
 
 def sample_negatives(
@@ -238,11 +239,16 @@ def evaluate_reps(
     return out
 
 
-def _sampled_ranks(scores: np.ndarray, targets: np.ndarray, negatives: np.ndarray, ties: Ties) -> np.ndarray:
+def _sampled_ranks(
+    scores: np.ndarray, targets: np.ndarray, negatives: np.ndarray, ties: Ties
+) -> np.ndarray:
     rows = np.arange(scores.shape[0])
+    targets = np.asarray(targets, dtype=np.int64)
+    negatives = np.asarray(negatives, dtype=np.int64)
     t = scores[rows, targets][:, None]
-    neg = scores[rows[:, None], np.asarray(negatives, dtype=np.int64)]
+    neg = scores[rows[:, None], negatives]
     beats = (neg >= t) if ties == "pessimistic" else (neg > t)
+    beats &= negatives != targets[:, None]  # a sampled copy of the target is not a competitor
     return beats.sum(axis=1)
 
 

@@ -89,7 +89,7 @@ def train_recommender(cfg: JobConfig, split: Split, work: Path) -> tuple[Any, di
         log.info("reusing trained recommender from %s", ckpt)
         return model, meta["metrics"]
     torch.manual_seed(cfg.seed)
-    model = cls.for_split(split, **cfg.model_params)
+    model = cls.for_split(split, **{"seed": cfg.seed, **cfg.model_params})
     tcfg = TrainConfig.for_model(cfg.model, seed=cfg.seed, progress=cfg.progress, **cfg.train_params)
     result = fit(model, split, tcfg)
     model.eval()

@@ -324,3 +324,71 @@ class AuditList(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: Any = Field(description="a message, or FastAPI's list of field errors (loc, msg, type)")
+
+
+# -- admin: bundle reload --------------------------------------------------------------------------
+class ReloadRequest(BaseModel):
+    """Body of ``POST /admin/reload`` (optional): which bundle directory to load next."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None, min_length=1, max_length=4096,
+        description="bundle directory on the server; default: the one being served (RECSAE_BUNDLE)",
+    )
+
+
+class ReloadResponse(BaseModel):
+    path: str
+    bundle_version: str
+    bundle_hash: str
+    previous_hash: str
+    seconds: float = Field(description="time to load, verify and warm the new bundle")
+
+
+# -- audit page: recent traffic and drift (audit token) ------------------------------------------
+class RecentQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(50, ge=1, le=500, description="newest sampled answers to return")
+
+
+class RecentItem(BaseModel):
+    item_id: str
+    title: str
+
+
+class RecentEntry(BaseModel):
+    id: str = Field(description="Redis stream id, or 'local-N' from this worker's in-process sample")
+    ts: float
+    user_id: str | None = Field(None, description="null for POST /recommend (explicit history)")
+    policy: str | None = None
+    suppressed: list[int] = Field(default_factory=list)
+    active: list[int] = Field(default_factory=list, description="latents that fired")
+    items: list[RecentItem] = Field(default_factory=list, description="top items (at most 10)")
+
+
+class RecentList(BaseModel):
+    entries: list[RecentEntry] = Field(description="newest first")
+
+
+class DriftQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    top: int = Field(15, ge=1, le=200, description="most drifted latents to return")
+
+
+class DriftLatent(BaseModel):
+    latent: int
+    description: str | None = None
+    reference_rate: float = Field(description="share of the bundle's reference users in which it fires")
+    live_rate: float = Field(description="share of this worker's recent requests in which it fires")
+    psi_term: float = Field(description="its share of the PSI (>= 0): the sort key")
+
+
+class DriftReport(BaseModel):
+    window_requests: int = Field(description="requests in this worker's drift window")
+    window_size: int
+    jsd: float | None = Field(None, description="Jensen-Shannon divergence (log 2); null without traffic")
+    psi: float | None = None
+    latents: list[DriftLatent] = Field(default_factory=list, description="most drifted first")

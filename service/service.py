@@ -10,28 +10,34 @@ Imports numpy/onnxruntime parts of ``recsae`` only: never torch (tested).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
 import os
+import pathlib
 import re
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import Annotated, Any, Iterator
 
 import bentoml
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from pydantic_core import to_json
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 from recsae import BundleError, ConfigError, __version__
 from recsae.concepts import Concept
 from service import metrics as M
 from service.config import Settings
-from service.core import ClientError, Core, NotFound
+from service.core import DECIMALS, ClientError, Core, NotFound
 from service.policies import PolicyInputError, PolicyStoreUnavailable
 from service.schemas import (
     POLICY_NAME,
@@ -49,7 +55,10 @@ from service.schemas import (
     RecommendQuery,
     RecommendRequest,
     RecommendResponse,
+    ReloadRequest,
+    ReloadResponse,
 )
+from service.schemas import DriftLatent, DriftQuery, DriftReport, RecentList, RecentQuery
 
 log = logging.getLogger("recsae.service")
 if logging.getLogger("recsae").level == logging.NOTSET:
@@ -266,6 +275,183 @@ def audit(q: Annotated[AuditQuery, Query()], svc: ServiceDep, creds: Creds, x_ad
         return _json(AuditList(entries=svc.core.policies.audit(q.limit)))
 
 
+# -- hardening: request size limit, unparsable bodies, bundle reload (admin) -------------------
+MAX_BODY_BYTES = int(os.environ.get("RECSAE_MAX_BODY_BYTES", str(64 * 1024)))
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: a request body over ``limit`` bytes gets 413 before the route runs
+    (declared Content-Length checked up front; chunked bodies counted as they stream in)."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    return await self._reject(send)
+        seen = 0
+        over = started = False
+
+        async def limited_receive() -> dict:
+            nonlocal seen, over
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    raise _BodyTooLarge()
+            return msg
+
+        async def limited_send(msg: dict) -> None:
+            # the app may turn the read error into its own answer (FastAPI: 400): answer 413 instead
+            nonlocal started
+            if over:
+                if msg["type"] == "http.response.start" and not started:
+                    started = True
+                    await self._reject(send)
+                return
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, limited_send)
+        except _BodyTooLarge:
+            pass
+        if over and not started:
+            await self._reject(send)
+
+    async def _reject(self, send: Any) -> None:
+        body = to_json({"detail": f"request body larger than {self.limit} bytes"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+app.add_middleware(BodySizeLimit)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _unparsable_body(request: Request, e: StarletteHTTPException) -> Response:
+    """FastAPI answers 400 for a body it cannot decode (e.g. invalid UTF-8); answer 422 like for
+    malformed JSON, naming the body. Every other HTTP error keeps FastAPI's default answer."""
+    if e.status_code == 400 and "parsing the body" in str(e.detail):
+        return JSONResponse(
+            {"detail": [{"type": "json_invalid", "loc": ["body"], "msg": "the body is not valid UTF-8 JSON"}]},
+            status_code=422,
+        )
+    return await http_exception_handler(request, e)
+
+
+E413 = {"model": ErrorResponse, "description": "request body over the size limit (RECSAE_MAX_BODY_BYTES, 64 KiB)"}
+E409 = {"model": ErrorResponse, "description": "another reload is in progress"}
+_reload_lock = threading.Lock()
+
+
+@app.post("/admin/reload", response_model=ReloadResponse, tags=["admin"],
+          responses={**ADMIN_ERRORS, 409: E409, 413: E413},
+          summary="Load, verify and warm a bundle off to the side; swap only on success")
+def reload_bundle(
+    _: Annotated[NoParams, Query()], svc: ServiceDep, creds: Creds, body: ReloadRequest | None = None,
+    x_admin_label: Label = None,
+) -> Response:
+    """This worker only: the old engine keeps serving until the new one is loaded, hash-verified
+    and warmed; then one reference swap. A bad bundle answers 422 with the reason and changes
+    nothing. (Several workers/replicas: roll out a new bundle as a new deployment revision.)"""
+    with _timed("POST /admin/reload"):
+        _admin(svc, creds, x_admin_label)
+        if not _reload_lock.acquire(blocking=False):
+            raise _HTTPError(409, "a reload is already in progress")
+        try:
+            old = svc.core
+            path = (body.path if body is not None and body.path else None) or svc.settings.bundle
+            t0 = time.perf_counter()
+            new = None
+            try:
+                settings = dataclasses.replace(svc.settings, bundle=path)
+                new = Core(settings)
+                new.start()
+            except (BundleError, ConfigError) as e:
+                if new is not None:
+                    new.close()
+                log.warning("reload of %s refused, still serving %s: %s", path, old.bundle.version, e)
+                raise _HTTPError(422, f"bundle not loaded, still serving {old.bundle.version}: {e}") from None
+            svc.settings, svc.core = settings, new  # the swap: requests read svc.core once each
+            threading.Timer(5.0, old.close).start()  # let in-flight admin calls on the old core finish
+            log.info("reloaded bundle %s from %s (was %s)", new.bundle.version, path, old.bundle.version)
+            return _json(ReloadResponse(path=str(path), bundle_version=new.bundle.version,
+                                        bundle_hash=new.bundle.bundle_hash, previous_hash=old.bundle.bundle_hash,
+                                        seconds=round(time.perf_counter() - t0, 3)))
+        finally:
+            _reload_lock.release()
+
+
+# -- audit page (/audit) and its read-only endpoints (audit token) -----------------------------
+STATIC = pathlib.Path(__file__).with_name("static")
+_audit_bearer = HTTPBearer(auto_error=False, scheme_name="AuditBearer", description="RECSAE_AUDIT_TOKEN")
+AuditCreds = Annotated[HTTPAuthorizationCredentials | None, Depends(_audit_bearer)]
+AUDIT_ERRORS = {401: {"model": ErrorResponse, "description": "missing or wrong audit token"}, 422: E422}
+
+
+def _audit_auth(creds: HTTPAuthorizationCredentials | None) -> None:
+    """Bearer RECSAE_AUDIT_TOKEN (constant-time compare); unset -> the audit routes are open."""
+    token = os.environ.get("RECSAE_AUDIT_TOKEN")
+    if not token:
+        return
+    given = creds.credentials if creds is not None else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise _HTTPError(401, "missing or wrong audit token", {"WWW-Authenticate": "Bearer"})
+
+
+@app.get("/audit", include_in_schema=False)
+async def audit_page() -> Response:
+    return Response((STATIC / "audit.html").read_bytes(), media_type="text/html; charset=utf-8",
+                    headers={"Cache-Control": "no-cache"})
+
+
+app.mount("/audit/static", StaticFiles(directory=STATIC, check_dir=False), name="audit-static")
+
+
+@app.get("/audit/recent", response_model=RecentList, responses=AUDIT_ERRORS, tags=["audit"],
+         summary="A sample of recently served recommendations (newest first)")
+def audit_recent(q: Annotated[RecentQuery, Query()], svc: ServiceDep, creds: AuditCreds) -> Response:
+    with _timed("GET /audit/recent"):
+        _audit_auth(creds)
+        return _body({"entries": svc.core.recent.recent(q.limit)})
+
+
+@app.get("/drift", response_model=DriftReport, responses=AUDIT_ERRORS, tags=["audit"],
+         summary="Reference vs live firing rates of the most drifted concepts (this worker)")
+async def drift(q: Annotated[DriftQuery, Query()], core: CoreDep, creds: AuditCreds) -> Response:
+    with _timed("GET /drift"):
+        _audit_auth(creds)
+        d = core.drift.snapshot()
+        report = DriftReport(window_requests=core.drift.n, window_size=core.drift.window)
+        if d is not None:
+            report.jsd, report.psi = round(d.jsd, DECIMALS), round(d.psi, DECIMALS)
+            for j in d.top(q.top).tolist():
+                c = core.store.concepts.get(j)
+                report.latents.append(DriftLatent(
+                    latent=j, description=c.description if c else None,
+                    reference_rate=round(float(d.reference_rate[j]), DECIMALS),
+                    live_rate=round(float(d.live_rate[j]), DECIMALS), psi_term=round(float(d.per_latent[j]), DECIMALS),
+                ))
+        return _json(report)
+
+
 @bentoml.service(
     name="recsae",
     workers=int(os.environ.get("RECSAE_WORKERS", "1")),
@@ -307,3 +493,21 @@ class RecSAEService:
     def __metrics__(self, content: str) -> str:
         """Append the drift series rendered at scrape time (bounded, never stale)."""
         return content.rstrip("\n") + "\n" + self.core.drift.exposition()
+
+
+class _LineBreakPaths:
+    """BentoML mounts the app with a Starlette ``Mount`` whose pattern does not match a path
+    holding a line break: it would answer a plain-text 404 for e.g. ``/concepts/1%0A``. Hand such
+    requests straight to the app, which validates the path parameter (422) like any other."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if "\n" in path or "\r" in path:
+            return await app(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+RecSAEService.add_asgi_middleware(_LineBreakPaths)

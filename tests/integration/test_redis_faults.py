@@ -182,10 +182,11 @@ def test_a_stale_copy_never_overwrites_newer_redis_state(bundle, redis_server, t
         b.close()
 
 
-def test_one_round_trip_per_explained_request_on_the_hit_path(bundle, redis_server, tmp_path):
+def test_one_round_trip_per_explained_request_on_the_hit_path(bundle, redis_server, tmp_path, monkeypatch):
     from service import metrics as M
     from service.schemas import PolicyIn
 
+    monkeypatch.setenv("RECSAE_AUDIT_SAMPLE", "0")  # no background XADDs of the recent-traffic sample
     core = make_core(bundle, redis_server.url, tmp_path)
     try:
         core.policies.put("p", PolicyIn(latents=[1, 2]), who="t")
@@ -242,6 +243,7 @@ def served(bundle, redis_server, tmp_path):
         "RECSAE_ADMIN_TOKEN": TOKEN,
         "RECSAE_STATE_DIR": str(tmp_path / "state"),
         "RECSAE_POLICY_SYNC_S": "0",  # no background traffic: round trips are countable
+        "RECSAE_AUDIT_SAMPLE": "0",  # nor recent-traffic samples (XADD from a background thread)
     }
     with ServeProcess(env, log_dir=str(tmp_path)) as s:
         yield s

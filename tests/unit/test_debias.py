@@ -1,0 +1,211 @@
+"""De-biasing by latent suppression (recsae.debias): measures, latent ranking, sweep, CLI policy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recsae import ConfigError
+from recsae import debias as D
+from recsae.kernel import SAEKernel
+
+
+# -- bias measures on hand-built lists ---------------------------------------------------------
+def test_head_items_takes_the_top_fraction_ties_to_lower_ids():
+    pop = np.array([5, 1, 9, 3, 9, 0, 2, 7, 4, 6])
+    head = D.head_items(pop, 0.2)
+    assert head.tolist() == [False, False, True, False, True, False, False, False, False, False]
+    assert D.head_items(np.array([3, 3, 3, 3, 3]), 0.2).tolist() == [True, False, False, False, False]
+    assert D.head_items(pop, 0.25).sum() == 3  # ceil(2.5)
+    with pytest.raises(ConfigError):
+        D.head_items(pop, 0.0)
+
+
+def test_popularity_share_and_mean_popularity():
+    pop = np.array([100, 50, 10, 1, 0], dtype=float)
+    head = np.array([True, True, False, False, False])
+    lists = np.array([[0, 1, 2, 3], [2, 3, 4, 0]])
+    assert D.head_share_per_user(lists, head).tolist() == [0.5, 0.25]
+    assert D.popularity_share(lists, head) == pytest.approx(0.375)
+    assert D.mean_popularity(lists, pop) == pytest.approx((161 + 111) / 8)
+    m = D.PopularityBias(pop, fraction=0.4)
+    assert m.value(m.per_user(lists), np.arange(2)) == pytest.approx(0.375)
+    assert m.extras(lists, np.arange(2))["mean_popularity"] == pytest.approx(34.0)
+
+
+def test_stereotyped_genres_gap_and_auc():
+    # genres: 0 Romance, 1 Drama, 2 Comedy, 3 Action, 4 Sci-Fi; items 0-4 one genre each,
+    # item 5 both Romance and Action (counts as neither side)
+    names = ["Romance", "Drama", "Comedy", "Action", "Sci-Fi"]
+    g = np.zeros((6, 5), dtype=bool)
+    for i in range(5):
+        g[i, i] = True
+    g[5, [0, 3]] = True
+    hist = [np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), np.array([3, 4, 4, 2]), np.array([3, 3, 4, 2])]
+    female = np.array([True, True, False, False])
+    male = ~female
+    st = D.stereotyped_genres(hist, female, male, g, names, per_side=2)
+    assert set(st.female) == {"Romance", "Drama"} and set(st.male) == {"Action", "Sci-Fi"}
+    sign = st.item_sign(g, names)
+    assert sign.tolist() == [1, 1, 0, -1, -1, 0]
+    lists = np.array([[0, 1, 2, 5], [0, 2, 2, 2], [3, 4, 2, 0], [2, 2, 2, 2]])
+    per = D.stereotype_per_user(lists, sign)
+    assert per.tolist() == [0.5, 0.25, -0.25, 0.0]
+    assert D.gender_gap(lists, sign, female, male) == pytest.approx(0.375 - (-0.125))
+    gb = D.GenderBias(np.array([1, 1, 0, 0]), hist, g, names)
+    assert gb.value(gb.per_user(lists), np.arange(4)) == pytest.approx(0.5)
+    assert gb.history_gap > 0
+
+    assert D.auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert D.auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
+    assert D.auc(np.ones(4), np.array([0, 1, 0, 1])) == 0.5
+    # gender perfectly readable from the lists' genre mix -> out-of-fold AUC ~ 1
+    rng = np.random.default_rng(0)
+    fem = rng.random(200) < 0.4
+    lists = np.where(fem[:, None], rng.choice([0, 1, 2], (200, 10)), rng.choice([2, 3, 4], (200, 10)))
+    assert D.gender_auc(lists, g, fem, ~fem) > 0.95
+    noise = rng.choice(5, (200, 10))
+    assert abs(D.gender_auc(noise, g, fem, ~fem) - 0.5) < 0.15
+
+
+def test_matched_bias_interpolates_and_takes_the_best_point_at_that_accuracy():
+    curve = [{"ndcg": 0.10, "bias": 0.70}, {"ndcg": 0.105, "bias": 0.65}, {"ndcg": 0.09, "bias": 0.40}]
+    # between the 2nd and 3rd point, below the 1st (a more accurate point can be less biased)
+    assert D.matched_bias(curve, 0.104) == pytest.approx(0.65 - 0.25 / 15)
+    assert D.matched_bias(curve, 0.1) == pytest.approx(0.65 - 0.25 / 3)
+    assert D.matched_bias(curve, 0.0975) == pytest.approx(0.40 + 0.5 * 0.25)
+    assert D.matched_bias(curve, 0.08) == pytest.approx(0.40)
+    assert np.isnan(D.matched_bias(curve, 0.2))
+
+
+# -- a planted popularity latent ---------------------------------------------------------------
+def planted(n_items=60, d=16, m=12, b=300, seed=0):
+    """Latent 0's decoder direction is the axis along which head items stick out."""
+    rng = np.random.default_rng(seed)
+    pop = np.concatenate([rng.integers(80, 120, 12), rng.integers(1, 20, n_items - 12)]).astype(float)
+    emb = rng.normal(0, 0.3, (n_items, d)).astype(np.float32)
+    emb[:12, 0] += 1.5  # head items (top 20%) along axis 0
+    w = rng.standard_normal((m, d)).astype(np.float32)
+    w[:, 0] = 0.0
+    w[0] = 0.0
+    w[0, 0] = 1.0
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    kern = SAEKernel(w.copy(), np.zeros(m, np.float32), w, np.zeros(d, np.float32), k=2)
+    on = rng.random(b) < 0.5
+    other = rng.integers(1, m, b)
+    x = 1.5 * w[other] + np.where(on, 2.0, 0.0)[:, None] * w[0]
+    x += rng.normal(0, 0.05, x.shape)
+    x = x.astype(np.float32)
+
+    def stage(name):
+        return D.StageInputs(name, np.arange(b), x, kern.encode(x), [np.zeros(0, np.int64)] * b,
+                             rng.integers(0, n_items, b))
+
+    return D.DebiasData(kern, emb, pop, np.zeros((n_items, 0), bool), [], [], stage("dev"), stage("test")), on
+
+
+def test_planted_popularity_latent_is_ranked_first_and_suppressing_it_lowers_the_head_share():
+    data, on = planted()
+    assert (data.select.codes.idx[on, 0] == 0).all()  # the planted latent fires where planted
+    measure = data.measure("popularity")
+    ev = D.latent_evidence(data, measure, min_freq=0.01)
+    assert ev["association_order"][0] == 0
+    assert ev["direct_effect"][0] > 0 and np.nanargmin(ev["solo_bias"]) == 0
+    order, trace = D.greedy_selection(data, measure, n_max=3, max_ndcg_loss=1.0, min_freq=0.01)
+    assert order[0] == 0 and trace[0]["bias"] < ev["base_select"]["bias"]
+    base = D.evaluate_suppression(data, data.test, measure, [], 1.0)
+    half = D.evaluate_suppression(data, data.test, measure, [0], 0.5)
+    full = D.evaluate_suppression(data, data.test, measure, [0], 1.0)
+    assert full["bias"] < half["bias"] < base["bias"]
+    assert full["bias"] < 0.75 * base["bias"]
+    # a random other latent does much less
+    other = D.evaluate_suppression(data, data.test, measure, [5], 1.0)
+    assert base["bias"] - other["bias"] < 0.5 * (base["bias"] - full["bias"])
+
+
+def test_sweep_on_planted_case_beats_random_and_picks_the_latent():
+    data, _ = planted()
+    r = D.run_experiment(data, "popularity", counts=(1, 2), strengths=(1.0,), seeds=3, min_freq=0.01)
+    greedy = [row for row in r["rows"] if row["method"] == "greedy"]
+    assert greedy[0]["latents"] == [0]
+    assert r["targets"]["greedy"]["beats_random_everywhere"]
+    policy = D.choose_policy(r, "greedy", 0.5)
+    assert 0 in policy["latents"] and policy["improves"]
+
+
+# -- the real small bundle ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bundle_data(small_bundle, data_dir):
+    return D.load_data(small_bundle, data_dir)
+
+
+def test_sweep_on_small_bundle_reports_random_and_rerank(bundle_data, small_bundle, data_dir):
+    from recsae.data import leave_one_out
+    from recsae.data.loaders import load_dataset
+    from recsae.evaluate import evaluate_reps
+
+    r = D.run_experiment(bundle_data, "popularity", counts=(1, 2), strengths=(0.5, 1.0), seeds=2)
+    methods = {row["method"] for row in r["rows"]}
+    assert methods == {"association", "greedy", "random"}
+    rand = [row for row in r["rows"] if row["method"] == "random"]
+    assert len(rand) == 4 and all(row["seeds"] == 2 and "bias_std" in row["test"] for row in rand)
+    assert all(0.0 <= row["test"]["bias"] <= 1.0 for row in r["rows"])
+    assert r["rerank"][0]["lambda"] == 0.0 and r["rerank"][-1]["bias"] < r["rerank"][0]["bias"]
+    # the base numbers are the evaluation module's (same users, exclusions, ties)
+    split = leave_one_out(load_dataset("ml-100k", data_dir=data_dir))
+    ref = evaluate_reps(bundle_data.test.x, bundle_data.item_emb, split, bundle_data.test.users, "test")
+    assert r["base"]["test"]["ndcg"] == pytest.approx(ref["NDCG@10"])
+    assert r["base"]["test"]["hr"] == pytest.approx(ref["HR@10"])
+    # error-preserving suppression of nothing is the original model
+    none = D.evaluate_suppression(bundle_data, bundle_data.test, bundle_data.measure("popularity"), [], 1.0)
+    assert none["ndcg"] == r["base"]["test"]["ndcg"] and none["bias"] == r["base"]["test"]["bias"]
+    assert "random" in D.sweep_table(r)
+    # latents were chosen on the dev stage
+    assert r["settings"]["select_stage"] == "dev" and r["settings"]["report_stage"] == "test"
+
+
+def test_gender_measure_on_small_bundle(bundle_data):
+    r = D.run_experiment(bundle_data, "gender", counts=(1,), strengths=(1.0,), seeds=1, methods=("association",))
+    m = r["measure"]
+    assert len(m["female_genres"]) == 2 and len(m["male_genres"]) == 2
+    assert set(m["female_genres"]).isdisjoint(m["male_genres"])
+    assert 0.0 <= r["base"]["test"]["gender_auc"] <= 1.0
+
+
+# -- CLI and policy files ----------------------------------------------------------------------
+def test_cli_writes_policy_report_and_plot(small_bundle, data_dir, tmp_path, capsys):
+    from recsae.cli import main
+
+    out, pol = tmp_path / "report", tmp_path / "policies"
+    rc = main(["debias", str(small_bundle), "--bias", "popularity", "--data-dir", str(data_dir),
+               "--counts", "1,2", "--strengths", "1", "--seeds", "1", "--out", str(out),
+               "--save-policy", "no-pop_1", "--policy-dir", str(pol), "-q"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| random |" in printed and "policy written to" in printed
+    doc = json.loads((pol / "no-pop_1.json").read_text())
+    assert list(doc) == list(D.POLICY_KEYS)
+    assert doc["name"] == "no-pop_1" and doc["mode"] == "error" and doc["strength"] == 1.0
+    assert doc["latents"] and all(isinstance(j, int) for j in doc["latents"])
+    assert len(doc["description"]) <= D.MAX_DESCRIPTION
+    assert D.load_policy(pol / "no-pop_1.json") == doc
+    assert (out / "report-popularity.md").is_file() and (out / "tradeoff-popularity.png").stat().st_size > 1000
+    assert json.loads((out / "debias-popularity.json").read_text())["bias"] == "popularity"
+
+
+def test_policies_never_go_into_a_bundle_and_names_are_checked(small_bundle, tmp_path):
+    from recsae.cli import main
+
+    doc = {"name": "x", "latents": [1], "strength": 1.0, "mode": "error", "description": "d"}
+    with pytest.raises(ConfigError, match="inside bundle"):
+        D.save_policy(doc, small_bundle / "policies")
+    with pytest.raises(ConfigError):
+        D.save_policy({**doc, "name": "../evil"}, tmp_path)
+    with pytest.raises(ConfigError):
+        D.save_policy({**doc, "extra": 1}, tmp_path)
+    assert D.save_policy(doc, tmp_path).name == "x.json"
+    rc = main(["debias", str(small_bundle), "--save-policy", "p", "--policy-dir", str(small_bundle / "policies")])
+    assert rc == 2 and not (small_bundle / "policies").exists()
+    assert main(["debias", str(small_bundle), "--save-policy", "bad name"]) == 2
