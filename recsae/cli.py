@@ -37,7 +37,7 @@ def _parse_kv(items: list[str]) -> dict:
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise RecSAEError(f"--set expects KEY=VALUE, got {it!r}")
+            raise RecSAEError(f"expected KEY=VALUE, got {it!r}")
         k, v = it.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -62,6 +62,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         k=a.k,
         sae_epochs=a.sae_epochs,
         describer=a.describer,
+        llm=_parse_kv(a.llm),
         seed=a.seed,
         threads=a.threads,
         progress=not a.quiet,
@@ -123,7 +124,9 @@ def cmd_fetch(a: argparse.Namespace) -> int:
 def cmd_interpret(a: argparse.Namespace) -> int:
     from recsae.interpret import reinterpret_bundle
 
-    summary = reinterpret_bundle(a.bundle, describer=a.describer, data_dir=a.data_dir or default_data_dir())
+    summary = reinterpret_bundle(
+        a.bundle, describer=a.describer, data_dir=a.data_dir or default_data_dir(), llm=_parse_kv(a.llm) or None
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -145,7 +148,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_debias(a: argparse.Namespace) -> int:
-    """Sweep latent suppression against a bias, write report + plot, optionally save a policy."""
+    """Sweep latent and baseline suppression against a bias, write report + plot, optionally save a policy."""
     from recsae import ConfigError
     from recsae import debias as D
 
@@ -164,6 +167,8 @@ def cmd_debias(a: argparse.Namespace) -> int:
     result = D.run_experiment(
         data, a.bias, counts=[int(c) for c in floats(a.counts, "counts")], strengths=floats(a.strengths, "strengths"),
         mode=a.mode, seeds=a.seeds, min_freq=a.min_freq, max_ndcg_loss=a.max_ndcg_loss, progress=say,
+        baseline_strengths=floats(a.baseline_strengths, "baseline-strengths"),
+        methods=D.METHODS if a.baseline_strengths.strip() else D.LATENT_METHODS,
     )
     point = D.choose_policy(result, a.method, a.max_ndcg_loss)
     doc = D.policy_document(a.save_policy or f"debias-{a.bias}", point, result)
@@ -173,8 +178,9 @@ def cmd_debias(a: argparse.Namespace) -> int:
     print(D.targets_markdown(result))
     print()
     sel = result["settings"]["select_stage"]
-    print(f"chosen on the {sel} stage ({a.method}, dev NDCG loss <= {a.max_ndcg_loss:.0%}): "
-          f"{len(point['latents'])} latents at strength {point['strength']:g}: {point['latents']}")
+    print(f"chosen on the {sel} stage ({a.method} -> {point['method']}, dev NDCG loss <= {a.max_ndcg_loss:.0%}): "
+          f"{len(point['latents'])} latents at strength {point['strength']:g}: {point['latents']}; "
+          f"baseline {point['baseline']:g}")
     if not point["improves"]:
         print(f"warning: no {a.method} point lowers the {sel}-stage bias within the NDCG budget", file=sys.stderr)
     if a.save_policy:
@@ -201,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-k", "--k", type=int, default=8, help="active latents per sample (default 8)")
     t.add_argument("--sae-epochs", type=int, default=30)
     t.add_argument("--describer", default="stats", choices=["stats", "llm", "none"])
+    t.add_argument("--llm", action="append", default=[], metavar="KEY=VALUE", help=(
+        "LLM describer setting, repeatable: base_url=http://host:8000/v1, model=NAME, concurrency=N, "
+        "temperature=0, api_key_env=VAR, price_input_per_1m=USD ... (the API key itself is read from $OPENAI_API_KEY "
+        "or the variable named by api_key_env, never from the command line)"))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--out", default="bundles/default")
@@ -222,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     it = sub.add_parser("interpret", help="(re)describe the latents of a bundle")
     it.add_argument("bundle")
     it.add_argument("--describer", default="stats", choices=["stats", "llm"])
+    it.add_argument("--llm", action="append", default=[], metavar="KEY=VALUE", help=(
+        "LLM describer setting, repeatable: base_url=http://host:8000/v1, model=NAME, concurrency=N, "
+        "temperature=0, api_key_env=VAR, price_input_per_1m=USD ... (the API key itself is read from $OPENAI_API_KEY "
+        "or the variable named by api_key_env, never from the command line)"))
     it.add_argument("--data-dir", default=None)
     it.set_defaults(func=cmd_interpret)
 
@@ -232,17 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=3000)
     s.set_defaults(func=cmd_serve)
 
-    d = sub.add_parser("debias", help="find latents carrying a bias, sweep their suppression, save a policy")
+    d = sub.add_parser("debias", help="find latents carrying a bias, sweep their (and the baseline's) suppression, save a policy")
     d.add_argument("bundle")
     d.add_argument("--bias", default="popularity", choices=["popularity", "gender"])
     d.add_argument("--data-dir", default=None, help="folder holding the bundle's dataset (default: ../shared/data, $RECSAE_DATA_DIR, or the manifest's)")
     d.add_argument("--counts", default="1,2,4,8,16,32", help="numbers of suppressed latents to sweep")
     d.add_argument("--strengths", default="0.5,1.0", help="suppression strengths to sweep, in [0, 1]")
+    d.add_argument("--baseline-strengths", default="0.1,0.2,0.3,0.4,0.5",
+                   help="baseline (SAE decoder bias: what all users share, chiefly popularity) suppression "
+                        "strengths to sweep, in (0, 1]; empty = latents only")
     d.add_argument("--mode", default="error", choices=["error", "reconstruction"])
     d.add_argument("--seeds", type=int, default=5, help="random-latent draws per sweep point")
     d.add_argument("--min-freq", type=float, default=0.005, help="candidates fire for at least this share of dev-stage users")
     d.add_argument("--max-ndcg-loss", type=float, default=0.10, help="relative dev NDCG@10 loss allowed (greedy selection and policy choice)")
-    d.add_argument("--method", default="greedy", choices=["greedy", "association"], help="selection the saved policy uses")
+    d.add_argument("--method", default="best", choices=["best", "greedy", "association", "baseline", "baseline+greedy"],
+                   help="method the saved policy uses; best = lowest dev-stage bias within the NDCG budget among "
+                        "greedy, baseline, baseline+greedy")
     d.add_argument("--out", default="debias-report", help="folder for report-<bias>.md, tradeoff-<bias>.png, debias-<bias>.json")
     d.add_argument("--save-policy", default=None, metavar="NAME", help="write the chosen suppression to <policy-dir>/NAME.json")
     d.add_argument("--policy-dir", default="policies", help="where policies go (not inside the bundle: bundles are hash-verified)")

@@ -153,3 +153,32 @@ def test_a_wrong_key_fails_fast_with_one_clear_error(world, stub, tmp_path, monk
         describe(world, settings(stub, tmp_path))
     with pytest.raises(ConfigError, match="invalid llm settings"):
         describe(world, {"no_such_option": 1})
+
+
+def test_cli_reinterprets_a_bundle_through_an_openai_compatible_server(stub, small_bundle, data_dir, tmp_path):
+    """`recsae interpret BUNDLE --describer llm --llm KEY=VALUE ...`: the real CLI, the real
+    ``openai`` client, a real bundle; the rewritten bundle verifies and names the model used."""
+    import shutil
+    import subprocess
+
+    from recsae.bundle import verify_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(small_bundle, bundle)
+    args = [
+        sys.executable, "-m", "recsae.cli", "interpret", str(bundle), "--describer", "llm",
+        "--data-dir", str(data_dir), "--llm", f"base_url={stub.base_url}", "--llm", "model=stub-model",
+        "--llm", "api_key_env=STUB_LLM_KEY", "--llm", "repeats=1", "--llm", "detection_per_class=5",
+        "--llm", "chunk=10", "--llm", "concurrency=8", "--llm", f"cache={tmp_path / 'cache.jsonl'}",
+    ]  # fmt: skip
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    verify_bundle(bundle)
+    concepts = json.loads((bundle / "concepts.json").read_text())
+    described = [c for c in concepts["concepts"] if c.get("status") == "described"]
+    assert described and all(c["describer"] == "llm" and c["model"] == "stub-model" for c in described)
+    assert all(c["description"].startswith(f"Stub {c['latent']}:") for c in described)
+    assert any(r["kind"] == "describe" for r in stub.requests)
+
+    bad = subprocess.run([*args[:9], "--llm", "temprature=0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "temprature" in bad.stderr and "Traceback" not in bad.stderr
