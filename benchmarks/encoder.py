@@ -4,7 +4,7 @@ ONNX Runtime runs the bundle's own ``encoder.onnx`` (what the service serves); P
 same architecture rebuilt from the manifest's model config (``models.from_config``) — latency
 does not depend on the weight values. Inputs are real history windows of the bundle's users.
 
-    .venv/bin/python benchmarks/encoder.py --bundle bundles/dev-ml100k
+    .venv/bin/python benchmarks/encoder.py --bundle bundles/ml100k
 
 Prints a markdown table: p50 / p99 per call, per-user time, and the eager / ORT ratio.
 """
@@ -38,7 +38,7 @@ def timed(fn, n: int) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", default="bundles/dev-ml100k")
+    ap.add_argument("--bundle", default="bundles/ml100k")
     ap.add_argument("--n", type=int, default=500)
     args = ap.parse_args()
 

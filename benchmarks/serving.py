@@ -7,9 +7,9 @@ machine's load hits both alike. Prints a markdown table (p50, p99, throughput) a
 overhead of explanations (target: <= 25 %).
 
     # start a server here (one worker, Redis concept cache on the shared Redis, private prefix)
-    .venv/bin/python benchmarks/serving.py --bundle bundles/dev-ml100k
+    .venv/bin/python benchmarks/serving.py --bundle bundles/ml100k
     # or measure one that is already running
-    .venv/bin/python benchmarks/serving.py --url http://127.0.0.1:3000 --bundle bundles/dev-ml100k
+    .venv/bin/python benchmarks/serving.py --url http://127.0.0.1:3000 --bundle bundles/ml100k
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", default="bundles/dev-ml100k", help="bundle served (for user ids; and to start a server)")
+    ap.add_argument("--bundle", default="bundles/ml100k", help="bundle served (for user ids; and to start a server)")
     ap.add_argument("--url", help="a running server; default: start `bentoml serve` here")
     ap.add_argument("--redis-url", default="private",
                     help="REDIS_URL for a started server: 'private' (default) starts a redis-server on a free "
