@@ -1,4 +1,4 @@
-"""De-biasing recommendations by suppressing SAE latents (GitHub issue 5, part 2).
+"""De-biasing recommendations by suppressing SAE latents or the SAE baseline (GitHub issue 5, part 2).
 
 NumPy only (``plot_tradeoff`` imports matplotlib lazily). Everything goes through the serving
 kernel (``recsae.kernel``) so a saved policy does in the service exactly what was measured here.
@@ -12,11 +12,17 @@ Pieces, in the order an experiment uses them:
 2. **Inputs** (:func:`load_data`, :func:`data_from_engine`): a bundle's engine, the dataset's
    leave-one-out split, dev-stage inputs (pick latents) and test-stage inputs (report).
 3. **Candidate latents** (:func:`latent_evidence`, :func:`greedy_selection`), chosen from
-   dev-stage data only: the test items never influence which latents are picked.
+   dev-stage data only: the test items never influence which latents are picked; and the
+   evidence that the SAE's *baseline* ``b_dec`` is the popularity concept (:func:`baseline_evidence`).
 4. **Sweep** (:func:`run_experiment`): number of suppressed latents x strength, against random
-   latents and a post-hoc re-ranking baseline at matched accuracy.
+   latents; baseline strength (``x - beta * b_dec``), against random directions of the same norm;
+   both combined; and a post-hoc re-ranking baseline at matched accuracy.
 5. **Policies** (:func:`choose_policy`, :func:`save_policy`): the chosen suppression as a JSON
-   file ``{"name", "latents", "strength", "mode", "description"}`` the service can import.
+   file ``{"name", "latents", "strength", "mode", "baseline", "description"}`` the service can import.
+
+Why a baseline method: a TopK SAE absorbs what every input shares into its decoder bias (it starts
+at the data mean) and spends no sparse latent on it. In a recommender that is chiefly popularity,
+so suppressing latents cannot remove popularity, while suppressing the baseline can.
 """
 
 from __future__ import annotations
@@ -39,15 +45,24 @@ from recsae.kernel import Codes, SAEKernel, SteerMode, top_items
 TOP_K = 10
 HEAD_FRACTION = 0.2
 BIASES = ("popularity", "gender")
-METHODS = ("association", "greedy")
+LATENT_METHODS = ("association", "greedy")
+METHODS = (*LATENT_METHODS, "baseline", "baseline+greedy")
+COMPARATOR = {"association": "random", "greedy": "random", "baseline": "random-direction",
+              "baseline+greedy": "random-direction+latents"}
+"""Each method's random comparator: random latents from the same candidates (same n, strength); a
+random direction of the same norm as ``beta * b_dec``; both (for the combination)."""
+POLICY_METHODS = ("greedy", "baseline", "baseline+greedy")
+"""What ``choose_policy(result, "best")`` picks from (on the dev stage)."""
 DEFAULT_COUNTS = (1, 2, 4, 8, 16, 32)
 DEFAULT_STRENGTHS = (0.5, 1.0)
+DEFAULT_BASELINE_STRENGTHS = (0.1, 0.2, 0.3, 0.4, 0.5)
 DEFAULT_RERANK_GRID = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5)
 """Re-ranking strengths, in units of std(scores) / std(penalty) (so one grid fits any model)."""
-DEFAULT_DECODER_BIAS_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """Same rule as the service's policy names (``service.schemas.POLICY_NAME``)."""
-POLICY_KEYS = ("name", "latents", "strength", "mode", "description")
+POLICY_KEYS = ("name", "latents", "strength", "mode", "baseline", "description")
+POLICY_REQUIRED = ("name", "latents", "strength", "mode", "description")
+"""``baseline`` is optional in a policy file (files written before it existed lack it: 0)."""
 MAX_DESCRIPTION = 500
 
 
@@ -163,17 +178,28 @@ def gender_gap(top_ids: np.ndarray, item_sign: np.ndarray, female: np.ndarray, m
     return float(s[female].mean() - s[male].mean())
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank."""
+    _, inv, counts = np.unique(np.asarray(values, dtype=np.float64), return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    return (upper - (counts - 1) / 2.0)[inv.reshape(-1)]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (Pearson on average ranks); NaN when one side is constant."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    return float(ra @ rb / den) if den > 0 else float("nan")
+
+
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U; ties count one half)."""
-    scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=bool)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    _, inv, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    upper = np.cumsum(counts)
-    avg_rank = upper - (counts - 1) / 2.0  # 1-based average rank of each distinct value
-    r = avg_rank[inv]
+    r = average_ranks(scores)
     return float((r[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
@@ -543,12 +569,23 @@ def _summarise(data: DebiasData, st: StageInputs, measure: BiasMeasure, ids: np.
 
 def evaluate_suppression(
     data: DebiasData, st: StageInputs, measure: BiasMeasure, latents: Sequence[int], strength: float,
-    mode: SteerMode = "error",
+    mode: SteerMode = "error", baseline: float = 0.0, direction: np.ndarray | None = None,
 ) -> dict:
-    """Bias and NDCG/HR@k of the stage's users with ``latents`` suppressed at ``strength``."""
-    xs = data.kernel.steer(st.x, st.codes, {int(j): float(strength) for j in latents}, mode)
+    """Bias and NDCG/HR@k of the stage's users with ``latents`` suppressed at ``strength`` and the
+    baseline (``b_dec``) at ``baseline``; ``direction`` (d,), if given, is also subtracted (the
+    random comparator of baseline suppression)."""
+    xs = data.kernel.steer(st.x, st.codes, {int(j): float(strength) for j in latents}, mode, baseline)
+    if direction is not None:
+        xs = xs - direction.astype(np.float32)
     ids, ranks = _list_stats(data, st, xs)
     return _summarise(data, st, measure, ids, ranks)
+
+
+def random_directions(d: int, n: int, seed: int = 0) -> np.ndarray:
+    """(n, d) random unit vectors (isotropic): the comparator of baseline suppression is
+    ``x - beta * |b_dec| * u`` — the same edit size as ``x - beta * b_dec``, in a random direction."""
+    u = np.random.default_rng(seed).standard_normal((n, d))
+    return (u / np.linalg.norm(u, axis=1, keepdims=True)).astype(np.float32)
 
 
 def rerank_curve(data: DebiasData, st: StageInputs, measure: BiasMeasure, grid: Sequence[float] = DEFAULT_RERANK_GRID) -> list[dict]:
@@ -563,20 +600,6 @@ def rerank_curve(data: DebiasData, st: StageInputs, measure: BiasMeasure, grid: 
         lam = float(c) * scale
         ids, ranks = _list_stats(data, st, st.x, scores=scores - lam * pen)
         out.append({"c": float(c), "lambda": lam, **_summarise(data, st, measure, ids, ranks)})
-    return out
-
-
-def decoder_bias_curve(data: DebiasData, st: StageInputs, measure: BiasMeasure,
-                       grid: Sequence[float] = DEFAULT_DECODER_BIAS_GRID) -> list[dict]:
-    """Diagnostic only (not a latent, not a policy): ``x - alpha * b_dec`` for each alpha.
-
-    Shows how much of the bias sits in the SAE's decoder bias (initialised at the data mean)
-    rather than in any latent that suppression could remove.
-    """
-    out = []
-    for a in grid:
-        ids, ranks = _list_stats(data, st, st.x - float(a) * data.kernel.b_dec)
-        out.append({"alpha": float(a), **_summarise(data, st, measure, ids, ranks)})
     return out
 
 
@@ -625,13 +648,14 @@ class _Incremental:
     """Dev-stage state for greedy selection: current representation, per-user bias statistic
     and NDCG gain; a candidate latent only changes the rows where it fires."""
 
-    def __init__(self, data: DebiasData, measure: BiasMeasure, strength: float, mode: SteerMode):
+    def __init__(self, data: DebiasData, measure: BiasMeasure, strength: float, mode: SteerMode,
+                 baseline: float = 0.0):
         self.data, self.measure, self.strength = data, measure, float(strength)
         if mode not in ("error", "reconstruction"):
             raise ConfigError(f"unknown steering mode {mode!r}; use 'error' or 'reconstruction'")
         st = data.select
         self.st = st
-        self.x = st.x.copy() if mode == "error" else data.kernel.decode(st.codes).astype(np.float32)
+        self.x = np.array(data.kernel.steer(st.x, st.codes, {}, mode, baseline), dtype=np.float32)
         self.w = measure.weights(st.users)
         ids, ranks = _list_stats(data, st, self.x)
         self.b = measure.per_user(ids)
@@ -706,18 +730,20 @@ def latent_evidence(data: DebiasData, measure: BiasMeasure, min_freq: float = 0.
 def greedy_selection(
     data: DebiasData, measure: BiasMeasure, n_max: int = 32, strength: float = 1.0, mode: SteerMode = "error",
     min_freq: float = 0.005, max_ndcg_loss: float = 0.10, pool: np.ndarray | None = None,
+    baseline: float = 0.0, ndcg_ref: float | None = None,
 ) -> tuple[list[int], list[dict]]:
     """Forward greedy selection on dev-stage users (never the test items).
 
     Each step adds the candidate that leaves the lowest dev-stage |bias| when suppressed
     together with the latents already chosen (at ``strength``), among the candidates that keep
-    dev NDCG@k within ``max_ndcg_loss`` (relative) of the original; if none does, the one that
-    loses least NDCG. Ties go to higher NDCG. Returns the order and a trace of the dev-stage bias
-    and NDCG after each step.
+    dev NDCG@k within ``max_ndcg_loss`` (relative) of ``ndcg_ref`` (default: the starting
+    point's); if none does, the one that loses least NDCG. Ties go to higher NDCG. ``baseline``:
+    start from the representation with the baseline already suppressed (the combined method).
+    Returns the order and a trace of the dev-stage bias and NDCG after each step.
     """
     pool = candidate_pool(data, min_freq) if pool is None else np.asarray(pool)
-    inc = _Incremental(data, measure, strength, mode)
-    floor = (1.0 - max_ndcg_loss) * inc.n0
+    inc = _Incremental(data, measure, strength, mode, baseline)
+    floor = (1.0 - max_ndcg_loss) * (inc.n0 if ndcg_ref is None else ndcg_ref)
     chosen: list[int] = []
     trace: list[dict] = []
     left = [int(j) for j in pool]
@@ -739,6 +765,56 @@ def greedy_selection(
 # =============================================================================================
 # 4. The sweep
 # =============================================================================================
+def baseline_evidence(data: DebiasData, pool: np.ndarray | None = None) -> dict:
+    """Why ``b_dec`` is the popularity concept (training-split popularity, dev-stage codes only).
+
+    * Spearman correlation over all items between ``b_dec . e_i`` and item popularity, and the
+      same for every candidate decoder row ``W_dec[j]`` (``pool``): the item embeddings have a
+      popularity axis, so correlation alone does not single ``b_dec`` out;
+    * what does is weight and universality: ``b_dec`` is in every representation at full weight;
+      the popularity-aligned latents (rho > 0.5) fire for few users. Compared through the
+      head-minus-tail direct effect, latents weighted by their mean dev-stage activation;
+    * the head share of the ``top_k`` items with the highest ``b_dec . e_i`` (chance: the head
+      fraction) and of the ``|head|`` highest.
+    """
+    pop = data.popularity
+    measure = PopularityBias(pop)
+    head = measure.head
+    b = data.item_emb @ data.kernel.b_dec
+    order = np.argsort(-b, kind="stable")
+    rows = np.arange(data.kernel.n_latents) if pool is None else np.asarray(pool)
+    rho = np.array([spearman(r, pop) for r in data.kernel.W_dec[rows] @ data.item_emb.T])
+    dense, freq = firing(data.select.codes, data.kernel.n_latents)
+    item_dir = data.item_emb.T @ measure.item_direction
+    weighted = dense.mean(axis=0)[rows] * (data.kernel.W_dec[rows] @ item_dir)  # mean act x direct effect
+    aligned = rho > 0.5
+    hi, lo = (int(np.nanargmax(rho)), int(np.nanargmin(rho))) if len(rho) else (0, 0)
+    xbar = data.select.x.mean(axis=0)
+    cos = float(xbar @ data.kernel.b_dec / max(1e-12, float(np.linalg.norm(xbar) * np.linalg.norm(data.kernel.b_dec))))
+    return {
+        "spearman_bdec_popularity": spearman(b, pop),
+        "head_share_top_k_by_bdec": float(head[order[: data.top_k]].mean()),
+        "head_share_top_head_by_bdec": float(head[order[: int(head.sum())]].mean()),
+        "head_fraction": float(head.mean()),
+        "latents_compared": int(len(rho)),
+        "latents_spearman_over_0_5": int(aligned.sum()),
+        "latents_spearman_under_minus_0_5": int((rho < -0.5).sum()),
+        "most_aligned_latent": int(rows[hi]) if len(rho) else None,
+        "most_aligned_spearman": float(rho[hi]) if len(rho) else float("nan"),
+        "most_aligned_firing_rate": float(freq[rows[hi]]) if len(rho) else float("nan"),
+        "most_opposed_latent": int(rows[lo]) if len(rho) else None,
+        "most_opposed_spearman": float(rho[lo]) if len(rho) else float("nan"),
+        "aligned_latents_mean_firing_rate": float(freq[rows[aligned]].mean()) if aligned.any() else 0.0,
+        "direct_effect_bdec": float(data.kernel.b_dec @ item_dir),
+        "direct_effect_aligned_latents": float(weighted[aligned].sum()),
+        "direct_effect_all_latents": float(weighted.sum()),
+        "spearman_mean_x_popularity": spearman(data.item_emb @ xbar, pop),
+        "cosine_bdec_mean_x": cos,
+        "bdec_norm": float(np.linalg.norm(data.kernel.b_dec)),
+        "mean_x_norm": float(np.linalg.norm(xbar)),
+    }
+
+
 def run_experiment(
     data: DebiasData,
     bias: str,
@@ -751,12 +827,16 @@ def run_experiment(
     methods: Sequence[str] = METHODS,
     rerank_grid: Sequence[float] = DEFAULT_RERANK_GRID,
     progress: Callable[[str], None] | None = None,
+    baseline_strengths: Sequence[float] = DEFAULT_BASELINE_STRENGTHS,
 ) -> dict:
     """Sweep suppressing the top-n latents of each selection method at each strength, against
-    ``seeds`` draws of n random latents from the same candidate pool and the re-ranking baseline
-    (at matched test NDCG@k). Returns a JSON-serialisable result."""
+    ``seeds`` draws of n random latents from the same candidate pool; the baseline (``b_dec``) at
+    each of ``baseline_strengths``, against ``seeds`` random directions of the same norm; the
+    baseline at its dev-chosen strength plus greedy latents picked on top of it, against both
+    random comparators; and the re-ranking baseline (at matched test NDCG@k). Every choice is
+    made on the dev stage. Returns a JSON-serialisable result."""
     say = progress or (lambda s: None)
-    for s in strengths:
+    for s in [*strengths, *baseline_strengths]:
         if not 0.0 <= s <= 1.0:
             raise ConfigError(f"strength {s} outside [0, 1]")
     counts = sorted({int(c) for c in counts if int(c) > 0})
@@ -765,6 +845,10 @@ def run_experiment(
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"unknown selection method {m!r}; choose from {METHODS}")
+    use_baseline = any(m.startswith("baseline") for m in methods)
+    betas = sorted({float(b) for b in baseline_strengths if b > 0})
+    if use_baseline and not betas:
+        raise ConfigError("the baseline methods need at least one baseline strength > 0")
     measure = data.measure(bias)
     say(f"{bias}: candidate evidence")
     ev = latent_evidence(data, measure, min_freq, strength=max(strengths), mode=mode)
@@ -780,31 +864,64 @@ def run_experiment(
             data, measure, n_max, max(strengths), mode, min_freq, max_ndcg_loss, pool
         )
 
-    base = {st.stage: _summarise(data, st, measure, *_list_stats(data, st, st.x)) for st in (data.select, data.test)}
+    stages = (data.select, data.test)
+    base = {st.stage: _summarise(data, st, measure, *_list_stats(data, st, st.x)) for st in stages}
     say(f"{bias}: re-ranking baseline")
     rerank = rerank_curve(data, data.test, measure, rerank_grid)
-    dbias = decoder_bias_curve(data, data.test, measure)
     rows: list[dict] = []
     rng = np.random.default_rng(0)
     random_sets = {n: [rng.choice(pool, size=min(n, len(pool)), replace=False).tolist() for _ in range(seeds)] for n in counts}
+    dirs = random_directions(data.kernel.d_in, seeds) * float(np.linalg.norm(data.kernel.b_dec))
+
+    def point(method: str, n: int, s: float, beta: float, lat: list[int]) -> dict:
+        row = {"method": method, "n": n, "strength": float(s), "baseline": float(beta), "latents": lat}
+        for st in stages:
+            row[st.stage] = evaluate_suppression(data, st, measure, lat, s, mode, beta)
+        return row
+
+    def random_point(method: str, n: int, s: float, beta: float, use_dirs: bool) -> dict:
+        """Mean over the ``seeds`` draws: random latents (same n, s) and/or a random direction of
+        norm ``beta * |b_dec|`` in place of ``beta * b_dec``."""
+        row = {"method": method, "n": n, "strength": float(s), "baseline": float(beta), "seeds": seeds}
+        for st in stages:
+            rs = [evaluate_suppression(data, st, measure, random_sets[n][i] if n else [], s, mode, 0.0,
+                                       beta * dirs[i] if use_dirs else None) for i in range(seeds)]
+            row[st.stage] = {key: float(np.nanmean([r[key] for r in rs])) for key in rs[0]}
+            row[st.stage]["bias_std"] = float(np.std([r["bias"] for r in rs]))
+            row[st.stage]["ndcg_std"] = float(np.std([r["ndcg"] for r in rs]))
+        return row
+
     for n in counts:
         for s in strengths:
             for method, order in rankings.items():
-                lat = order[:n]
-                row = {"method": method, "n": n, "strength": float(s), "latents": lat}
-                for st in (data.select, data.test):
-                    row[st.stage] = evaluate_suppression(data, st, measure, lat, s, mode)
-                rows.append(row)
-            if seeds:
+                rows.append(point(method, n, s, 0.0, order[:n]))
+            if seeds and rankings:
                 say(f"{bias}: random n={n} strength={s}")
-                runs = {st.stage: [evaluate_suppression(data, st, measure, lat, s, mode) for lat in random_sets[n]]
-                        for st in (data.select, data.test)}
-                row = {"method": "random", "n": n, "strength": float(s), "seeds": seeds}
-                for stage, rs in runs.items():
-                    row[stage] = {key: float(np.nanmean([r[key] for r in rs])) for key in rs[0]}
-                    row[stage]["bias_std"] = float(np.std([r["bias"] for r in rs]))
-                    row[stage]["ndcg_std"] = float(np.std([r["ndcg"] for r in rs]))
-                rows.append(row)
+                rows.append(random_point("random", n, s, 0.0, use_dirs=False))
+
+    combined: dict | None = None
+    if use_baseline:
+        say(f"{bias}: baseline (b_dec) strengths {betas}")
+        for beta in betas:
+            rows.append(point("baseline", 0, 0.0, beta, []))
+            if seeds:
+                rows.append(random_point("random-direction", 0, 0.0, beta, use_dirs=True))
+    if "baseline+greedy" in methods:
+        sel = data.select.stage
+        ok = [r for r in rows if r["method"] == "baseline" and r[sel]["ndcg"] >= (1 - max_ndcg_loss) * base[sel]["ndcg"]]
+        if ok:
+            beta = min(ok, key=lambda r: (round(abs(r[sel]["bias"]), 12), r["baseline"]))["baseline"]
+            say(f"{bias}: greedy selection of {n_max} latents on top of baseline {beta:g} (dev stage)")
+            order, trace = greedy_selection(data, measure, n_max, max(strengths), mode, min_freq, max_ndcg_loss, pool,
+                                            baseline=beta, ndcg_ref=base[sel]["ndcg"])
+            combined = {"baseline": beta, "latents": order, "trace": trace}
+            for n in counts:
+                for s in strengths:
+                    rows.append(point("baseline+greedy", n, s, beta, order[:n]))
+                    if seeds:
+                        rows.append(random_point("random-direction+latents", n, s, beta, use_dirs=True))
+        else:
+            say(f"{bias}: no baseline strength keeps dev NDCG within {max_ndcg_loss:.0%}: no combined method")
     for row in rows:
         row["rerank_bias_at_matched_ndcg"] = matched_bias(rerank, row["test"]["ndcg"])
     result = {
@@ -812,6 +929,7 @@ def run_experiment(
         "measure": measure.describe(),
         "source": data.source,
         "settings": {"counts": counts, "strengths": [float(s) for s in strengths], "mode": mode, "seeds": seeds,
+                     "baseline_strengths": betas if use_baseline else [], "methods": list(methods),
                      "min_freq": min_freq, "max_ndcg_loss": max_ndcg_loss, "top_k": data.top_k,
                      "select_stage": data.select.stage, "report_stage": data.test.stage,
                      "select_users": len(data.select.users), "test_users": len(data.test.users)},
@@ -819,6 +937,7 @@ def run_experiment(
         "base": base,
         "rankings": rankings,
         "greedy_trace": greedy_trace,
+        "combined": combined,
         "evidence": evidence_table(data, ev, rankings, n=max(16, min(32, n_max))),
         "evidence_summary": {
             "sum_of_negative_solo_bias": float(np.nansum(np.minimum(ev["solo_bias"], 0.0))),
@@ -827,9 +946,9 @@ def run_experiment(
             "decoder_bias_direct_effect": float(data.kernel.b_dec @ (data.item_emb.T @ measure.item_direction)),
             "latents_total_direct_effect": float(np.sum(ev["contrast"] * ev["direct_effect"])),
         },
+        "baseline_evidence": baseline_evidence(data, pool) if bias == "popularity" else None,
         "rows": rows,
         "rerank": rerank,
-        "decoder_bias": dbias,
     }
     result["targets"] = check_targets(result, max_loss=max_ndcg_loss)
     return result
@@ -862,32 +981,57 @@ def evidence_table(data: DebiasData, ev: dict, rankings: dict[str, list[int]], n
     return out
 
 
+def _key(row: dict) -> tuple:
+    """A sweep point: (n latents, their strength, baseline strength)."""
+    return row["n"], row["strength"], row.get("baseline", 0.0)
+
+
 def check_targets(result: dict, min_cut: float = 1 / 3, max_loss: float = 0.10) -> dict:
-    """Per selection method: the best test bias cut within ``max_loss`` relative NDCG loss, and
-    whether the method beats random suppression (lower |bias|) at every point of the sweep."""
+    """Per method: the best test bias cut within ``max_loss`` relative NDCG loss over the sweep;
+    whether the method beats its random comparator (lower |bias|, :data:`COMPARATOR`) at every
+    point of the sweep; and the test numbers of the point chosen on the dev stage
+    (:func:`choose_policy`), with the re-ranking baseline's cut at the same test NDCG."""
     b0 = abs(result["base"]["test"]["bias"])
     n0 = result["base"]["test"]["ndcg"]
     rows = result["rows"]
-    rand = {(r["n"], r["strength"]): r for r in rows if r["method"] == "random"}
-    out = {}
-    for method in {r["method"] for r in rows} - {"random"}:
+
+    def cut(bias: float) -> float:
+        return 1 - abs(bias) / b0 if b0 > 0 else 0.0
+
+    out: dict = {}
+    for method in [m for m in COMPARATOR if any(r["method"] == m for r in rows)]:
+        rand = {_key(r): r for r in rows if r["method"] == COMPARATOR[method]}
         mine = [r for r in rows if r["method"] == method]
         ok = [r for r in mine if r["test"]["ndcg"] >= (1 - max_loss) * n0]
         best = min(ok, key=lambda r: abs(r["test"]["bias"]), default=None)
-        cut = (1 - abs(best["test"]["bias"]) / b0) if best and b0 > 0 else 0.0
-        beats = [abs(r["test"]["bias"]) < abs(rand[(r["n"], r["strength"])]["test"]["bias"])
-                 for r in mine if (r["n"], r["strength"]) in rand]
+        beats = [abs(r["test"]["bias"]) < abs(rand[_key(r)]["test"]["bias"]) for r in mine if _key(r) in rand]
+        vs_rerank = [abs(r["test"]["bias"]) < abs(r["rerank_bias_at_matched_ndcg"]) for r in mine
+                     if not math.isnan(r["rerank_bias_at_matched_ndcg"])]
+        try:
+            dev = choose_policy(result, method, max_loss)
+        except ConfigError:
+            dev = None
         out[method] = {
-            "best_cut_within_loss": cut,
-            "best_point": {"n": best["n"], "strength": best["strength"]} if best else None,
+            "comparator": COMPARATOR[method],
+            "best_cut_within_loss": cut(best["test"]["bias"]) if best else 0.0,
+            "best_point": dict(zip(("n", "strength", "baseline"), _key(best))) if best else None,
             "best_ndcg_loss": (1 - best["test"]["ndcg"] / n0) if best and n0 > 0 else None,
-            "cut_target_met": bool(cut >= min_cut),
+            "best_rerank_cut_at_matched_ndcg": cut(best["rerank_bias_at_matched_ndcg"]) if best else None,
+            "cut_target_met": bool(best and cut(best["test"]["bias"]) >= min_cut),
             "beats_random_everywhere": bool(beats) and all(beats),
             "beats_random_points": f"{sum(beats)}/{len(beats)}",
+            "beats_rerank_at_matched_ndcg_points": f"{sum(vs_rerank)}/{len(vs_rerank)}",
+            "dev_choice": None if dev is None else {
+                **dict(zip(("n", "strength", "baseline"), _key(dev))),
+                "test_cut": cut(dev["test"]["bias"]),
+                "test_ndcg_loss": 1 - dev["test"]["ndcg"] / n0 if n0 > 0 else None,
+                "rerank_cut_at_matched_ndcg": cut(dev["rerank_bias_at_matched_ndcg"]),
+                "cut_target_met": bool(cut(dev["test"]["bias"]) >= min_cut and dev["test"]["ndcg"] >= (1 - max_loss) * n0),
+            },
         }
     ok = [p for p in result["rerank"] if p["ndcg"] >= (1 - max_loss) * n0]
     best = min(ok, key=lambda p: abs(p["bias"]), default=None)
-    out["rerank"] = {"best_cut_within_loss": (1 - abs(best["bias"]) / b0) if best and b0 > 0 else 0.0,
+    out["rerank"] = {"best_cut_within_loss": cut(best["bias"]) if best else 0.0,
                      "best_lambda": best["lambda"] if best else None}
     out["min_cut"], out["max_ndcg_loss"] = min_cut, max_loss
     return out
@@ -896,32 +1040,37 @@ def check_targets(result: dict, min_cut: float = 1 / 3, max_loss: float = 0.10) 
 # =============================================================================================
 # 5. Policies
 # =============================================================================================
-def choose_policy(result: dict, method: str = "greedy", max_ndcg_loss: float = 0.10) -> dict:
-    """The sweep point of ``method`` with the lowest dev-stage |bias| whose dev NDCG@k lost at
-    most ``max_ndcg_loss`` (relative); ties -> fewer latents, lower strength. Chosen on the dev
-    stage, so the test numbers reported with it are not tuned on."""
-    rows = [r for r in result["rows"] if r["method"] == method]
+def choose_policy(result: dict, method: str | Sequence[str] = "greedy", max_ndcg_loss: float = 0.10) -> dict:
+    """The sweep point of ``method`` (a name, several, or ``"best"`` = :data:`POLICY_METHODS`) with
+    the lowest dev-stage |bias| whose dev NDCG@k lost at most ``max_ndcg_loss`` (relative); ties ->
+    fewer latents, lower strength, lower baseline. Chosen on the dev stage, so the test numbers
+    reported with it are not tuned on."""
+    methods = POLICY_METHODS if method == "best" else (method,) if isinstance(method, str) else tuple(method)
+    rows = [r for r in result["rows"] if r["method"] in methods]
     if not rows:
-        raise ConfigError(f"the sweep has no {method!r} rows; run it with that method")
-    base = result["base"][result["settings"]["select_stage"]]
-    ok = [r for r in rows if r[result["settings"]["select_stage"]]["ndcg"] >= (1 - max_ndcg_loss) * base["ndcg"]]
-    if not ok:
-        raise ConfigError(f"no {method} point keeps dev NDCG within {max_ndcg_loss:.0%} of the original")
+        raise ConfigError(f"the sweep has no {'/'.join(methods)} rows; run it with that method")
     sel = result["settings"]["select_stage"]
-    best = min(ok, key=lambda r: (round(abs(r[sel]["bias"]), 12), r["n"], r["strength"]))
+    base = result["base"][sel]
+    ok = [r for r in rows if r[sel]["ndcg"] >= (1 - max_ndcg_loss) * base["ndcg"]]
+    if not ok:
+        raise ConfigError(f"no {'/'.join(methods)} point keeps dev NDCG within {max_ndcg_loss:.0%} of the original")
+    best = min(ok, key=lambda r: (round(abs(r[sel]["bias"]), 12), *_key(r)))
     return {**best, "improves": abs(best[sel]["bias"]) < abs(base["bias"])}
 
 
 def policy_document(name: str, point: dict, result: dict) -> dict:
-    """The policy file body: exactly ``name, latents, strength, mode, description``."""
+    """The policy file body: ``name, latents, strength, mode, baseline, description``."""
     if not POLICY_NAME.match(name):
         raise ConfigError(f"policy name {name!r}: use letters, digits, '_.-' (at most 64, starting with a letter or digit)")
     t0, t1 = result["base"]["test"], point["test"]
     src = result.get("source", {})
     k = result["settings"]["top_k"]
+    beta = float(point.get("baseline", 0.0))
+    what = ([f"{len(point['latents'])} latents at strength {point['strength']:g}"] if point["latents"] else []) + (
+        [f"the baseline (SAE decoder bias) at {beta:g}"] if beta else [])
     desc = (
-        f"{result['bias']} de-bias ({point['method']} selection on dev-stage users): suppress "
-        f"{len(point['latents'])} latents at strength {point['strength']:g}; test "
+        f"{result['bias']} de-bias ({point['method']}, chosen on dev-stage users): suppress "
+        f"{' and '.join(what) or 'nothing'}; test "
         f"{result['measure']['label']} {t0['bias']:.3f}->{t1['bias']:.3f}, NDCG@{k} "
         f"{t0['ndcg']:.4f}->{t1['ndcg']:.4f}; bundle {src.get('version', '?')} "
         f"({str(src.get('bundle_hash', '?'))[:12]})"
@@ -929,8 +1078,9 @@ def policy_document(name: str, point: dict, result: dict) -> dict:
     return {
         "name": name,
         "latents": [int(j) for j in point["latents"]],
-        "strength": float(point["strength"]),
+        "strength": float(point["strength"]) if point["latents"] else 1.0,
         "mode": result["settings"]["mode"],
+        "baseline": beta,
         "description": desc[:MAX_DESCRIPTION],
     }
 
@@ -952,8 +1102,8 @@ def check_policy_dir(folder: str | Path) -> Path:
 def save_policy(doc: dict, folder: str | Path) -> Path:
     """Write ``<folder>/<name>.json`` atomically; refuses a folder inside a bundle (bundles are
     hash-verified: an extra file there would be silently ignored or break verification)."""
-    if set(doc) != set(POLICY_KEYS):
-        raise ConfigError(f"a policy file has exactly the keys {POLICY_KEYS}")
+    if not set(POLICY_REQUIRED) <= set(doc) <= set(POLICY_KEYS):
+        raise ConfigError(f"a policy file has the keys {POLICY_KEYS} ('baseline' optional)")
     if not POLICY_NAME.match(doc["name"]):
         raise ConfigError(f"bad policy name {doc['name']!r}")
     folder = check_policy_dir(folder)
@@ -974,10 +1124,12 @@ def save_policy(doc: dict, folder: str | Path) -> Path:
 def load_policy(path: str | Path) -> dict:
     """Read and check a policy file written by :func:`save_policy`."""
     doc = json.loads(Path(path).read_text())
-    if not isinstance(doc, dict) or set(doc) != set(POLICY_KEYS):
-        raise ConfigError(f"{path}: a policy file has exactly the keys {POLICY_KEYS}")
+    if not isinstance(doc, dict) or not set(POLICY_REQUIRED) <= set(doc) <= set(POLICY_KEYS):
+        raise ConfigError(f"{path}: a policy file has the keys {POLICY_KEYS} ('baseline' optional)")
     if not all(isinstance(j, int) and j >= 0 for j in doc["latents"]) or not 0 <= doc["strength"] <= 1:
         raise ConfigError(f"{path}: latents must be ids >= 0 and strength in [0, 1]")
+    if not 0 <= doc.get("baseline", 0.0) <= 1:
+        raise ConfigError(f"{path}: baseline must be in [0, 1]")
     if doc["mode"] not in ("error", "reconstruction"):
         raise ConfigError(f"{path}: mode must be 'error' or 'reconstruction'")
     return doc
@@ -999,21 +1151,24 @@ def sweep_table(result: dict) -> str:
     extra = "mean pop" if result["bias"] == "popularity" else "gender AUC"
     ekey = "mean_popularity" if result["bias"] == "popularity" else "gender_auc"
     lines = [
-        f"| method | n | strength | test {result['measure']['label']} | change | test NDCG@{k} | NDCG change | "
-        f"test HR@{k} | {extra} | dev bias | re-rank bias at same NDCG |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| method | n | strength | baseline | test {result['measure']['label']} | change | test NDCG@{k} | "
+        f"NDCG change | test HR@{k} | {extra} | dev bias | re-rank bias at same NDCG |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = result["base"]["test"]
     lines.append(
-        f"| original | 0 | - | {_f(b0)} | - | {_f(n0, 4)} | - | {_f(base['hr'], 4)} | "
+        f"| original | 0 | - | - | {_f(b0)} | - | {_f(n0, 4)} | - | {_f(base['hr'], 4)} | "
         f"{_f(base.get(ekey), 3 if ekey == 'gender_auc' else 1)} | {_f(result['base']['dev']['bias'])} | - |"
     )
-    order = {"association": 0, "greedy": 1, "random": 2}
-    for r in sorted(result["rows"], key=lambda r: (order.get(r["method"], 9), r["strength"], r["n"])):
+    order = {m: i for i, m in enumerate(("association", "greedy", "random", "baseline", "random-direction",
+                                         "baseline+greedy", "random-direction+latents"))}
+    for r in sorted(result["rows"], key=lambda r: (order.get(r["method"], 9), r["strength"], r["n"], r.get("baseline", 0))):
         t = r["test"]
         bias = _f(t["bias"]) + (f" ± {t['bias_std']:.3f}" if "bias_std" in t else "")
+        strength = f"{r['strength']:g}" if r["n"] else "-"
+        beta = f"{r['baseline']:g}" if r.get("baseline") else "-"
         lines.append(
-            f"| {r['method']} | {r['n']} | {r['strength']:g} | {bias} | "
+            f"| {r['method']} | {r['n']} | {strength} | {beta} | {bias} | "
             f"{_rel(t['bias'], b0)} | {_f(t['ndcg'], 4)} | {_rel(t['ndcg'], n0)} | {_f(t['hr'], 4)} | "
             f"{_f(t.get(ekey), 3 if ekey == 'gender_auc' else 1)} | {_f(r['dev']['bias'])} | "
             f"{_f(r['rerank_bias_at_matched_ndcg'])} |"
@@ -1036,14 +1191,31 @@ def rerank_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def decoder_bias_table(result: dict) -> str:
+def baseline_markdown(result: dict) -> str:
+    """Why the SAE's baseline (``b_dec``) is the popularity concept, in numbers."""
+    e, ev = result.get("baseline_evidence"), result["evidence_summary"]
+    if not e:
+        return (f"Direct effect of the baseline b_dec on the bias' item contrast: {ev['decoder_bias_direct_effect']:+.3f}; "
+                f"all latents together: {ev['latents_total_direct_effect']:+.3f}.")
     k = result["settings"]["top_k"]
-    b0, n0 = result["base"]["test"]["bias"], result["base"]["test"]["ndcg"]
-    lines = [f"| alpha (x - alpha b_dec) | test {result['measure']['label']} | change | test NDCG@{k} | NDCG change |",
-             "|---:|---:|---:|---:|---:|"]
-    for p in result["decoder_bias"]:
-        lines.append(f"| {p['alpha']:.2f} | {_f(p['bias'])} | {_rel(p['bias'], b0)} | {_f(p['ndcg'], 4)} | {_rel(p['ndcg'], n0)} |")
-    return "\n".join(lines)
+    return "\n".join([
+        f"- Rank correlation (Spearman, all items) between the baseline's score `b_dec · e_i` and the item's "
+        f"training popularity: **{e['spearman_bdec_popularity']:+.3f}**. Of the {k} items `b_dec` alone scores "
+        f"highest, {e['head_share_top_k_by_bdec']:.0%} are head items; of its top "
+        f"{result['measure'].get('head_items', '|head|')}, {e['head_share_top_head_by_bdec']:.0%} (chance: "
+        f"{e['head_fraction']:.0%}).",
+        f"- Correlation alone does not single `b_dec` out: the item embeddings have a popularity axis, so "
+        f"{e['latents_spearman_over_0_5']} of {e['latents_compared']} candidate latent directions also correlate "
+        f"> 0.5 (most: #{e['most_aligned_latent']}, {e['most_aligned_spearman']:+.3f}) and "
+        f"{e['latents_spearman_under_minus_0_5']} below −0.5 (#{e['most_opposed_latent']}, "
+        f"{e['most_opposed_spearman']:+.3f}).",
+        f"- What does single it out is weight and universality: `b_dec` is in every user's representation at full "
+        f"weight (cosine with the mean dev-stage representation {e['cosine_bdec_mean_x']:+.3f}, norms "
+        f"{e['bdec_norm']:.2f} vs {e['mean_x_norm']:.2f}), while the popularity-aligned latents fire for "
+        f"{e['aligned_latents_mean_firing_rate']:.1%} of users on average. Head-minus-tail direct effect: `b_dec` "
+        f"{e['direct_effect_bdec']:+.3f}; the aligned latents, weighted by their mean activation, "
+        f"{e['direct_effect_aligned_latents']:+.3f}; all candidate latents together {e['direct_effect_all_latents']:+.3f}.",
+    ])
 
 
 def evidence_markdown(result: dict, limit: int = 16) -> str:
@@ -1078,15 +1250,38 @@ def plot_tradeoff(result: dict, path: str | Path) -> Path:
     b0, n0 = result["base"]["test"]["bias"], result["base"]["test"]["ndcg"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     styles = {"association": ("tab:blue", "o"), "greedy": ("tab:purple", "s"), "random": ("tab:red", "x")}
+    seeds = result["settings"]["seeds"]
+    base_styles = {  # method -> (colour, marker, label); lines start at the original model
+        "baseline": ("tab:orange", "D", "baseline suppressed: x - β·b_dec"),
+        "random-direction": ("tab:brown", "x", f"random direction, norm β·|b_dec| (mean of {seeds})"),
+    }
     zoom_x, zoom_y = [n0], [b0]
     for ax in axes:
         rr = [p for p in result["rerank"] if p["ndcg"] >= 0.6 * n0]
         ax.plot([p["ndcg"] for p in rr], [p["bias"] for p in rr], "-", color="tab:green", marker=".",
                 label="re-ranking: score - λ·penalty")
-        db = result.get("decoder_bias") or []
-        if db:
-            ax.plot([p["ndcg"] for p in db], [p["bias"] for p in db], ":", color="grey", marker="^", ms=4,
-                    label="diagnostic: x - α·b_dec (not a latent)")
+        for method, (color, marker, label) in base_styles.items():
+            rows = sorted([r for r in result["rows"] if r["method"] == method], key=lambda r: r["baseline"])
+            if not rows:
+                continue
+            ax.plot([n0] + [r["test"]["ndcg"] for r in rows], [b0] + [r["test"]["bias"] for r in rows], "-",
+                    color=color, marker=marker, ms=5, label=label)
+            if method == "baseline":
+                for r in rows:
+                    ax.annotate(f"β={r['baseline']:g}", (r["test"]["ndcg"], r["test"]["bias"]), fontsize=7,
+                                textcoords="offset points", xytext=(4, -9), color=color)
+            else:
+                ax.errorbar([r["test"]["ndcg"] for r in rows], [r["test"]["bias"] for r in rows],
+                            yerr=[r["test"].get("bias_std", 0) for r in rows], fmt="none", ecolor=color, alpha=0.4)
+        comb = result.get("combined")
+        top = max(result["settings"]["strengths"])
+        for method, color, label in (("baseline+greedy", "tab:olive", "baseline {b:g} + greedy latents (strength {s:g})"),
+                                     ("random-direction+latents", "tab:gray", "random direction + random latents")):
+            rows = sorted([r for r in result["rows"] if r["method"] == method and r["strength"] == top],
+                          key=lambda r: r["n"])
+            if comb and rows:
+                ax.plot([r["test"]["ndcg"] for r in rows], [r["test"]["bias"] for r in rows], "--", color=color,
+                        marker="P", ms=5, label=label.format(b=comb["baseline"], s=top))
         for method, (color, marker) in styles.items():
             for s in result["settings"]["strengths"]:
                 rows = sorted([r for r in result["rows"] if r["method"] == method and r["strength"] == s],
@@ -1130,7 +1325,7 @@ def plot_tradeoff(result: dict, path: str | Path) -> Path:
     dy = max(1e-3, max(zoom_y) - min(zoom_y)) * 0.15
     ax1.set_xlim(max(zoom_x) + dx, min(zoom_x) - dx)
     ax1.set_ylim(min(zoom_y) - dy, max(zoom_y) + dy)
-    ax1.set_title("zoom on latent suppression", fontsize=9)
+    ax1.set_title("zoom on latent suppression (baseline points lie outside)", fontsize=9)
     src = result.get("source", {})
     sae = f", SAE {src['sae']}" if src.get("sae") else ""
     ax0.set_title(f"{result['bias']} bias vs accuracy — {src.get('model', '?')} / {src.get('dataset', '?')}{sae}",
@@ -1159,24 +1354,39 @@ def measure_markdown(result: dict) -> str:
     )
 
 
+def _point_text(pt: dict) -> str:
+    parts = ([f"n={pt['n']}, strength {pt['strength']:g}"] if pt["n"] else []) + (
+        [f"baseline β={pt['baseline']:g}"] if pt.get("baseline") else [])
+    return ", ".join(parts) or "nothing"
+
+
 def targets_markdown(result: dict) -> str:
     t = result["targets"]
+    pop = result["bias"] == "popularity"
+    goal = (lambda met: f"target ≥{t['min_cut']:.0%}: **{'met' if met else 'not met'}**") if pop else (
+        lambda met: f"the popularity target's ≥{t['min_cut']:.0%} yardstick: **{'reached' if met else 'not reached'}**")
     lines = []
-    for method in ("association", "greedy"):
-        if method in t:
-            x = t[method]
-            pt = x["best_point"]
-            lines.append(
-                f"- **{method}**: best test cut of |bias| within {t['max_ndcg_loss']:.0%} NDCG loss: "
-                f"{x['best_cut_within_loss']:+.1%}"
-                + (f" (n={pt['n']}, strength {pt['strength']:g}, NDCG loss {x['best_ndcg_loss']:+.1%})" if pt else "")
-                + (f"; target ≥{t['min_cut']:.0%}: **{'met' if x['cut_target_met'] else 'not met'}**. "
-                   if result["bias"] == "popularity" else
-                   f"; the popularity target's ≥{t['min_cut']:.0%} yardstick: "
-                   f"**{'reached' if x['cut_target_met'] else 'not reached'}**. ")
-                + f"Lower |bias| than random at {x['beats_random_points']} sweep points "
-                f"(**{'every point' if x['beats_random_everywhere'] else 'not every point'}**)."
+    for method in COMPARATOR:
+        if method not in t:
+            continue
+        x = t[method]
+        pt, dev = x["best_point"], x["dev_choice"]
+        line = (
+            f"- **{method}**: best test cut of |bias| within {t['max_ndcg_loss']:.0%} NDCG loss over the sweep: "
+            f"{x['best_cut_within_loss']:+.1%}"
+            + (f" ({_point_text(pt)}, NDCG loss {x['best_ndcg_loss']:+.1%}; re-ranking at the same test NDCG: "
+               f"{x['best_rerank_cut_at_matched_ndcg']:+.1%})" if pt else "")
+            + f"; {goal(x['cut_target_met'])}. Lower |bias| than {x['comparator']} at {x['beats_random_points']} "
+            f"sweep points (**{'every point' if x['beats_random_everywhere'] else 'not every point'}**); lower "
+            f"than re-ranking at the same test NDCG at {x['beats_rerank_at_matched_ndcg_points']}."
+        )
+        if dev:
+            line += (
+                f" Point chosen on the dev stage ({_point_text(dev)}): test cut {dev['test_cut']:+.1%} at NDCG loss "
+                f"{dev['test_ndcg_loss']:+.1%} ({'meets' if dev['cut_target_met'] else 'misses'} the target); "
+                f"re-ranking at the same test NDCG: {dev['rerank_cut_at_matched_ndcg']:+.1%}."
             )
+        lines.append(line)
     lines.append(f"- **re-ranking**: best test cut within {t['max_ndcg_loss']:.0%} NDCG loss: "
                  f"{t['rerank']['best_cut_within_loss']:+.1%}.")
     return "\n".join(lines)
@@ -1191,9 +1401,11 @@ def render_section(result: dict, plot_rel: str) -> str:
         f"## {result['bias'].capitalize()} bias",
         "",
         f"Bundle `{src.get('bundle')}` (version {src.get('version')}), {s['test_users']} test users; "
-        f"latents picked on the {s['select_stage']} stage ({s['select_users']} users) from {result['pool_size']} "
-        f"candidates firing for ≥{s['min_freq']:.1%} of them; mode `{s['mode']}`; random = mean of {s['seeds']} draws "
-        "from the same candidates.",
+        f"latents and baseline strengths picked on the {s['select_stage']} stage ({s['select_users']} users) from "
+        f"{result['pool_size']} candidates firing for ≥{s['min_freq']:.1%} of them; mode `{s['mode']}`; random = mean of "
+        f"{s['seeds']} draws (latents from the same candidates; directions of the same norm as β·b_dec)"
+        + (f"; baseline+greedy = baseline β={result['combined']['baseline']:g} (chosen on dev) plus latents picked "
+           "greedily on top of it" if result.get("combined") else "") + ".",
         "",
         measure_markdown(result),
         "",
@@ -1222,9 +1434,9 @@ def render_section(result: dict, plot_rel: str) -> str:
         "",
         evidence_markdown(result),
         "",
-        "### Diagnostic: the SAE decoder bias (not a latent, not a policy)",
+        "### The baseline: what all users share (the SAE decoder bias b_dec)",
         "",
-        decoder_bias_table(result),
+        baseline_markdown(result),
         "",
     ]
     return "\n".join(parts)
@@ -1239,7 +1451,7 @@ def write_outputs(result: dict, out_dir: str | Path, policy: dict | None = None)
     js = out / f"debias-{b}.json"
     js.write_text(json.dumps(result, indent=1, default=_json_default))
     md = out / f"report-{b}.md"
-    text = f"# De-biasing by latent suppression: {b}\n\n" + render_section(result, png.name)
+    text = f"# De-biasing by suppressing SAE latents and the baseline: {b}\n\n" + render_section(result, png.name)
     if policy is not None:
         text += "\n### Chosen policy (dev stage)\n\n```json\n" + policy_json(policy) + "\n```\n"
     md.write_text(text)

@@ -102,5 +102,7 @@ class Engine:
         exclude: list[np.ndarray] | None = None,
         suppress: Mapping[int, float] | None = None,
         mode: SteerMode = "error",
+        baseline: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray, Codes, np.ndarray]:
-        return recommend(self.sae, x, self.item_emb, k, exclude=exclude, suppress=suppress, mode=mode)
+        return recommend(self.sae, x, self.item_emb, k, exclude=exclude, suppress=suppress, mode=mode,
+                         baseline=baseline)

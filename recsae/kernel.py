@@ -10,6 +10,11 @@ Decomposition used by explanations, for a user representation ``x`` and item emb
 
 Error-preserving suppression removes only the suppressed latents' terms, so suppressing
 nothing returns exactly the original model's scores.
+
+The bias term is a concept too, the *baseline*: a TopK SAE absorbs what every input shares into
+``b_dec`` (it is initialised at, and stays near, the data mean) and never spends a sparse latent
+on it. In a recommender that shared part is chiefly item popularity, so ``steer(baseline=s)``
+(removing ``s * b_dec``) is how popularity is suppressed (docs/DEBIAS.md).
 """
 
 from __future__ import annotations
@@ -103,38 +108,54 @@ class SAEKernel:
         codes: Codes,
         suppress: Mapping[int, float] | None = None,
         mode: SteerMode = "error",
+        baseline: float = 0.0,
     ) -> np.ndarray:
-        """The representation with the given latents suppressed.
+        """The representation with the given latents (and the baseline) suppressed.
 
-        ``error`` (default): x - sum_j s_j z_j W_dec[j]; nothing suppressed -> x unchanged.
-        ``reconstruction`` (the paper's): decode with z_j scaled by (1 - s_j); the SAE's
-        reconstruction error is dropped even when nothing is suppressed.
+        ``error`` (default): x - sum_j s_j z_j W_dec[j] - baseline * b_dec; nothing suppressed ->
+        x unchanged. ``reconstruction`` (the paper's): decode with z_j scaled by (1 - s_j) and
+        b_dec by (1 - baseline); the SAE's reconstruction error is dropped even when nothing is
+        suppressed. ``baseline`` in [0, 1] is the strength with which ``b_dec`` — what every user
+        shares, in a recommender chiefly popularity — is removed.
         """
+        check_baseline(baseline)
         x = np.atleast_2d(np.asarray(x, dtype=np.float32))
         w = self.suppression_weights(codes, suppress or {})
         if mode == "error":
-            if not w.any():
-                return x
-            removed = np.einsum("bk,bkd->bd", codes.acts * w, self.W_dec[codes.idx])
-            return x - removed
+            if w.any():
+                x = x - np.einsum("bk,bkd->bd", codes.acts * w, self.W_dec[codes.idx])
+            return x - np.float32(baseline) * self.b_dec if baseline else x
         if mode == "reconstruction":
-            return self.decode(Codes(codes.acts * (1.0 - w), codes.idx))
+            kept = Codes(codes.acts * (1.0 - w), codes.idx)
+            if not baseline:
+                return self.decode(kept)
+            return np.einsum("bk,bkd->bd", kept.acts, self.W_dec[kept.idx]) + np.float32(1.0 - baseline) * self.b_dec
         raise ConfigError(f"unknown steering mode {mode!r}; use 'error' or 'reconstruction'")
 
     # -- explanation --------------------------------------------------------------------------
-    def explain(self, x: np.ndarray, codes: Codes, item_vectors: np.ndarray) -> Explanation:
+    def explain(self, x: np.ndarray, codes: Codes, item_vectors: np.ndarray, baseline: float = 0.0) -> Explanation:
         """Split the scores of listed items into bias, per-latent contributions and error.
 
         ``item_vectors`` is (B, n, d): the embeddings of the items recommended to each row.
+        ``baseline``: the strength with which ``x`` was steered away from ``b_dec``; the bias
+        term is then (1 - baseline) b_dec . e_i, so the error term stays the SAE's own.
         Cost is O(B k n d) — independent of the catalogue size.
         """
+        check_baseline(baseline)
         x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        b_dec = self.b_dec * np.float32(1.0 - baseline) if baseline else self.b_dec
         dirs = self.W_dec[codes.idx]  # (B, k, d)
         contrib = codes.acts[:, :, None] * np.einsum("bkd,bnd->bkn", dirs, item_vectors)
-        recon = np.einsum("bk,bkd->bd", codes.acts, dirs) + self.b_dec
-        bias = np.einsum("d,bnd->bn", self.b_dec, item_vectors)
+        recon = np.einsum("bk,bkd->bd", codes.acts, dirs) + b_dec
+        bias = np.einsum("d,bnd->bn", b_dec, item_vectors)
         error = np.einsum("bd,bnd->bn", x - recon, item_vectors)
         return Explanation(contrib.astype(np.float32), bias, error)
+
+
+def check_baseline(strength: float) -> None:
+    """Baseline suppression strengths live in [0, 1] (NaN is refused too)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ConfigError(f"baseline suppression strength must be in [0, 1], not {strength}")
 
 
 def top_items(
@@ -205,10 +226,11 @@ def recommend(
     exclude: list[np.ndarray] | None = None,
     suppress: Mapping[int, float] | None = None,
     mode: SteerMode = "error",
+    baseline: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, Codes, np.ndarray]:
     """Encode, steer, score all items and take the top-k. Returns (ids, scores, codes, x')."""
     codes = sae.encode(x)
-    xs = sae.steer(x, codes, suppress, mode)
+    xs = sae.steer(x, codes, suppress, mode, baseline)
     ids, sc = top_items(xs @ item_emb.T, k, exclude)
     return ids, sc, codes, xs
 

@@ -204,6 +204,7 @@ class Core:
         policy: str | None,
         exclude_seen: bool,
         mode: SteerMode | None,
+        suppress_baseline: float = 0.0,
     ) -> dict[str, Any]:
         """The response body (schema: ``service.schemas.RecommendResponse``)."""
         sae = self.sae
@@ -221,14 +222,15 @@ class Core:
         lookup = _Lookup(self, policy, active if explain else None)
         try:
             return self._score(x, seen, where, codes, active, lookup, user_id=user_id, source=source, k=k,
-                               explain=explain, suppress=suppress, exclude_seen=exclude_seen, mode=mode)
+                               explain=explain, suppress=suppress, exclude_seen=exclude_seen, mode=mode,
+                               suppress_baseline=suppress_baseline)
         finally:
             lookup.close()
 
     def _score(
         self, x: np.ndarray, seen: np.ndarray, where: str, codes: Codes, active: list[int], lookup: "_Lookup",
         *, user_id: str | None, source: str, k: int, explain: bool, suppress: list[int], exclude_seen: bool,
-        mode: SteerMode | None,
+        mode: SteerMode | None, suppress_baseline: float,
     ) -> dict[str, Any]:
         sae = self.sae
         policy = lookup.policy_name
@@ -243,9 +245,15 @@ class Core:
                 strengths[j], sources[j] = pol.strength, f"policy:{pol.name}"
         for j in suppress:
             strengths[j], sources[j] = 1.0, "request"
+        # the baseline (b_dec): the stronger of the policy's and the request's, like latents
+        baseline, baseline_source = 0.0, None
+        if pol is not None and pol.baseline > 0:
+            baseline, baseline_source = float(pol.baseline), f"policy:{pol.name}"
+        if suppress_baseline > 0 and suppress_baseline >= baseline:
+            baseline, baseline_source = float(suppress_baseline), "request"
         use_mode: SteerMode = mode or (pol.mode if pol is not None else "error")
 
-        xs = sae.steer(x, codes, strengths, use_mode)
+        xs = sae.steer(x, codes, strengths, use_mode, baseline)
         scores = xs @ self.engine.item_emb.T
         ids, sc = top_items(scores, k, [seen] if exclude_seen else None)
         ids, sc = ids[0], sc[0]
@@ -261,14 +269,18 @@ class Core:
         ]
         active_out: list[dict] = []
         if explain:
-            active_out = self._explain(xs, codes, strengths, ids, items, lookup)
+            active_out = self._explain(xs, codes, strengths, ids, items, lookup, baseline)
 
         if not self._warming:
             self.drift.record(np.asarray(active, dtype=np.int64))
             M.RECOMMENDATIONS.labels(source).inc()
-            if strengths:
-                M.SUPPRESSION.labels(M.policy_label(pol.name if pol is not None else None)).inc()
-            self.recent.maybe_record(user_id, items, active, strengths, pol.name if pol is not None else None)
+            label = M.policy_label(pol.name if pol is not None else None) if strengths or baseline else None
+            if label is not None:
+                M.SUPPRESSION.labels(label).inc()
+            if baseline:
+                M.BASELINE_SUPPRESSION.labels(label).inc()
+            self.recent.maybe_record(user_id, items, active, strengths, pol.name if pol is not None else None,
+                                     baseline)
         active_set = set(active)
         return {
             "user_id": user_id,
@@ -281,6 +293,7 @@ class Core:
                 {"latent": j, "strength": float(s), "source": sources[j], "active": j in active_set}
                 for j, s in sorted(strengths.items())
             ],
+            "baseline": {"strength": baseline, "source": baseline_source} if baseline else None,
             "items": items,
             "active_latents": active_out,
         }
@@ -293,16 +306,18 @@ class Core:
         ids: np.ndarray,
         items: list[dict],
         lookup: "_Lookup",
+        baseline: float = 0.0,
     ) -> list[dict]:
         """Per-item bias + contributions + error (= the steered score), and the active concepts.
 
-        Uses ``SAEKernel.explain`` on the steered representation and the steered codes
-        (z_j scaled by 1 - strength_j), so bias + sum(contributions) + error == steered score.
+        Uses ``SAEKernel.explain`` on the steered representation, the steered codes (z_j scaled
+        by 1 - strength_j) and the steered bias ((1 - baseline) b_dec), so bias +
+        sum(contributions) + error == steered score.
         """
         sae = self.sae
         w = sae.suppression_weights(codes, strengths)
         steered = Codes(codes.acts * (1.0 - w), codes.idx)
-        ex = sae.explain(xs, steered, self.engine.item_emb[ids][None])
+        ex = sae.explain(xs, steered, self.engine.item_emb[ids][None], baseline)
         firing = np.flatnonzero(codes.acts[0] > 0)
         lat = codes.idx[0][firing].tolist()
         sup = (w[0][firing] > 0).tolist()
@@ -408,13 +423,13 @@ class RecentLog:
             self._thread.start()
 
     def maybe_record(self, user_id: str | None, items: list[dict], active: list[int],
-                     strengths: dict[int, float], policy: str | None) -> None:
+                     strengths: dict[int, float], policy: str | None, baseline: float = 0.0) -> None:
         if self.rate <= 0 or (self.rate < 1 and random.random() >= self.rate):
             return
         self._seq += 1
         entry = {
             "id": f"local-{self._seq}", "ts": round(time.time(), 3), "user_id": user_id, "policy": policy,
-            "suppressed": sorted(strengths), "active": active,
+            "suppressed": sorted(strengths), "baseline": baseline, "active": active,
             "items": [{"item_id": it["item_id"], "title": it["title"]} for it in items[:10]],
         }
         self.local.append(entry)

@@ -61,6 +61,12 @@ SUPPRESSION = Counter(
     "the label limit).",
     ["policy"],
 )
+BASELINE_SUPPRESSION = Counter(
+    "recsae_baseline_suppression_requests",
+    "Requests that suppressed the baseline (the SAE decoder bias: what all users share, chiefly "
+    "popularity), by policy as in recsae_suppression_requests; they are counted there too.",
+    ["policy"],
+)
 DRIFT_JSD = Gauge(
     "recsae_concept_drift_jsd",
     "Jensen-Shannon divergence (base 2, 0..1) between live and reference concept firing.",

@@ -1,8 +1,9 @@
 """Stored suppression policies and their audit trail.
 
 A policy is a named set of latents (explicit, and/or a text query over the concept
-descriptions resolved to latents when the policy is stored), a strength in [0, 1] and a
-steering mode. Requests name it with ``?policy=``.
+descriptions resolved to latents when the policy is stored), a strength in [0, 1], a steering
+mode and a baseline strength in [0, 1] (the SAE decoder bias: what all users share, chiefly
+popularity; a policy may suppress only that). Requests name it with ``?policy=``.
 
 Storage, with ``REDIS_URL`` (every replica sees the same policies):
 
@@ -322,11 +323,12 @@ class PolicyStore:
             old = self._mirror.get(name)
             policy = Policy(
                 name=name, latents=latents, explicit=sorted(set(body.latents)), query=body.query,
-                bundle_hash=self.bundle_hash, strength=body.strength, mode=body.mode,
+                bundle_hash=self.bundle_hash, strength=body.strength, mode=body.mode, baseline=body.baseline,
                 description=body.description, created_at=old.created_at if old else now,
                 updated_at=now, updated_by=who,
             )
-            detail = json.dumps({"latents": latents, "query": body.query, "strength": body.strength, "mode": body.mode})
+            detail = json.dumps({"latents": latents, "query": body.query, "strength": body.strength, "mode": body.mode,
+                                 "baseline": body.baseline})
             self._commit("put", name, policy, who, detail)
         return policy
 

@@ -59,6 +59,17 @@ ModeOption = Annotated[
 ]
 
 
+BASELINE_DOC = (
+    "the SAE decoder bias b_dec: what every user's representation shares (a TopK SAE absorbs it "
+    "into b_dec, never into a sparse latent); in a recommender chiefly item popularity"
+)
+
+
+def baseline_field(description: str) -> Any:
+    """A baseline suppression strength in [0, 1], default 0 (finite: NaN and inf are refused)."""
+    return Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description=description, examples=[0.4])
+
+
 def parse_latent_list(raw: str | None) -> list[int]:
     """'12, 57' -> [12, 57] (duplicates dropped, order kept); '' or None -> []."""
     if raw is None or raw.strip() == "":
@@ -80,6 +91,10 @@ class _Options(BaseModel):
     policy: OptionalPolicyName
     exclude_seen: bool = Field(True, description="never recommend items already in the history")
     mode: ModeOption
+    suppress_baseline: float = baseline_field(
+        f"strength in [0, 1] with which to suppress the baseline, {BASELINE_DOC}; 0 = none, "
+        "0.4 = remove 40% of it. With a policy that also suppresses it, the stronger of the two applies."
+    )
 
 
 class RecommendQuery(_Options):
@@ -133,7 +148,10 @@ class Contribution(BaseModel):
 class ItemExplanation(BaseModel):
     """``bias + sum(contributions) + error == score`` (float32 rounding, < 1e-4)."""
 
-    bias: float = Field(description="the SAE decoder bias' share of the score")
+    bias: float = Field(
+        description="the SAE decoder bias' (the baseline's) share of the score: (1 - s) b_dec . item "
+        "when the baseline is suppressed with strength s"
+    )
     error: float = Field(description="what the SAE does not reconstruct (0 in reconstruction mode)")
     contributions: list[Contribution] = Field(
         default_factory=list, description="every active concept, largest contribution first"
@@ -165,6 +183,11 @@ class SuppressedLatent(BaseModel):
     active: bool = Field(description="whether it fired for this request (only then it changes scores)")
 
 
+class SuppressedBaseline(BaseModel):
+    strength: float = Field(description="share of the baseline (the SAE decoder bias) removed, in (0, 1]")
+    source: str = Field(description="'request' or 'policy:<name>'")
+
+
 class RecommendResponse(BaseModel):
     user_id: str | None = Field(None, description="null for POST (explicit history)")
     bundle_version: str
@@ -173,6 +196,9 @@ class RecommendResponse(BaseModel):
     mode: SteerMode
     policy: str | None = None
     suppressed: list[SuppressedLatent] = Field(default_factory=list)
+    baseline: SuppressedBaseline | None = Field(
+        None, description=f"the baseline suppression applied ({BASELINE_DOC}); null = none"
+    )
     items: list[RecommendedItem]
     active_latents: list[ActiveLatent] = Field(
         default_factory=list, description="concepts firing for this user (only with explain=true)"
@@ -252,7 +278,8 @@ class BundleInfo(BaseModel):
 
 # -- policies ------------------------------------------------------------------------------------
 class PolicyIn(BaseModel):
-    """A suppression policy: explicit latents and/or a text query resolved at creation."""
+    """A suppression policy: explicit latents and/or a text query resolved at creation, and/or a
+    baseline strength (popularity lives there, not in a latent: docs/DEBIAS.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -266,12 +293,16 @@ class PolicyIn(BaseModel):
     )
     strength: float = Field(1.0, ge=0.0, le=1.0, description="1 = remove the concept, 0.5 = halve it")
     mode: SteerMode = "error"
+    baseline: float = baseline_field(
+        f"strength in [0, 1] with which to suppress the baseline, {BASELINE_DOC}; 0 = none. "
+        "Applies whatever the bundle (every SAE has its own b_dec)."
+    )
     description: str | None = Field(None, max_length=500)
 
     @model_validator(mode="after")
     def _needs_target(self) -> "PolicyIn":
-        if not self.latents and not self.query:
-            raise ValueError("give 'latents' and/or 'query'")
+        if not self.latents and not self.query and not self.baseline:
+            raise ValueError("give 'latents', 'query' and/or a 'baseline' > 0")
         return self
 
 
@@ -287,6 +318,7 @@ class Policy(BaseModel):
     )
     strength: float
     mode: SteerMode
+    baseline: float = Field(0.0, description="baseline (SAE decoder bias) suppression strength; 0 = none")
     description: str | None = None
     created_at: float
     updated_at: float
@@ -364,6 +396,7 @@ class RecentEntry(BaseModel):
     user_id: str | None = Field(None, description="null for POST /recommend (explicit history)")
     policy: str | None = None
     suppressed: list[int] = Field(default_factory=list)
+    baseline: float = Field(0.0, description="baseline suppression strength applied (0 = none)")
     active: list[int] = Field(default_factory=list, description="latents that fired")
     items: list[RecentItem] = Field(default_factory=list, description="top items (at most 10)")
 

@@ -69,7 +69,8 @@ app = FastAPI(
     version=__version__,
     description=(
         "Recommendations with the sparse-autoencoder concepts that drove them; concepts can be "
-        "suppressed per request (`suppress=`) or by stored policy (`policy=`)."
+        "suppressed per request (`suppress=`; the baseline, i.e. what all users share, chiefly "
+        "popularity, with `suppress_baseline=`) or by stored policy (`policy=`)."
     ),
 )
 
@@ -186,7 +187,7 @@ async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep) -> Res
         return _body(
             core.recommend_user(
                 q.user_id, k=q.k, explain=q.explain, suppress=q.suppress_list(), policy=q.policy,
-                exclude_seen=q.exclude_seen, mode=q.mode,
+                exclude_seen=q.exclude_seen, mode=q.mode, suppress_baseline=q.suppress_baseline,
             )
         )
 
@@ -199,6 +200,7 @@ async def recommend_history(body: RecommendRequest, _: Annotated[NoParams, Query
             core.recommend_history(
                 body.history, k=body.k, explain=body.explain, suppress=body.suppress_list(),
                 policy=body.policy, exclude_seen=body.exclude_seen, mode=body.mode,
+                suppress_baseline=body.suppress_baseline,
             )
         )
 

@@ -3,7 +3,7 @@
 
 const $ = (s) => document.querySelector(s);
 const TOKEN_KEY = "recsae-audit-token";
-const state = { bundle: null, who: null, base: null, current: null, suppress: new Set(), seq: 0 };
+const state = { bundle: null, who: null, base: null, current: null, suppress: new Set(), baseline: 0, seq: 0 };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -63,33 +63,42 @@ function whoFromForm() {
   return { kind: "user", value: id, label: `user ${id}` };
 }
 
-function fetchRecs(suppress) {
+function fetchRecs(suppress, baseline) {
   const k = Number($("#k").value);
   const who = state.who;
   if (who.kind === "user") {
     const p = new URLSearchParams({ user_id: who.value, k: String(k), explain: "true" });
     if (suppress.length) p.set("suppress", suppress.join(","));
+    if (baseline) p.set("suppress_baseline", String(baseline));
     return api("/recommend?" + p.toString());
   }
   return api("/recommend", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ history: who.value, k, explain: true, suppress }),
+    body: JSON.stringify({ history: who.value, k, explain: true, suppress, suppress_baseline: baseline }),
   });
+}
+
+// what is suppressed, in words: "#12, #57, baseline 0.4"
+function suppressionText(suppress, baseline) {
+  return [...suppress.map((j) => "#" + j), baseline ? `baseline ${baseline}` : null].filter(Boolean).join(", ");
 }
 
 async function load(who) {
   state.who = who;
   state.suppress.clear();
+  state.baseline = 0;
+  $("#baseline-toggle").checked = false;
   const seq = ++state.seq;
   const status = $("#rec-status");
   setStatus(status, "loading…", "loading");
   try {
-    const base = await fetchRecs([]);
+    const base = await fetchRecs([], 0);
     if (seq !== state.seq) return;
     state.base = state.current = base;
     render();
     status.dataset.suppress = "";
+    status.dataset.baseline = "0";
     setStatus(status, `${who.label}: ${base.items.length} items, ${base.active_latents.length} active concepts`, "ready");
   } catch (e) {
     if (seq !== state.seq) return;
@@ -99,22 +108,37 @@ async function load(who) {
   }
 }
 
-async function toggle(latent, on) {
+function toggle(latent, on) {
   if (on) state.suppress.add(latent); else state.suppress.delete(latent);
+  return rerank();
+}
+
+// the baseline toggle: suppress the SAE decoder bias (what all users share) at the chosen strength
+function toggleBaseline() {
+  const s = Number($("#baseline-strength").value);
+  state.baseline = $("#baseline-toggle").checked && s > 0 && s <= 1 ? s : 0;
+  return rerank();
+}
+
+async function rerank() {
+  if (!state.base) return;
   const suppress = [...state.suppress].sort((a, b) => a - b);
+  const baseline = state.baseline;
   const seq = ++state.seq;
   const status = $("#rec-status");
   setStatus(status, "re-ranking…", "loading");
   try {
-    const cur = suppress.length ? await fetchRecs(suppress) : state.base;
+    const cur = suppress.length || baseline ? await fetchRecs(suppress, baseline) : state.base;
     if (seq !== state.seq) return;
     state.current = cur;
     render();
     status.dataset.suppress = suppress.join(",");
-    setStatus(status, suppress.length ? `suppressed ${suppress.map((j) => "#" + j).join(", ")}` : "no suppression", "ready");
+    status.dataset.baseline = String(baseline);
+    setStatus(status, suppress.length || baseline ? `suppressed ${suppressionText(suppress, baseline)}` : "no suppression", "ready");
   } catch (e) {
     if (seq !== state.seq) return;
     status.dataset.suppress = suppress.join(",");
+    status.dataset.baseline = String(baseline);
     setStatus(status, e.message, "error", true);
   }
 }
@@ -127,6 +151,7 @@ function render() {
   $("#left-list").replaceChildren(); $("#entered-list").replaceChildren();
   $("#diff").hidden = true;
   $("#supp-label").textContent = "";
+  $("#baseline-row").classList.toggle("suppressed", state.baseline > 0);
   const base = state.base, cur = state.current;
   if (!base) return;
   const byLatent = new Map(base.active_latents.map((a) => [a.latent, a]));
@@ -164,8 +189,8 @@ function render() {
       el("span", { class: "muted", text: `id ${it.item_id} · score ${fmt(it.score)}` + (baseIds.has(it.item_id) ? "" : " · new") }),
       el("div", {}, chips)));
   }
-  if (state.suppress.size) {
-    $("#supp-label").textContent = `with ${[...state.suppress].map((j) => "#" + j).join(", ")} suppressed`;
+  if (state.suppress.size || state.baseline) {
+    $("#supp-label").textContent = `with ${suppressionText([...state.suppress], state.baseline)} suppressed`;
     $("#diff").hidden = false;
     for (const it of base.items) if (!curIds.has(it.item_id))
       $("#left-list").append(el("li", { "data-item-id": it.item_id, text: `${it.title} (id ${it.item_id}, was #${it.rank})` }));
@@ -232,7 +257,7 @@ async function loadRecent() {
       el("td", { text: new Date(e.ts * 1000).toLocaleTimeString() }),
       el("td", {}, e.user_id === null ? el("span", { class: "muted", text: "history" })
         : el("a", { class: "user", text: e.user_id, onclick: () => openUser(e.user_id) })),
-      el("td", { text: [e.suppressed.length ? e.suppressed.map((j) => "#" + j).join(",") : "", e.policy ? "policy " + e.policy : ""].filter(Boolean).join(" · ") || "–" }),
+      el("td", { text: [e.suppressed.length ? e.suppressed.map((j) => "#" + j).join(",") : "", e.baseline ? "baseline " + e.baseline : "", e.policy ? "policy " + e.policy : ""].filter(Boolean).join(" · ") || "–" }),
       el("td", { text: e.items.slice(0, 5).map((i) => i.title).join(" · ") }),
       el("td", { class: "muted", text: e.active.map((j) => "#" + j).join(" ") }))));
     setStatus(status, `${r.entries.length} sampled answers, newest first`, "ready");
@@ -269,6 +294,8 @@ function init() {
   for (const r of document.querySelectorAll('input[name="who"]')) r.addEventListener("change", syncWho);
   $("#who-form").addEventListener("submit", (ev) => { ev.preventDefault(); load(whoFromForm()); });
   $("#k").addEventListener("change", () => { if (state.who) load(state.who); });
+  $("#baseline-toggle").addEventListener("change", toggleBaseline);
+  $("#baseline-strength").addEventListener("change", () => { if ($("#baseline-toggle").checked) toggleBaseline(); });
   $("#token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const t = $("#token").value.trim();

@@ -231,6 +231,18 @@ def test_toggle_reranks_exactly_like_the_api(server, browser):
     shot.write_bytes(png)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
 
+    # the baseline toggle (what all users share: popularity) re-ranks through the API the same way
+    assert "popularity" in cdp.js("document.querySelector('#baseline-row').textContent")
+    cdp.js("document.querySelector('#baseline-toggle').click()")
+    cdp.wait("(s => s.dataset.state === 'ready' && s.dataset.baseline === '0.4')(document.querySelector('#rec-status'))")
+    _, with_base = c.request("GET", "/recommend", {"user_id": user, "k": 10, "suppress": str(chosen),
+                                                   "suppress_baseline": "0.4"})
+    assert with_base["baseline"] == {"strength": 0.4, "source": "request"}
+    assert cdp.js("[...document.querySelectorAll('#rec-list li')].map(li => li.dataset.itemId)") == _ids(with_base)
+    cdp.js("document.querySelector('#baseline-toggle').click()")
+    cdp.wait("(s => s.dataset.state === 'ready' && s.dataset.baseline === '0')(document.querySelector('#rec-status'))")
+    assert cdp.js("[...document.querySelectorAll('#rec-list li')].map(li => li.dataset.itemId)") == _ids(expected)
+
     # the dictionary, the drift panel and the recent traffic (served from the Redis stream)
     cdp.js("document.querySelector('.tab[data-view=\"dict\"]').click()")
     cdp.wait("document.querySelector('#dict-status').dataset.state === 'ready'")

@@ -107,10 +107,11 @@ def users(engine, n=6):
     return [str(ids[i]) for i in np.linspace(0, len(ids) - 1, n).astype(int)]
 
 
-def offline(engine, user_id, k=10, suppress=None, mode="error"):
+def offline(engine, user_id, k=10, suppress=None, mode="error", baseline=0.0):
     u = engine.bundle.users.index_of(user_id)
     x = engine.encode_users(np.array([u]))
-    ids, sc, _, _ = engine.recommend(x, k, exclude=[engine.bundle.users.history(u)], suppress=suppress, mode=mode)
+    ids, sc, _, _ = engine.recommend(x, k, exclude=[engine.bundle.users.history(u)], suppress=suppress, mode=mode,
+                                     baseline=baseline)
     return [engine.bundle.catalog.item_ids[i] for i in ids[0]], sc[0]
 
 
@@ -213,6 +214,89 @@ def test_suppression_removes_the_concept_and_moves_scores(client, engine):
     ids, scores = offline(engine, uid, k=20, suppress={j: 1.0})
     assert [it["item_id"] for it in after["items"]] == ids
     assert [it["score"] for it in after["items"]] == pytest.approx(scores.tolist(), abs=1e-5)
+
+
+def _mean_popularity(engine, body):
+    pop = np.asarray(engine.bundle.catalog.popularity, dtype=float)
+    return float(np.mean([pop[engine.bundle.catalog.index_of(it["item_id"])] for it in body["items"]]))
+
+
+def test_suppress_baseline_moves_the_ranking_to_less_popular_items(client, engine):
+    """The baseline (b_dec, what all users share) is popularity: suppressing it per request lowers
+    the popularity of every tested user's list, exactly as the offline kernel does."""
+    before, after = [], []
+    for uid in users(engine):
+        plain = client.get("/recommend", params={"user_id": uid, "k": 20}).json()
+        r = client.get("/recommend", params={"user_id": uid, "k": 20, "explain": True, "suppress_baseline": 0.5})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert plain["baseline"] is None
+        assert body["baseline"] == {"strength": 0.5, "source": "request"} and body["suppressed"] == []
+        check_decomposition(body)
+        ids, scores = offline(engine, uid, k=20, baseline=0.5)
+        assert [it["item_id"] for it in body["items"]] == ids != [it["item_id"] for it in plain["items"]]
+        assert [it["score"] for it in body["items"]] == pytest.approx(scores.tolist(), abs=1e-5)
+        # the explanation's bias term is what is left of b_dec: (1 - 0.5) b_dec . item
+        emb, cat = engine.item_emb, engine.bundle.catalog
+        for it in body["items"]:
+            half = 0.5 * float(engine.sae.b_dec @ emb[cat.index_of(it["item_id"])])
+            assert it["explanation"]["bias"] == pytest.approx(half, abs=1e-4)
+        before.append(_mean_popularity(engine, plain))
+        after.append(_mean_popularity(engine, body))
+    assert all(a < b for a, b in zip(after, before)), (before, after)
+
+    # POST (explicit history) takes it in the body; reconstruction mode decodes with (1 - s) b_dec
+    cat = engine.bundle.catalog
+    hist = [cat.item_ids[i] for i in (49, 171, 180)]
+    r = client.post("/recommend", json={"history": hist, "k": 5, "suppress_baseline": 0.3, "mode": "reconstruction",
+                                        "explain": True})
+    assert r.status_code == 200, r.text
+    idx = np.array([cat.index_of(h) for h in hist])
+    ids, _, _, _ = engine.recommend(engine.encode_histories([idx]), 5, exclude=[idx], mode="reconstruction",
+                                    baseline=0.3)
+    assert [it["item_id"] for it in r.json()["items"]] == [cat.item_ids[i] for i in ids[0]]
+    assert r.json()["baseline"] == {"strength": 0.3, "source": "request"}
+    check_decomposition(r.json())
+
+
+def test_a_policy_with_only_a_baseline(client, engine):
+    uid = users(engine)[2]
+    r = client.put("/admin/policies/no-popularity", json={"baseline": 0.4, "description": "popularity"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    pol = r.json()
+    assert pol["baseline"] == 0.4 and pol["latents"] == [] and pol["query"] is None
+    try:
+        via_policy = client.get("/recommend", params={"user_id": uid, "policy": "no-popularity", "explain": True}).json()
+        via_request = client.get("/recommend", params={"user_id": uid, "suppress_baseline": 0.4}).json()
+        assert via_policy["baseline"] == {"strength": 0.4, "source": "policy:no-popularity"}
+        assert [i["item_id"] for i in via_policy["items"]] == [i["item_id"] for i in via_request["items"]]
+        plain = client.get("/recommend", params={"user_id": uid}).json()
+        assert [i["item_id"] for i in via_policy["items"]] == offline(engine, uid, baseline=0.4)[0]
+        assert [i["item_id"] for i in via_policy["items"]] != [i["item_id"] for i in plain["items"]]
+        check_decomposition(via_policy)
+        # the request's stronger baseline wins, and says so; a weaker one leaves the policy's
+        strong = client.get("/recommend", params={"user_id": uid, "policy": "no-popularity", "suppress_baseline": 0.8}).json()
+        assert strong["baseline"] == {"strength": 0.8, "source": "request"}
+        weak = client.get("/recommend", params={"user_id": uid, "policy": "no-popularity", "suppress_baseline": 0.1}).json()
+        assert weak["baseline"] == {"strength": 0.4, "source": "policy:no-popularity"}
+        audit = client.get("/admin/audit", headers=AUTH, params={"limit": 1}).json()["entries"][0]
+        assert audit["policy"] == "no-popularity" and '"baseline": 0.4' in audit["detail"]
+    finally:
+        client.delete("/admin/policies/no-popularity", headers=AUTH)
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "inf", "half", ""])
+def test_suppress_baseline_out_of_range_is_a_422_naming_the_field(client, value):
+    r = client.get("/recommend", params={"user_id": "1", "suppress_baseline": value})
+    assert r.status_code == 422, r.text
+    d = next(d for d in r.json()["detail"] if d["loc"] == ["query", "suppress_baseline"])
+    assert d["msg"]
+    for bad in (1.5, -0.1, "x"):
+        r = client.post("/recommend", json={"history": ["1"], "suppress_baseline": bad})
+        assert r.status_code == 422 and ["body", "suppress_baseline"] in [d["loc"] for d in r.json()["detail"]]
+    for body in ({"baseline": 1.5}, {"baseline": -1}, {"baseline": 0}, {"latents": [1], "baseline": 2}):
+        r = client.put("/admin/policies/bad-baseline", json=body, headers=AUTH)
+        assert r.status_code == 422, (body, r.text)
 
 
 def test_reconstruction_mode_has_no_error_term(client, engine):
@@ -466,6 +550,9 @@ def test_metrics(client, engine):
     assert re.search(r'recsae_recommendations_served_total\{source="user"\} \d', text)
     assert re.search(r'recsae_concept_cache_hits_total\{backend="redis"\} \d', text)
     assert re.search(r'recsae_suppression_requests_total\{policy="adhoc"\} \d', text)
+    client.get("/recommend", params={"user_id": users(engine, 1)[0], "suppress_baseline": 0.2})
+    text = client.get("/metrics").text
+    assert re.search(r'recsae_baseline_suppression_requests_total\{policy="adhoc"\} [1-9]', text)
     assert re.search(r"^recsae_concept_drift_jsd \d", text, re.M)
     assert re.search(r"^recsae_concept_drift_psi \d", text, re.M)
     rates = re.findall(r'^recsae_concept_firing_rate\{kind="(live|reference)",latent="(\d+)"\}', text, re.M)

@@ -135,6 +135,78 @@ def test_sweep_on_planted_case_beats_random_and_picks_the_latent():
     assert 0 in policy["latents"] and policy["improves"]
 
 
+# -- a planted baseline: popularity shared by all users, in b_dec, in no latent -----------------
+def planted_baseline(n_items=60, d=16, m=12, b=300, seed=1):
+    """Head items stick out along axis 0, and so does b_dec (what every user shares); no latent
+    direction has an axis-0 component — the situation docs/DEBIAS.md finds in the real SAE."""
+    rng = np.random.default_rng(seed)
+    pop = np.concatenate([rng.integers(80, 120, 12), rng.integers(1, 20, n_items - 12)]).astype(float)
+    emb = rng.normal(0, 0.3, (n_items, d)).astype(np.float32)
+    emb[:12, 0] += 1.5
+    w = rng.standard_normal((m, d)).astype(np.float32)
+    w[:, 0] = 0.0
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    b_dec = np.zeros(d, np.float32)
+    b_dec[0] = 1.0
+    kern = SAEKernel(w.copy(), np.zeros(m, np.float32), w, b_dec, k=2)
+    x = (b_dec + 1.5 * w[rng.integers(0, m, b)] + rng.normal(0, 0.05, (b, d))).astype(np.float32)
+
+    def stage(name):
+        return D.StageInputs(name, np.arange(b), x, kern.encode(x), [np.zeros(0, np.int64)] * b,
+                             rng.integers(0, n_items, b))
+
+    return D.DebiasData(kern, emb, pop, np.zeros((n_items, 0), bool), [], [], stage("dev"), stage("test"))
+
+
+def test_baseline_method_cuts_popularity_where_latents_cannot_and_beats_random_directions():
+    data = planted_baseline()
+    r = D.run_experiment(data, "popularity", counts=(1, 2), strengths=(1.0,), seeds=3, min_freq=0.01,
+                         baseline_strengths=(0.5, 1.0), max_ndcg_loss=1.0)
+    base = r["base"]["test"]["bias"]
+    bl = {row["baseline"]: row for row in r["rows"] if row["method"] == "baseline"}
+    rand = {row["baseline"]: row for row in r["rows"] if row["method"] == "random-direction"}
+    assert set(bl) == set(rand) == {0.5, 1.0} and all(row["latents"] == [] and row["n"] == 0 for row in bl.values())
+    assert bl[1.0]["test"]["bias"] < bl[0.5]["test"]["bias"] < base
+    assert bl[1.0]["test"]["bias"] < 0.6 * base
+    for beta in bl:  # same edit size in a random direction does (much) less
+        assert base - rand[beta]["test"]["bias"] < 0.5 * (base - bl[beta]["test"]["bias"])
+    t = r["targets"]
+    assert t["baseline"]["comparator"] == "random-direction" and t["baseline"]["beats_random_everywhere"]
+    assert t["baseline"]["best_cut_within_loss"] > t["greedy"]["best_cut_within_loss"] + 0.2
+    assert t["baseline"]["dev_choice"]["baseline"] == 1.0  # chosen on the dev stage
+    assert r["combined"]["baseline"] == 1.0 and "baseline+greedy" in t
+    ev = r["baseline_evidence"]
+    assert ev["spearman_bdec_popularity"] > 0.5 and ev["head_share_top_k_by_bdec"] == 1.0
+    assert abs(ev["most_aligned_spearman"]) < ev["spearman_bdec_popularity"] and ev["direct_effect_bdec"] > 1.0
+    assert ev["direct_effect_aligned_latents"] == 0.0  # no latent has a head component
+    # the chosen policy carries the baseline and is a valid service policy body
+    from service.schemas import PolicyIn
+
+    point = D.choose_policy(r, "best", 1.0)
+    doc = D.policy_document("no-pop", point, r)
+    assert doc["baseline"] == point["baseline"] > 0 and list(doc) == list(D.POLICY_KEYS)
+    body = PolicyIn.model_validate({k: v for k, v in doc.items() if k != "name"})
+    assert body.baseline == doc["baseline"]
+    assert "random-direction" in D.sweep_table(r) and "baseline" in D.targets_markdown(r)
+
+
+def test_random_directions_are_unit_vectors_and_strengths_are_checked():
+    u = D.random_directions(16, 5)
+    assert u.shape == (5, 16) and np.allclose(np.linalg.norm(u, axis=1), 1.0, atol=1e-6)
+    data = planted_baseline()
+    with pytest.raises(ConfigError):
+        D.run_experiment(data, "popularity", counts=(1,), baseline_strengths=(1.5,), seeds=0)
+    with pytest.raises(ConfigError):
+        D.run_experiment(data, "popularity", counts=(1,), baseline_strengths=(), seeds=0, methods=("baseline",))
+
+
+def test_spearman_handles_ties_and_constant_inputs():
+    assert D.spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
+    assert D.spearman(np.array([1, 2, 3, 4]), np.array([4, 3, 2, 1])) == pytest.approx(-1.0)
+    assert D.spearman(np.array([1, 1, 2, 2]), np.array([1, 1, 2, 2])) == pytest.approx(1.0)
+    assert np.isnan(D.spearman(np.ones(4), np.arange(4)))
+
+
 # -- the real small bundle ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bundle_data(small_bundle, data_dir):
@@ -148,7 +220,8 @@ def test_sweep_on_small_bundle_reports_random_and_rerank(bundle_data, small_bund
 
     r = D.run_experiment(bundle_data, "popularity", counts=(1, 2), strengths=(0.5, 1.0), seeds=2)
     methods = {row["method"] for row in r["rows"]}
-    assert methods == {"association", "greedy", "random"}
+    assert methods >= {"association", "greedy", "random", "baseline", "random-direction"}
+    assert methods <= {*D.COMPARATOR, *D.COMPARATOR.values()}
     rand = [row for row in r["rows"] if row["method"] == "random"]
     assert len(rand) == 4 and all(row["seeds"] == 2 and "bias_std" in row["test"] for row in rand)
     assert all(0.0 <= row["test"]["bias"] <= 1.0 for row in r["rows"])
@@ -166,6 +239,26 @@ def test_sweep_on_small_bundle_reports_random_and_rerank(bundle_data, small_bund
     assert r["settings"]["select_stage"] == "dev" and r["settings"]["report_stage"] == "test"
 
 
+def test_baseline_suppression_lowers_the_head_share_on_small_bundle(bundle_data):
+    r = D.run_experiment(bundle_data, "popularity", counts=(1,), strengths=(1.0,), seeds=3,
+                         methods=("baseline",), baseline_strengths=(0.2, 0.4))
+    base = r["base"]["test"]["bias"]
+    bl = sorted((row for row in r["rows"] if row["method"] == "baseline"), key=lambda row: row["baseline"])
+    rand = {row["baseline"]: row for row in r["rows"] if row["method"] == "random-direction"}
+    assert [row["baseline"] for row in bl] == [0.2, 0.4]
+    assert bl[1]["test"]["bias"] < bl[0]["test"]["bias"] < base
+    assert bl[1]["test"]["mean_popularity"] < r["base"]["test"]["mean_popularity"]
+    assert all(row["test"]["bias"] < rand[row["baseline"]]["test"]["bias"] for row in bl)
+    assert r["targets"]["baseline"]["beats_random_everywhere"]
+    # b_dec ranks popular items first: the evidence that it is the popularity concept
+    assert r["baseline_evidence"]["spearman_bdec_popularity"] > 0.3
+    assert r["baseline_evidence"]["head_share_top_k_by_bdec"] > r["baseline_evidence"]["head_fraction"]
+    # the rows are the serving kernel's: x - beta * b_dec
+    st, m = bundle_data.test, bundle_data.measure("popularity")
+    ids, ranks = D._list_stats(bundle_data, st, st.x - np.float32(0.4) * bundle_data.kernel.b_dec)
+    assert D._summarise(bundle_data, st, m, ids, ranks)["bias"] == bl[1]["test"]["bias"]
+
+
 def test_gender_measure_on_small_bundle(bundle_data):
     r = D.run_experiment(bundle_data, "gender", counts=(1,), strengths=(1.0,), seeds=1, methods=("association",))
     m = r["measure"]
@@ -180,7 +273,7 @@ def test_cli_writes_policy_report_and_plot(small_bundle, data_dir, tmp_path, cap
 
     out, pol = tmp_path / "report", tmp_path / "policies"
     rc = main(["debias", str(small_bundle), "--bias", "popularity", "--data-dir", str(data_dir),
-               "--counts", "1,2", "--strengths", "1", "--seeds", "1", "--out", str(out),
+               "--counts", "1,2", "--strengths", "1", "--seeds", "1", "--out", str(out), "--method", "greedy",
                "--save-policy", "no-pop_1", "--policy-dir", str(pol), "-q"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -193,6 +286,16 @@ def test_cli_writes_policy_report_and_plot(small_bundle, data_dir, tmp_path, cap
     assert D.load_policy(pol / "no-pop_1.json") == doc
     assert (out / "report-popularity.md").is_file() and (out / "tradeoff-popularity.png").stat().st_size > 1000
     assert json.loads((out / "debias-popularity.json").read_text())["bias"] == "popularity"
+    assert "| baseline |" in printed and "random-direction" in printed
+    # a policy that only suppresses the baseline is a valid file; files without 'baseline' still load
+    only = {"name": "base_only", "latents": [], "strength": 1.0, "mode": "error", "baseline": 0.4, "description": "d"}
+    assert D.load_policy(D.save_policy(only, pol)) == only
+    old = {k: v for k, v in only.items() if k != "baseline"}
+    (pol / "old.json").write_text(json.dumps({**old, "name": "old", "latents": [1]}))
+    assert "baseline" not in D.load_policy(pol / "old.json")
+    (pol / "bad.json").write_text(json.dumps({**only, "baseline": 1.5}))
+    with pytest.raises(ConfigError, match="baseline"):
+        D.load_policy(pol / "bad.json")
 
 
 def test_policies_never_go_into_a_bundle_and_names_are_checked(small_bundle, tmp_path):

@@ -45,6 +45,47 @@ def test_error_preserving_suppression_of_nothing_is_identity_and_removes_only_th
     assert np.allclose(kern.steer(x, codes, {}, mode="reconstruction"), kern.decode(codes), atol=1e-6)
 
 
+def test_baseline_suppression_removes_exactly_that_share_of_b_dec():
+    kern = random_kernel()
+    x = np.random.default_rng(4).standard_normal((3, 8)).astype(np.float32)
+    codes = kern.encode(x)
+    # baseline 0 with nothing suppressed: the very same array, bit for bit
+    assert kern.steer(x, codes, {}, baseline=0.0) is x
+    assert np.array_equal(kern.steer(x, codes, {}, baseline=0.0), x)
+    # error mode: x - baseline * b_dec, on top of any latent suppression
+    assert np.array_equal(kern.steer(x, codes, {}, baseline=1.0), x - kern.b_dec)
+    assert np.allclose(kern.steer(x, codes, {}, baseline=0.4), x - 0.4 * kern.b_dec, atol=1e-7)
+    j = int(codes.idx[0, 0])
+    both = kern.steer(x, codes, {j: 1.0}, baseline=0.5)
+    assert np.allclose(both, kern.steer(x, codes, {j: 1.0}) - 0.5 * kern.b_dec, atol=1e-6)
+    # reconstruction mode: decode with (1 - baseline) b_dec
+    rec = kern.steer(x, codes, {}, mode="reconstruction", baseline=0.25)
+    assert np.allclose(rec, kern.decode(codes) - 0.25 * kern.b_dec, atol=1e-6)
+    assert np.allclose(kern.steer(x, codes, {}, mode="reconstruction", baseline=1.0),
+                       kern.decode(codes) - kern.b_dec, atol=1e-6)
+    # the explanation keeps adding up: bias shrinks to (1 - s) b_dec . item, error is the SAE's own
+    items = np.random.default_rng(5).standard_normal((20, 8)).astype(np.float32)
+    ids, scores, codes, xs = recommend(kern, x, items, 5, baseline=0.5)
+    assert np.allclose(xs, x - 0.5 * kern.b_dec, atol=1e-6)
+    ex = kern.explain(xs, codes, items[ids], baseline=0.5)
+    assert np.allclose(ex.bias + ex.contributions.sum(1) + ex.error, scores, atol=1e-4)
+    assert np.allclose(ex.bias, 0.5 * np.einsum("d,bnd->bn", kern.b_dec, items[ids]), atol=1e-5)
+    plain = kern.explain(x, codes, items[ids])
+    assert np.allclose(ex.error, plain.error, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.01, float("nan"), float("inf")])
+def test_baseline_strength_outside_0_1_is_refused(bad):
+    from recsae import ConfigError
+
+    kern = random_kernel()
+    x = np.zeros((1, 8), np.float32)
+    with pytest.raises(ConfigError, match="baseline"):
+        kern.steer(x, kern.encode(x), {}, baseline=bad)
+    with pytest.raises(ConfigError, match="baseline"):
+        kern.steer(x, kern.encode(x), {}, mode="reconstruction", baseline=bad)
+
+
 def test_explanation_terms_sum_to_scores():
     kern = random_kernel()
     rng = np.random.default_rng(3)

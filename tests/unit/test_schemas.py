@@ -97,9 +97,25 @@ def test_policy_needs_latents_or_query_and_bounded_strength():
             PolicyIn(**bad)
 
 
+def test_baseline_strength_is_a_bounded_finite_option_and_can_be_a_whole_policy():
+    assert RecommendQuery(user_id="1").suppress_baseline == 0.0
+    assert RecommendQuery(user_id="1", suppress_baseline="0.4").suppress_baseline == 0.4
+    assert RecommendRequest(history=["1"], suppress_baseline=1).suppress_baseline == 1.0
+    for bad in ("1.5", "-0.1", "nan", "inf", "x"):
+        with pytest.raises(ValidationError) as e:
+            RecommendQuery(user_id="1", suppress_baseline=bad)
+        assert _loc(e.value) == {"suppress_baseline"}, bad
+    only = PolicyIn(baseline=0.4)
+    assert only.latents == [] and only.query is None and only.baseline == 0.4
+    assert PolicyIn(latents=[1]).baseline == 0.0
+    for bad in [{"baseline": 0}, {"baseline": 1.5}, {"latents": [1], "baseline": float("nan")}]:
+        with pytest.raises(ValidationError):
+            PolicyIn(**bad)
+
+
 def test_response_round_trips_and_explanation_defaults():
     r = RecommendResponse(bundle_version="v", bundle_hash="h", k=1, mode="error", items=[])
-    assert r.suppressed == [] and r.active_latents == [] and r.user_id is None
+    assert r.suppressed == [] and r.active_latents == [] and r.user_id is None and r.baseline is None
     assert RecommendResponse.model_validate_json(r.model_dump_json()) == r
     assert ItemExplanation(bias=0.1, error=0.0).contributions == []
 
