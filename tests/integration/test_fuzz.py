@@ -38,7 +38,7 @@ def _bundle() -> Path:
 
     if not shared_data_dir().is_dir():
         pytest.skip("no bundle: bundles/dev-ml100k is absent and so is the shared data folder")
-    return build_small_bundle(shared_data_dir(), describer="none")
+    return build_small_bundle(shared_data_dir())
 
 
 @pytest.fixture(scope="module")

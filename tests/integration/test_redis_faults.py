@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 if shutil.which("redis-server") is None:
     pytest.skip("redis-server is not installed", allow_module_level=True)
 
-DESCRIBER = os.environ.get("RECSAE_TEST_DESCRIBER", "none")
+DESCRIBER = os.environ.get("RECSAE_TEST_DESCRIBER", "stats")
 TOKEN = "fault-token-" + uuid.uuid4().hex[:8]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 IGNORED_COMMANDS = {"info", "config|resetstat", "client|setinfo", "hello", "ping", "command", "command|docs"}

@@ -20,7 +20,7 @@ from tests.conftest import build_small_bundle
 pytestmark = pytest.mark.e2e
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
-DESCRIBER = os.environ.get("RECSAE_TEST_DESCRIBER", "none")
+DESCRIBER = os.environ.get("RECSAE_TEST_DESCRIBER", "stats")
 TOKEN = "e2e-token-" + uuid.uuid4().hex[:8]
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Admin-Label": "e2e"}
 

@@ -24,9 +24,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Admin-Label": "pytest"}
 
 
 def serving_bundle(data_dir: Path) -> Path:
-    """The small real bundle. Concepts: describer 'none' until the 'stats' describer is final
-    (then use the `small_bundle` fixture); RECSAE_TEST_DESCRIBER=stats tries it now."""
-    return build_small_bundle(data_dir, describer=os.environ.get("RECSAE_TEST_DESCRIBER", "none"))
+    """The small real bundle with `stats` concepts (RECSAE_TEST_DESCRIBER=none: without)."""
+    return build_small_bundle(data_dir, describer=os.environ.get("RECSAE_TEST_DESCRIBER", "stats"))
 
 
 @pytest.fixture(scope="module")
