@@ -49,6 +49,11 @@ DECIMALS = 6
 the JSON stays small and bias + contributions + error still equals the score to < 1e-5."""
 
 
+def _label(description: str | None) -> str | None:
+    """A concept's short name: the stats describer writes 'name — details'; LLM ones are short."""
+    return description.split(" — ", 1)[0] if description else description
+
+
 def _rounded(a: np.ndarray) -> list:
     return np.round(np.asarray(a, dtype=np.float64), DECIMALS).tolist()
 
@@ -327,14 +332,14 @@ class Core:
         bias, error = _rounded(ex.bias[0]), _rounded(ex.error[0])
         acts, strength = _rounded(codes.acts[0][firing]), w[0][firing].tolist()
         concepts = lookup.concepts() or {}  # the first point that needs the Redis reply
-        desc = [concepts[j].description if j in concepts else None for j in lat]
+        label = [_label(concepts[j].description) if j in concepts else None for j in lat]
         for n, item in enumerate(items):
             c = contrib_t[n]
             item["explanation"] = {
                 "bias": bias[n],
                 "error": error[n],
                 "contributions": [
-                    {"latent": lat[a], "contribution": c[a], "description": desc[a], "suppressed": sup[a]}
+                    {"latent": lat[a], "contribution": c[a], "label": label[a], "suppressed": sup[a]}
                     for a in order[n]
                 ],
             }

@@ -141,7 +141,11 @@ class RecommendRequest(_Options):
 class Contribution(BaseModel):
     latent: int
     contribution: float = Field(description="z_j * (W_dec[j] . item): this concept's share of the score")
-    description: str | None = None
+    label: str | None = Field(
+        None,
+        description="the concept's short name (its description up to ' — '); the full description and "
+        "confidence are in `active_latents`, once per latent rather than once per item",
+    )
     suppressed: bool = False
 
 

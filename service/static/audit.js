@@ -178,8 +178,8 @@ function render() {
       .filter((c) => !c.suppressed && c.contribution !== 0).slice(0, 4)
       .map((c) => {
         const a = byLatent.get(c.latent) || {};
-        const name = c.description || `latent #${c.latent}`;
-        const short = name.split(" — ")[0].split(";")[0];
+        const name = a.description || c.label || `latent #${c.latent}`;
+        const short = (c.label || name).split(" — ")[0].split(";")[0];
         return el("span", { class: "chip" + (c.contribution < 0 ? " neg" : ""), "data-latent": c.latent,
           title: `#${c.latent} ${name}\nconfidence ${fmt(a.confidence, 2)}\ncontribution ${fmt(c.contribution, 4)}`,
           text: `${short} · conf ${fmt(a.confidence, 2)} · ${c.contribution > 0 ? "+" : ""}${fmt(c.contribution)}` });
