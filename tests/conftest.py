@@ -63,3 +63,10 @@ def build_small_bundle(data_dir: Path, name: str = "ml100k-sasrec", describer: s
 def small_bundle(data_dir: Path) -> Path:
     """Path of a verified bundle: SASRec on ml-100k, SAE k=8 x 512 latents, stats concepts."""
     return build_small_bundle(data_dir)
+
+
+def small_bundle_or_skip() -> Path:
+    """The small real bundle, for tests that run outside the fixtures (served processes)."""
+    if not shared_data_dir().is_dir():
+        pytest.skip(f"no shared data folder at {shared_data_dir()} (set RECSAE_DATA_DIR)")
+    return build_small_bundle(shared_data_dir())

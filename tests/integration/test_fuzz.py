@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devserver import REPO, ServeProcess
+from service.devserver import ServeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -31,14 +31,9 @@ BUDGET_S = 90.0
 
 
 def _bundle() -> Path:
-    dev = REPO / "bundles" / "dev-ml100k"
-    if (dev / "manifest.json").exists():
-        return dev
-    from tests.conftest import build_small_bundle, shared_data_dir
+    from tests.conftest import small_bundle_or_skip
 
-    if not shared_data_dir().is_dir():
-        pytest.skip("no bundle: bundles/dev-ml100k is absent and so is the shared data folder")
-    return build_small_bundle(shared_data_dir())
+    return small_bundle_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -45,14 +45,9 @@ PREFIX = f"hard-{uuid.uuid4().hex[:8]}"
 
 @pytest.fixture(scope="module")
 def bundle() -> Path:
-    dev = REPO / "bundles" / "dev-ml100k"
-    if (dev / "manifest.json").exists():
-        return dev
-    from tests.conftest import build_small_bundle, shared_data_dir
+    from tests.conftest import small_bundle_or_skip
 
-    if not shared_data_dir().is_dir():
-        pytest.skip("no bundle: bundles/dev-ml100k is absent and so is the shared data folder")
-    return build_small_bundle(shared_data_dir())
+    return small_bundle_or_skip()
 
 
 @pytest.fixture(scope="module")
