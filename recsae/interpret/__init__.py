@@ -34,6 +34,7 @@ from recsae.interpret.describers import (
     LLMDescriber,
     LLMSettings,
     StatsDescriber,
+    parse_describe,
 )
 from recsae.interpret.evidence import (
     EvidenceContext,
@@ -44,7 +45,7 @@ from recsae.interpret.evidence import (
     calibrate,
     latent_evidence,
 )
-from recsae.interpret.scorers import LLMScorer, Scorer, StatsScorer, score_latent
+from recsae.interpret.scorers import LLMScorer, RequestCollector, Scorer, StatsScorer, score_latent
 from recsae.kernel import SAEKernel
 
 __all__ = [
@@ -209,7 +210,47 @@ def interpret_activations(
         d = LLMDescriber(client, dataset=getattr(ds, "name", ""))
         sc = LLMScorer(client, ctx) if s.scorer == "llm" else StatsScorer(space)
         kw = dict(repeats=s.repeats, per_class=s.detection_per_class, concurrency=s.concurrency)
+        if s.mode == "batch":
+            batch_prefetch(ctx, heldout, d, sc, seed=seed, repeats=s.repeats, per_class=s.detection_per_class)
     return build_dictionary(ctx, heldout, d, sc, seed=seed, progress=progress, on_concept=on_concept, **kw)
+
+
+def batch_prefetch(
+    ctx: EvidenceContext,
+    heldout: SampleSet,
+    describer: LLMDescriber,
+    scorer: Scorer,
+    *,
+    seed: int = 0,
+    repeats: int = PAPER_REPEATS,
+    per_class: int = 50,
+) -> list[dict]:
+    """``llm.mode=batch``: fill the answer cache through the Batch API in two batches, then the
+    normal (sync) run finds the answers there and asks synchronously only for what is missing.
+
+    1. describe: one request per latent with training evidence;
+    2. score (LLM scorer only): the scoring requests of every latent whose description came
+       back, collected by running the scoring protocol without asking.
+    """
+    client = describer.client
+    m = ctx.train.n_latents
+    ctx.train.by_latent, heldout.by_latent  # noqa: B018
+    evs = [ev for j in range(m) if (ev := latent_evidence(ctx, j, seed=seed)) is not None]
+    stats = [client.run_batch("describe", [(describer.prompt(ev), parse_describe) for ev in evs])]
+    if isinstance(scorer, LLMScorer):
+        collect = RequestCollector(scorer)
+        for ev in evs:
+            desc = describer.cached(ev)
+            if desc is not None:
+                score_latent(collect, desc, heldout, seed=seed, repeats=repeats, per_class=per_class)
+        stats.append(client.run_batch("score", collect.items))
+    for st in stats:
+        print(
+            f"LLM batch ({st['phase']}): {st['pending']} requests not cached, {st['answered']} answered, "
+            f"{st['failed']} failed, {st['invalid']} invalid, {st['missing']} missing -> asked synchronously",
+            file=sys.stderr,
+        )
+    return stats
 
 
 def describe_bundle_latents(cfg, ds, split, model, kernel: SAEKernel, acts, work: Path) -> ConceptDictionary:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -88,7 +89,8 @@ class LLMScorer(Scorer):
         ]
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
-    def predict(self, desc: Description, samples: SampleSet, rows: np.ndarray) -> np.ndarray:
+    def requests(self, desc: Description, samples: SampleSet, rows: np.ndarray) -> list[tuple[list[dict], Callable]]:
+        """(messages, parser) per chunk of ``chunk`` samples: what ``predict`` asks."""
         out = []
         step = self.client.s.chunk
         for s in range(0, len(rows), step):
@@ -100,11 +102,33 @@ class LLMScorer(Scorer):
                     raise ValueError(f"{len(ans.scores)} scores for {n} samples")
                 return ans.scores
 
-            scores, reason = self.client.ask(self.prompt(desc, samples, part), parse)
+            out.append((self.prompt(desc, samples, part), parse))
+        return out
+
+    def predict(self, desc: Description, samples: SampleSet, rows: np.ndarray) -> np.ndarray:
+        out = []
+        for messages, parse in self.requests(desc, samples, rows):
+            scores, reason = self.client.ask(messages, parse)
             if scores is None:
                 raise ScoringError(f"LLM: {reason}")
             out += scores
         return np.asarray(out, dtype=np.float64)
+
+
+class RequestCollector(Scorer):
+    """Batch mode: runs the scoring protocol without asking, collecting the LLM scorer's
+    requests (the samples do not depend on the predictions, so the prompts are exactly those
+    the real run will send and then find in the answer cache)."""
+
+    name = "collect"
+
+    def __init__(self, scorer: LLMScorer) -> None:
+        self.scorer = scorer
+        self.items: list[tuple[list[dict], Callable]] = []
+
+    def predict(self, desc: Description, samples: SampleSet, rows: np.ndarray) -> np.ndarray:
+        self.items += self.scorer.requests(desc, samples, rows)
+        return np.zeros(len(rows), dtype=np.float64)
 
 
 # -- protocols -----------------------------------------------------------------------------------

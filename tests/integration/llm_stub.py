@@ -11,7 +11,16 @@ Faults are scripted per latent: ``faults[j] = ["429", "500"]`` are served (in or
 j's next requests, ``always[j] = "timeout"`` to every one (keys ``("describe", j)`` /
 ``("score", j)`` target one kind of request); ``fail_after = n`` answers 401 from
 the (n+1)-th chat request on. Fault kinds: timeout, 429, 500, invalid_json, empty, 401.
-Every request is recorded in ``requests`` (kind, latent, prompt hash, fault).
+Every chat request is recorded in ``requests`` (kind, latent, prompt hash, fault, arrival time
+``t``). With ``retry_after`` set, 429 answers carry that ``Retry-After`` header.
+
+The Batch API is served too: ``POST /v1/files`` (multipart upload), ``GET /v1/files/<id>/content``,
+``POST /v1/batches``, ``GET /v1/batches/<id>``, ``POST /v1/batches/<id>/cancel``. A batch is
+``in_progress`` for its first ``batch_polls`` retrieves, then its JSONL is answered line by line by
+the same logic and the same fault scripts as chat requests (a 4xx/5xx fault -> a line in the error
+file, ``invalid_json``/``empty`` -> a bad answer in the output file, ``timeout`` -> the line is
+missing). ``batch_fail = True`` makes the next batch end ``failed``. Lines answered are recorded in
+``batch_lines``, API calls in ``api_calls`` ("create_batch", "retrieve <id>", ...).
 """
 
 from __future__ import annotations
@@ -36,6 +45,13 @@ class StubLLM:
         self.always: dict[int | tuple[str, int], str] = {}
         self.fail_after: int | None = None
         self.requests: list[dict] = []
+        self.retry_after: float | None = None
+        self.batch_polls = 1
+        self.batch_fail = False
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_lines: list[dict] = []
+        self.api_calls: list[str] = []
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
 
@@ -79,11 +95,19 @@ class StubLLM:
         if h.headers.get("Authorization") != f"Bearer {self.api_key}":
             self._record("models" if method == "GET" else "chat", None, body, "401")
             return self._send(h, 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}})  # fmt: skip
-        if method == "GET" and h.path.rstrip("/").endswith("/models"):
+        path = h.path.split("?")[0].rstrip("/")
+        if method == "GET" and path.endswith("/models"):
             self._record("models", None, body, None)
             return self._send(h, 200, {"object": "list", "data": [{"id": "stub-model", "object": "model", "created": 0, "owned_by": "stub"}]})  # fmt: skip
-        if method != "POST" or not h.path.endswith("/chat/completions"):
+        if "/files" in path or "/batches" in path:
+            return self.batch_api(h, method, path, body)
+        if method != "POST" or not path.endswith("/chat/completions"):
             return self._send(h, 404, {"error": {"message": "not found"}})
+        status, obj, headers = self.respond(body, wait=True)
+        self._send(h, status, obj, headers)
+
+    def respond(self, body: bytes, wait: bool) -> tuple[int, dict | None, dict]:
+        """(HTTP status, JSON body, headers) for one chat request; None body = no answer (timeout)."""
         req = json.loads(body)
         prompt = req["messages"][-1]["content"]
         kind, latent = classify(prompt)
@@ -100,14 +124,21 @@ class StubLLM:
                     if self.faults.get(key):
                         fault = self.faults[key].pop(0)
                         break
-        self._record(kind, latent, body, fault)
+        if wait:
+            self._record(kind, latent, body, fault)
+        else:
+            with self.lock:
+                self.batch_lines.append({"kind": kind, "latent": latent, "hash": hashlib.sha256(body).hexdigest(), "fault": fault})
         if fault == "401":
-            return self._send(h, 401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
+            return 401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}, {}
         if fault == "429":
-            return self._send(h, 429, {"error": {"message": "Rate limit reached", "type": "requests"}})
+            headers = {"Retry-After": f"{self.retry_after:g}"} if self.retry_after is not None else {}
+            return 429, {"error": {"message": "Rate limit reached", "type": "requests"}}, headers
         if fault == "500":
-            return self._send(h, 500, {"error": {"message": "internal error"}})
+            return 500, {"error": {"message": "internal error"}}, {}
         if fault == "timeout":
+            if not wait:
+                return 0, None, {}
             time.sleep(self.timeout_sleep)
         if fault == "invalid_json":
             content = "Sure! Here is the JSON you asked for: {description: oops"
@@ -115,28 +146,126 @@ class StubLLM:
             content = json.dumps({"description": "  ", "attributes": []})
         else:
             content = json.dumps(answer(kind, latent, prompt))
-        self._send(h, 200, {
+        return 200, {
             "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": req.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(content) // 4,
                       "total_tokens": len(prompt) // 4 + len(content) // 4},
-        })  # fmt: skip
+        }, {}  # fmt: skip
+
+    # -- Batch API -----------------------------------------------------------------------------
+    def batch_api(self, h: BaseHTTPRequestHandler, method: str, path: str, body: bytes) -> None:
+        parts = path.split("/")
+        if method == "POST" and parts[-1] == "files":
+            fields = parse_multipart(h.headers.get("Content-Type", ""), body)
+            with self.lock:
+                fid = f"file-{len(self.files) + 1}"
+                self.files[fid] = fields["file"][1]
+                self.api_calls.append("upload")
+            return self._send(h, 200, self._file(fid, fields["file"][0] or "input.jsonl", fields.get("purpose", (None, b"batch"))[1].decode()))  # fmt: skip
+        if method == "GET" and parts[-1] == "content" and parts[-3] == "files":
+            fid = parts[-2]
+            with self.lock:
+                self.api_calls.append(f"content {fid}")
+            if fid not in self.files:
+                return self._send(h, 404, {"error": {"message": f"no file {fid}"}})
+            return self._send_raw(h, 200, self.files[fid], "application/octet-stream")
+        if method == "POST" and parts[-1] == "batches":
+            req = json.loads(body)
+            with self.lock:
+                bid = f"batch_{len(self.batches) + 1}"
+                self.api_calls.append("create_batch")
+                self.batches[bid] = {
+                    "id": bid, "object": "batch", "endpoint": req["endpoint"], "input_file_id": req["input_file_id"],
+                    "completion_window": req["completion_window"], "status": "validating", "created_at": int(time.time()),
+                    "metadata": req.get("metadata"), "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                    "polls": 0, "fail": self.batch_fail,
+                }  # fmt: skip
+                self.batch_fail = False
+            return self._send(h, 200, self._public(bid))
+        if parts[-2] == "batches" or (parts[-3] == "batches" and parts[-1] == "cancel"):
+            bid = parts[-1] if parts[-2] == "batches" else parts[-2]
+            if bid not in self.batches:
+                return self._send(h, 404, {"error": {"message": f"no batch {bid}"}})
+            if parts[-1] == "cancel":
+                with self.lock:
+                    self.api_calls.append(f"cancel {bid}")
+                    self.batches[bid]["status"] = "cancelled"
+                return self._send(h, 200, self._public(bid))
+            with self.lock:
+                self.api_calls.append(f"retrieve {bid}")
+                b = self.batches[bid]
+                b["polls"] += 1
+                due = b["status"] in ("validating", "in_progress") and b["polls"] > self.batch_polls
+                if b["status"] == "validating":
+                    b["status"] = "in_progress"
+            if due:
+                self._run_batch(bid)
+            return self._send(h, 200, self._public(bid))
+        return self._send(h, 404, {"error": {"message": "not found"}})
+
+    def _run_batch(self, bid: str) -> None:
+        b = self.batches[bid]
+        if b["fail"]:
+            b.update(status="failed", errors={"object": "list", "data": [{"code": "stub_failure", "message": "the stub failed this batch"}]})  # fmt: skip
+            return
+        out, err = [], []
+        lines = self.files[b["input_file_id"]].decode().splitlines()
+        for i, line in enumerate(lines):
+            rec = json.loads(line)
+            status, obj, _ = self.respond(json.dumps(rec["body"]).encode(), wait=False)
+            if obj is None:  # "timeout": the line is simply missing from the output
+                continue
+            row = {"id": f"batch_req_{i}", "custom_id": rec["custom_id"], "response": {"status_code": status, "request_id": f"req_{i}", "body": obj}, "error": None}  # fmt: skip
+            (out if status == 200 else err).append(json.dumps(row))
+        with self.lock:
+            for name, rows in (("output_file_id", out), ("error_file_id", err)):
+                if rows:
+                    fid = f"file-{len(self.files) + 1}"
+                    self.files[fid] = ("\n".join(rows) + "\n").encode()
+                    b[name] = fid
+            b["status"] = "completed"
+            b["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+
+    def _public(self, bid: str) -> dict:
+        return {k: v for k, v in self.batches[bid].items() if k not in ("polls", "fail")}
+
+    @staticmethod
+    def _file(fid: str, name: str, purpose: str) -> dict:
+        return {"id": fid, "object": "file", "bytes": 0, "created_at": int(time.time()), "filename": name, "purpose": purpose, "status": "processed"}  # fmt: skip
 
     def _record(self, kind: str, latent: int | None, body: bytes, fault: str | None) -> None:
         with self.lock:
-            self.requests.append({"kind": kind, "latent": latent, "hash": hashlib.sha256(body).hexdigest(), "fault": fault})
+            self.requests.append({"kind": kind, "latent": latent, "hash": hashlib.sha256(body).hexdigest(), "fault": fault, "t": time.monotonic()})  # fmt: skip
+
+    @classmethod
+    def _send(cls, h: BaseHTTPRequestHandler, status: int, obj: dict, headers: dict | None = None) -> None:
+        cls._send_raw(h, status, json.dumps(obj).encode(), "application/json", headers)
 
     @staticmethod
-    def _send(h: BaseHTTPRequestHandler, status: int, obj: dict) -> None:
-        data = json.dumps(obj).encode()
+    def _send_raw(h: BaseHTTPRequestHandler, status: int, data: bytes, ctype: str, headers: dict | None = None) -> None:
         try:
             h.send_response(status)
-            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Type", ctype)
             h.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                h.send_header(k, v)
             h.end_headers()
             h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
             pass
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """{field: (filename, bytes)} of a multipart/form-data body."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    out = {}
+    for part in msg.iter_parts():
+        out[part.get_param("name", header="content-disposition")] = (part.get_filename(), part.get_payload(decode=True))
+    return out
 
 
 def classify(prompt: str) -> tuple[str, int | None]:

@@ -182,3 +182,160 @@ def test_cli_reinterprets_a_bundle_through_an_openai_compatible_server(stub, sma
 
     bad = subprocess.run([*args[:9], "--llm", "temprature=0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "temprature" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# -- rate limits (issue 6) ------------------------------------------------------------------------
+def test_requests_per_minute_is_never_exceeded_and_the_job_finishes(world, stub, tmp_path):
+    """Token bucket: bucket size (the allowed initial burst) = one second's worth of requests.
+    Over any window of W seconds the stub sees at most burst + rate * W requests, W widened by
+    0.2 s for the jitter between leaving the client and arriving at the stub (connection setup)."""
+    rpm = 600.0
+    rate, burst = rpm / 60, rpm / 60
+    kw = dict(requests_per_minute=rpm, concurrency=8, repeats=1, detection_per_class=10)
+    d = describe(world, settings(stub, tmp_path, **kw))
+    assert all(c.status in ("described", "dead") and (c.status == "dead" or c.confidence is not None) for c in d.concepts)
+    t = sorted(r["t"] for r in stub.chat_requests())
+    n = len(t)
+    assert n > 2 * burst  # the limit must actually bite
+    for i in range(n):
+        for j in range(i, n):
+            assert j - i + 1 <= burst + rate * (t[j] - t[i] + 0.2), (i, j, t[j] - t[i])
+    assert t[-1] - t[0] >= (n - burst - 1) / rate * 0.9
+
+
+def test_the_token_bucket_is_exact_under_concurrency():
+    """Acquire times at the client, 8 threads: never more than burst + rate * W in any window."""
+    import threading
+    import time
+
+    from recsae.interpret.describers import RateLimiter
+
+    lim = RateLimiter(per_minute=1200)  # 20/s, burst 20
+    times, lock = [], threading.Lock()
+
+    def worker():
+        for _ in range(8):
+            lim.acquire()
+            with lock:
+                times.append(time.monotonic())
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    t = sorted(times)
+    for i in range(len(t)):
+        for j in range(i, len(t)):
+            assert j - i + 1 <= 20 + 20 * (t[j] - t[i] + 0.02)  # 20 ms: acquire -> timestamp
+    assert t[-1] - t[0] >= (64 - 20) / 20 * 0.95
+
+
+def test_a_429_retry_after_header_is_honoured(world, stub, tmp_path):
+    stub.retry_after = 0.6
+    stub.faults[("describe", 0)] = ["429"]
+    d = describe(world, settings(stub, tmp_path, scorer="stats", backoff_s=0.01, concurrency=1))
+    assert d.by_latent()[0].status == "described"
+    tries = [r["t"] for r in stub.chat_requests("describe") if r["latent"] == 0]
+    assert len(tries) == 2 and tries[1] - tries[0] >= 0.6 - 0.01  # not the 0.01 s backoff
+
+
+# -- batch mode (issue 6) -------------------------------------------------------------------------
+def batch_settings(stub, tmp_path, **kw):
+    return settings(stub, tmp_path, mode="batch", batch_poll_s=0.02, **kw)
+
+
+def strip(d):
+    return [c.model_dump() for c in d.concepts]
+
+
+def test_batch_mode_gives_the_same_concepts_as_sync_mode(world, stub, tmp_path, capsys):
+    sync = describe(world, settings(stub, tmp_path, cache=str(tmp_path / "sync.jsonl")))
+    n_sync = len(stub.chat_requests())
+    stub.requests.clear()
+    stub.batch_polls = 2  # in progress for two polls, then done
+    d = describe(world, batch_settings(stub, tmp_path))
+    assert strip(d) == strip(sync)
+    assert stub.chat_requests() == []  # everything came through the two batches
+    assert stub.api_calls.count("create_batch") == 2 and stub.api_calls.count("upload") == 2
+    kinds = [r["kind"] for r in stub.batch_lines]
+    assert set(kinds[: kinds.index("score")]) == {"describe"} and set(kinds[kinds.index("score") :]) == {"score"}
+    assert len(stub.batch_lines) == n_sync
+    u = d.summary["llm"]
+    assert u["batches"] == 2 and u["batch_requests"] == n_sync == u["requests"] and u["prompt_tokens"] > 0
+    assert "LLM batch (describe)" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.batch-*.json"))  # state removed once consumed
+    # a re-run is answered from the cache: no batch, no request
+    again = describe(world, batch_settings(stub, tmp_path))
+    assert strip(again) == strip(sync) and stub.api_calls.count("create_batch") == 2 and stub.chat_requests() == []
+
+
+def test_a_batch_with_failed_lines_finishes_with_those_retried_or_undescribed(world, stub, tmp_path):
+    stub.faults[("describe", 0)] = ["500"]  # error line in the batch; the sync retry succeeds
+    stub.faults[("describe", 2)] = ["timeout"]  # missing from the batch output
+    stub.faults[("describe", 3)] = ["invalid_json"]  # an answer that fails validation
+    stub.always[("describe", 1)] = "500"  # fails in the batch and on every sync attempt
+    d = describe(world, batch_settings(stub, tmp_path))
+    by = d.by_latent()
+    for j in (0, 2, 3):
+        assert by[j].status == "described" and by[j].confidence is not None, by[j]
+    assert by[1].status == "undescribed" and "4 attempts" in by[1].reason and "batch: HTTP 500" in by[1].reason
+    sync = [r["latent"] for r in stub.chat_requests("describe")]
+    assert sorted(sync) == [0, 1, 1, 1, 1, 2, 3]  # only what the batch did not answer
+    assert all(c.status in ("described", "dead") for c in d.concepts if c.latent != 1)
+
+
+def test_a_failed_batch_falls_back_to_sync(world, stub, tmp_path):
+    stub.batch_fail = True
+    d = describe(world, batch_settings(stub, tmp_path))
+    assert all(c.status in ("described", "dead") and (c.status == "dead" or c.confidence is not None) for c in d.concepts)
+    assert stub.api_calls.count("create_batch") == 1  # describe failed: nothing to score by batch
+    assert stub.chat_requests("describe") and stub.chat_requests("score")
+
+
+def test_an_interrupted_batch_job_resumes_polling_the_same_batch(world, stub, tmp_path, monkeypatch):
+    from recsae.interpret import connect_llm
+
+    monkeypatch.setenv("STUB_LLM_KEY", KEY)
+    stub.batch_polls = 3
+    client = connect_llm(batch_settings(stub, tmp_path))
+
+    def interrupt(_s):
+        raise KeyboardInterrupt
+
+    client._wait = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        describe(world, client)
+    state = tmp_path / "llm-cache.batch-describe.json"
+    assert json.loads(state.read_text())["batches"] == ["batch_1"]
+    assert stub.api_calls.count("create_batch") == 1
+    stub.api_calls.clear()
+    d = describe(world, batch_settings(stub, tmp_path))  # a fresh process, same work dir
+    assert all(c.status in ("described", "dead") for c in d.concepts)
+    assert "retrieve batch_1" in stub.api_calls
+    assert stub.api_calls.count("create_batch") == 1  # only the score batch is new
+    assert stub.chat_requests("describe") == [] and not state.exists()
+
+
+def test_batch_settings_are_validated(world, stub, tmp_path):
+    with pytest.raises(ConfigError, match="mode"):
+        describe(world, settings(stub, tmp_path, mode="bulk"))
+    with pytest.raises(ConfigError, match="requests_per_minute"):
+        describe(world, settings(stub, tmp_path, requests_per_minute=0))
+    from recsae.cli import _parse_kv
+    from recsae.interpret import LLMSettings
+
+    s = LLMSettings(**_parse_kv(["mode=batch", "requests_per_minute=500", "batch_poll_s=60", "tokens_per_minute=2e5"]))
+    assert (s.mode, s.requests_per_minute, s.batch_poll_s, s.tokens_per_minute) == ("batch", 500, 60, 2e5)
+
+
+def test_a_request_larger_than_the_token_bucket_leaves_it_in_debt():
+    import time
+
+    from recsae.interpret.describers import RateLimiter
+
+    lim = RateLimiter(per_minute=600)  # 10 tokens/s, bucket 10
+    t0 = time.monotonic()
+    lim.acquire(30)  # a full bucket is enough to start ...
+    lim.acquire(1)  # ... but the next one waits for the debt (20) plus itself
+    assert time.monotonic() - t0 >= 2.0
