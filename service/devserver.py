@@ -70,6 +70,7 @@ class RedisServer:
                     return self
             except Exception:  # noqa: BLE001
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError(f"redis-server on port {self.port} did not start")
 
     def stop(self) -> None:
@@ -82,7 +83,7 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=1)
 
     def __enter__(self) -> "RedisServer":
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
@@ -103,8 +104,13 @@ class ServeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> "ServeProcess":
+        """Launch and wait until ready; a server that never gets ready is stopped, not leaked."""
         self.launch()
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def launch(self) -> "ServeProcess":
@@ -156,7 +162,8 @@ class ServeProcess:
         return self.request("GET", path, params, timeout=timeout, **kw)
 
     def __enter__(self) -> "ServeProcess":
-        return self.start()
+        # ``with ServeProcess(env).start() as s`` is already started: never launch a second one
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
