@@ -126,10 +126,8 @@ class SAEKernel:
                 x = x - np.einsum("bk,bkd->bd", codes.acts * w, self.W_dec[codes.idx])
             return x - np.float32(baseline) * self.b_dec if baseline else x
         if mode == "reconstruction":
-            kept = Codes(codes.acts * (1.0 - w), codes.idx)
-            if not baseline:
-                return self.decode(kept)
-            return np.einsum("bk,bkd->bd", kept.acts, self.W_dec[kept.idx]) + np.float32(1.0 - baseline) * self.b_dec
+            recon = self.decode(Codes(codes.acts * (1.0 - w), codes.idx))
+            return recon - np.float32(baseline) * self.b_dec if baseline else recon
         raise ConfigError(f"unknown steering mode {mode!r}; use 'error' or 'reconstruction'")
 
     # -- explanation --------------------------------------------------------------------------
@@ -202,7 +200,7 @@ def _candidates(row: np.ndarray, k: int) -> np.ndarray | None:
         return None
     maxima = row[: m * block].reshape(m, block).max(axis=1)
     bound = np.partition(maxima, m - k)[m - k]
-    if not np.isfinite(bound) and not (bound == -np.inf):
+    if np.isnan(bound) or bound == np.inf:
         return None
     cand = np.flatnonzero(row >= bound)
     return cand if len(cand) >= k else None
