@@ -49,6 +49,12 @@ def main() -> None:
     ap.add_argument("--work-dir", default="runs/bench")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=SAETrainConfig.batch_size)
+    ap.add_argument("--resample-until", type=float, default=SAETrainConfig.resample_until,
+                    help="share of epochs with dead-latent resampling (0: AuxK only)")
+    ap.add_argument("--auxk-alpha", type=float, default=None, help="AuxK loss weight (default: SAEConfig's)")
+    ap.add_argument("--aux-k", type=int, default=None, help="dead latents AuxK uses per sample")
+    ap.add_argument("--settings", default="8x16,32x32", help="k x expansion pairs, comma separated")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from recsae.cli import default_data_dir
@@ -62,12 +68,15 @@ def main() -> None:
     rate = matmul_gflops()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {a.threads}")
     print(f"measured fp32 matmul rate (2048x64 @ 64x2048): {rate:.1f} GFLOP/s")
-    print(f"activations: train {train.shape}, held-out {held.shape}\n")
+    print(f"activations: train {train.shape}, held-out {held.shape}")
+    print(f"batch {a.batch_size}, {a.epochs} epochs, resampling for the first {a.resample_until:.0%} of epochs\n")
     print("| setting | s/epoch | samples/s | floor s/epoch | x floor | held-out FVU | held-out dead | train dead |")
     print("|---|---|---|---|---|---|---|---|")
-    for k, exp in ((8, 16), (32, 32)):
-        sc = SAEConfig(d_in=train.shape[1], expansion=exp, k=k)
-        res = train_sae(train, sc, SAETrainConfig(epochs=a.epochs, progress=False), held)
+    for k, exp in (map(int, pair.split("x")) for pair in a.settings.split(",")):
+        aux = {"auxk_alpha": a.auxk_alpha} if a.auxk_alpha is not None else {}
+        sc = SAEConfig(d_in=train.shape[1], expansion=exp, k=k, aux_k=a.aux_k, **aux)
+        tc = SAETrainConfig(epochs=a.epochs, batch_size=a.batch_size, resample_until=a.resample_until, progress=False)
+        res = train_sae(train, sc, tc, held)
         floor = flops_per_sample(sc.d_in, sc.n_latents, k) * len(train) / (rate * 1e9)
         h = res.heldout
         print(

@@ -95,7 +95,9 @@ def print_summary(s: dict) -> None:
             t.add_row(f"SAE {part} dead latents", f"{sae[part]['dead_ratio']:.1%}")
     t.add_row("SAE seconds / epoch", f"{sae['seconds_per_epoch']:.3f}")
     fid = s["fidelity"]
-    t.add_row("NDCG@10 with reconstruction / original", f"{fid['ndcg10_ratio_reconstruction']:.3f}")
+    ci = fid.get("ndcg10_ratio_reconstruction_ci95")
+    t.add_row("NDCG@10 with reconstruction / original",
+              f"{fid['ndcg10_ratio_reconstruction']:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""))
     t.add_row("ONNX vs PyTorch max abs diff", f"{s['onnx_max_abs_diff']:.2e}")
     for k, v in (s.get("concepts") or {}).items():
         if isinstance(v, (int, float)):

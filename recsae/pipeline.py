@@ -23,7 +23,7 @@ from recsae import ConfigError
 from recsae.bundle import Catalog, UserTable, write_bundle
 from recsae.concepts import ConceptDictionary, placeholder_dictionary
 from recsae.data import Dataset, Split, leave_one_out
-from recsae.evaluate import evaluate_reps, eval_users
+from recsae.evaluate import eval_users, evaluate_reps, paired_ratio_ci, per_user_ndcg
 from recsae.kernel import Codes, SAEKernel, history_windows, top_items
 from recsae.sae import SAEConfig, TopKSAE
 from recsae.train import SAETrainConfig, SAETrainResult, measure, train_sae
@@ -45,7 +45,7 @@ class JobConfig:
     expansion: int = 16
     k: int = 8
     sae_epochs: int = 30
-    sae_batch_size: int = 2048
+    sae_batch_size: int = 512
     sae_lr: float = 2e-3
     heldout_fraction: float = 0.1
     describer: str = "stats"  # "stats" | "llm" | "none"
@@ -265,10 +265,13 @@ def fidelity(model, split: Split, kernel: SAEKernel) -> dict:
         return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, ref_top)]))
 
     m = "NDCG@10"
+    ci = paired_ratio_ci(per_user_ndcg(kernel.decode(codes), emb, split, users, "test"),
+                         per_user_ndcg(x, emb, split, users, "test"))
     return {
         "original": base,
         "reconstruction": recon,
         "ndcg10_ratio_reconstruction": recon[m] / max(base[m], 1e-12),
+        "ndcg10_ratio_reconstruction_ci95": [round(ci[0], 4), round(ci[1], 4)],
         "error_preserving_none_equal": bool(np.array_equal(kernel.steer(x, codes, {}), x)),
         "overlap10_reconstruction": overlap(kernel.decode(codes)),
         "overlap10_suppress_top1_error_preserving": overlap(supp_err),

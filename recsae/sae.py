@@ -142,10 +142,12 @@ class TopKSAE(nn.Module):
             dead_ids = dead_mask.nonzero().squeeze(1)
             k_aux = min(int(self.cfg.aux_k), len(dead_ids))
             dead_pre = F.relu(F.linear(x - self.b_dec, self.W_enc[dead_ids], self.b_enc[dead_ids]))
-            aux_acts, aux_local = dead_pre.topk(k_aux, dim=-1, sorted=False)
-            aux_idx = dead_ids[aux_local]
+            if k_aux < len(dead_ids):  # keep each sample's top k_aux (ties at the bar all kept)
+                bar = dead_pre.topk(k_aux, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+                dead_pre = dead_pre * (dead_pre >= bar)
+            # The dead set is small, so a dense product beats embedding_bag (whose backward sorts).
+            aux_recon = dead_pre @ self.W_dec[dead_ids]
             # Residual to explain: stop-gradient through the main reconstruction.
-            aux_recon = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=aux_acts, mode="sum")
             residual = (x - recon).detach()
             # Normalised by the residual's own variance (an FVU of the residual), so the signal
             # does not vanish as the main reconstruction improves.

@@ -21,7 +21,7 @@ from recsae.sae import SAEConfig, TopKSAE
 @dataclass
 class SAETrainConfig:
     epochs: int = 30
-    batch_size: int = 2048
+    batch_size: int = 512
     lr: float = 2e-3
     lr_warmup_steps: int = 50
     lr_final_fraction: float = 0.1  # cosine decay to this fraction of lr

@@ -157,3 +157,35 @@ def test_sample_negatives_avoid_history_and_are_deterministic() -> None:
 def test_evaluate_does_not_import_torch() -> None:
     code = "import sys, recsae.evaluate; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_paired_ratio_ci_brackets_the_ratio_and_narrows_with_pairing():
+    from recsae.evaluate import paired_ratio_ci
+
+    rng = np.random.default_rng(3)
+    ref = rng.random(1000)
+    # identical runs: no uncertainty at all
+    assert paired_ratio_ci(ref, ref) == (1.0, 1.0)
+    # a uniform 10% loss is known exactly, whatever users are drawn
+    lo, hi = paired_ratio_ci(0.9 * ref, ref)
+    assert lo == pytest.approx(0.9) and hi == pytest.approx(0.9)
+    # noisy per-user changes: the interval contains the point estimate and has width
+    new = np.clip(ref + rng.normal(0, 0.2, 1000), 0, 1)
+    lo, hi = paired_ratio_ci(new, ref)
+    point = new.mean() / ref.mean()
+    assert lo < point < hi and hi - lo > 0.01
+    with pytest.raises(ValueError):
+        paired_ratio_ci(new[:10], ref)
+
+
+def test_per_user_ndcg_averages_to_evaluate_reps():
+    from recsae.data import leave_one_out, make_synthetic
+    from recsae.evaluate import eval_users, evaluate_reps, per_user_ndcg
+
+    split = leave_one_out(make_synthetic(n_users=60, n_items=80, seed=1)[0])
+    users = eval_users(split, "test")
+    rng = np.random.default_rng(0)
+    reps, emb = rng.normal(size=(len(users), 8)).astype(np.float32), rng.normal(size=(split.n_items, 8)).astype(np.float32)
+    per = per_user_ndcg(reps, emb, split, users, "test", chunk=7)
+    assert per.shape == (len(users),)
+    assert per.mean() == pytest.approx(evaluate_reps(reps, emb, split, users, "test")["NDCG@10"])
