@@ -142,11 +142,14 @@ class SAEKernel:
         check_baseline(baseline)
         x = np.atleast_2d(np.asarray(x, dtype=np.float32))
         b_dec = self.b_dec * np.float32(1.0 - baseline) if baseline else self.b_dec
+        item_vectors = np.asarray(item_vectors, dtype=np.float32)
         dirs = self.W_dec[codes.idx]  # (B, k, d)
-        contrib = codes.acts[:, :, None] * np.einsum("bkd,bnd->bkn", dirs, item_vectors)
-        recon = np.einsum("bk,bkd->bd", codes.acts, dirs) + b_dec
-        bias = np.einsum("d,bnd->bn", b_dec, item_vectors)
-        error = np.einsum("bd,bnd->bn", x - recon, item_vectors)
+        # batched matmuls, not einsum: at serving sizes (B=1, k=8, n=10) einsum's set-up is
+        # most of the cost (35 -> 19 us per call)
+        contrib = codes.acts[:, :, None] * (dirs @ item_vectors.transpose(0, 2, 1))  # (B, k, n)
+        recon = (codes.acts[:, None, :] @ dirs)[:, 0] + b_dec
+        bias = item_vectors @ b_dec
+        error = (item_vectors @ (x - recon)[:, :, None])[:, :, 0]
         return Explanation(contrib.astype(np.float32), bias, error)
 
 
