@@ -212,15 +212,34 @@ def capture_activations(model, split: Split, cfg: JobConfig, work: Path) -> Acti
 
 
 # -- SAE -----------------------------------------------------------------------------------------
-def fit_sae(cfg: JobConfig, acts: Activations, work: Path) -> tuple[TopKSAE, dict]:
-    folder = work / f"sae-{cfg.key(*SAE_KEYS)}"
-    if (folder / "metrics.json").exists():
-        return TopKSAE.load(folder), json.loads((folder / "metrics.json").read_text())
-    sae_cfg = SAEConfig(d_in=acts.train.shape[1], expansion=cfg.expansion, k=cfg.k)
+# Bump when a change to the SAE training code changes what it produces for the same settings,
+# so that cached SAEs from older code are not silently reused.
+SAE_CODE_VERSION = 2  # 2: AuxK decodes the dead latents densely (ties at its top-k bar kept)
+
+
+def sae_settings(cfg: JobConfig, d_in: int) -> tuple[SAEConfig, SAETrainConfig]:
+    sae_cfg = SAEConfig(d_in=d_in, expansion=cfg.expansion, k=cfg.k)
     tcfg = SAETrainConfig(
         epochs=cfg.sae_epochs, batch_size=cfg.sae_batch_size, lr=cfg.sae_lr, seed=cfg.seed,
         progress=cfg.progress,
     )
+    return sae_cfg, tcfg
+
+
+def sae_folder(cfg: JobConfig, work: Path, d_in: int) -> Path:
+    """Cache folder of one SAE run: keyed by the job's SAE settings, every SAE/training setting
+    (so a changed default is a new run) and :data:`SAE_CODE_VERSION`."""
+    sae_cfg, tcfg = sae_settings(cfg, d_in)
+    train = {k: v for k, v in asdict(tcfg).items() if k not in ("progress", "threads")}
+    full = json.dumps({"sae": asdict(sae_cfg), "train": train, "code": SAE_CODE_VERSION}, sort_keys=True)
+    return Path(work) / f"sae-{cfg.key(*SAE_KEYS)}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
+
+
+def fit_sae(cfg: JobConfig, acts: Activations, work: Path) -> tuple[TopKSAE, dict]:
+    folder = sae_folder(cfg, work, acts.train.shape[1])
+    if (folder / "metrics.json").exists():
+        return TopKSAE.load(folder), json.loads((folder / "metrics.json").read_text())
+    sae_cfg, tcfg = sae_settings(cfg, acts.train.shape[1])
     res: SAETrainResult = train_sae(np.asarray(acts.train), sae_cfg, tcfg, np.asarray(acts.heldout))
     metrics = res.summary()
     tmp = folder.with_name(folder.name + ".tmp")
