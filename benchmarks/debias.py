@@ -36,16 +36,11 @@ baseline is shared by women and men alike, so it cannot carry a between-group ga
 
 def default_job_sae(work_dir: Path, data_dir: str) -> Path | None:
     """The SAE folder of ``JobConfig(dataset='ml-100k', data_dir=...)`` (defaults) in the cache."""
-    from recsae.pipeline import MODEL_KEYS, SAE_KEYS, JobConfig, sae_folder
+    from recsae.pipeline import MODEL_KEYS, JobConfig, sae_folder
 
     cfg = JobConfig(dataset="ml-100k", data_dir=data_dir)
-    work = work_dir / f"ml-100k-{cfg.model}-{cfg.key(*MODEL_KEYS)}"
-    for folder in sorted(work.glob(f"sae-{cfg.key(*SAE_KEYS)}-*")):
-        meta = folder / "cfg.json"
-        if (folder / "sae.safetensors").is_file() and meta.is_file():
-            if folder == sae_folder(cfg, work, int(json.loads(meta.read_text())["d_in"])):
-                return folder
-    return None
+    folder = sae_folder(cfg, work_dir / f"ml-100k-{cfg.model}-{cfg.key(*MODEL_KEYS)}")
+    return folder if (folder / "sae.safetensors").is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,45 +38,12 @@ def user_ids(bundle: str) -> list[str]:
     return [str(u) for u in z["user_ids"]]
 
 
-def run_cell(port: int, users: list[str], n: int, concurrency: int, explain: bool, offset: int) -> dict:
-    lat: list[float] = []
+def run_cell(port: int, users: list[str], n: int, concurrency: int, flags: tuple[bool, ...], offset: int) -> dict:
+    """``n`` users over ``concurrency`` connections; each user is asked once per explain flag in
+    ``flags``. With both flags the two requests go back to back (order alternating per user), so
+    drift of a shared machine hits both alike. Latencies are kept per flag."""
+    lat: dict[bool, list[float]] = {f: [] for f in flags}
     errors = [0]
-    lock = threading.Lock()
-    counter = iter(range(n))
-
-    def worker() -> None:
-        c = Client(port, timeout=30)
-        mine = []
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                break
-            params = {"user_id": users[(offset + i) % len(users)], "k": 10, "explain": "true" if explain else "false"}
-            t0 = time.perf_counter()
-            status, _ = c.request("GET", "/recommend", params, parse=False)
-            mine.append(time.perf_counter() - t0)
-            if status != 200:
-                with lock:
-                    errors[0] += 1
-        c.close()
-        with lock:
-            lat.extend(mine)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    return {"lat": lat, "wall": wall, "errors": errors[0]}
-
-
-def run_paired(port: int, users: list[str], n: int, concurrency: int, offset: int) -> dict[bool, list[float]]:
-    """``n`` users, each asked twice back to back (explain off, then on): both flags see the same
-    machine state, so slow drift of a shared machine cancels out of the comparison."""
-    lat: dict[bool, list[float]] = {False: [], True: []}
     lock = threading.Lock()
     counter = iter(range(n))
 
@@ -88,20 +55,23 @@ def run_paired(port: int, users: list[str], n: int, concurrency: int, offset: in
             if i is None:
                 break
             user = users[(offset + i) % len(users)]
-            for explain in ((False, True) if i % 2 == 0 else (True, False)):  # order alternates too
+            for explain in (flags if i % 2 == 0 else flags[::-1]):
+                params = {"user_id": user, "k": 10, "explain": "true" if explain else "false"}
                 t0 = time.perf_counter()
-                c.request("GET", "/recommend", {"user_id": user, "k": 10, "explain": str(explain).lower()}, parse=False)
+                status, _ = c.request("GET", "/recommend", params, parse=False)
                 dt = time.perf_counter() - t0
                 with lock:
                     lat[explain].append(dt)
+                    errors[0] += status != 200
         c.close()
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return lat
+    return {"lat": lat, "wall": time.perf_counter() - t0, "errors": errors[0]}
 
 
 def handler_seconds(port: int, explain: bool) -> tuple[float, float]:
@@ -157,22 +127,22 @@ def main(argv: list[str] | None = None) -> int:
         port = server.port
     try:
         for explain in (False, True):
-            run_cell(port, users, args.warmup, 2, explain, 0)
+            run_cell(port, users, args.warmup, 2, (explain,), 0)
         results: dict[tuple[int, bool], dict] = {}
         per_round = max(1, args.requests // args.rounds)
         for conc in args.concurrency:
             for r in range(args.rounds):
                 for explain in (False, True):
                     s0, n0 = handler_seconds(port, explain)
-                    cell = run_cell(port, users, per_round, conc, explain, offset=r * per_round)
+                    cell = run_cell(port, users, per_round, conc, (explain,), offset=r * per_round)
                     s1, n1 = handler_seconds(port, explain)
                     acc = results.setdefault((conc, explain), {"lat": [], "wall": 0.0, "errors": 0, "hs": 0.0, "hn": 0.0})
-                    acc["lat"] += cell["lat"]
+                    acc["lat"] += cell["lat"][explain]
                     acc["wall"] += cell["wall"]
                     acc["errors"] += cell["errors"]
                     acc["hs"] += s1 - s0
                     acc["hn"] += n1 - n0
-        paired = {conc: run_paired(port, users, args.requests, conc, offset=7) for conc in args.concurrency}
+        paired = {conc: run_cell(port, users, args.requests, conc, (False, True), offset=7) for conc in args.concurrency}
     finally:
         if server is not None:
             server.stop()
@@ -213,15 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- concurrency {conc}, separate cells: explain adds {100 * overhead:+.1f}% to the median")
     print()
     print("Paired (each user asked with explain off and on back to back, order alternating):\n")
-    print("| concurrency | pairs | p50 ms explain=false | p50 ms explain=true | explain overhead (p50) | target <= 25% |")
-    print("|---:|---:|---:|---:|---:|:---:|")
-    for conc, lat in paired.items():
+    print("| concurrency | pairs | p50 ms explain=false | p50 ms explain=true | explain overhead (p50) | target <= 25% | errors |")
+    print("|---:|---:|---:|---:|---:|:---:|---:|")
+    for conc, cell in paired.items():
+        lat = cell["lat"]
         off, on = 1000 * statistics.median(lat[False]), 1000 * statistics.median(lat[True])
         overhead = on / off - 1
-        ok &= overhead <= 0.25
-        rows.append({"concurrency": conc, "paired": True, "p50_off_ms": off, "p50_on_ms": on, "overhead": overhead})
+        ok &= overhead <= 0.25 and cell["errors"] == 0
+        rows.append({"concurrency": conc, "paired": True, "p50_off_ms": off, "p50_on_ms": on, "overhead": overhead,
+                     "errors": cell["errors"]})
         print(f"| {conc} | {len(lat[True])} | {off:.2f} | {on:.2f} | {100 * overhead:+.1f}% | "
-              f"{'met' if overhead <= 0.25 else 'missed'} |")
+              f"{'met' if overhead <= 0.25 else 'missed'} | {cell['errors']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0 if ok else 1

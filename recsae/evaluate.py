@@ -73,12 +73,16 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS, prefix
     """Mean ``HR@k`` and ``NDCG@k`` over users from 0-based ranks (one held-out item each)."""
     ranks = np.asarray(ranks)
     out: dict[str, float] = {}
-    gain = 1.0 / np.log2(ranks + 2.0)
     for k in ks:
-        hit = ranks < k
-        out[f"{prefix}HR@{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        out[f"{prefix}NDCG@{k}"] = float((gain * hit).mean()) if len(ranks) else 0.0
+        out[f"{prefix}HR@{k}"] = float((ranks < k).mean()) if len(ranks) else 0.0
+        out[f"{prefix}NDCG@{k}"] = float(ndcg_per_user(ranks, k).mean()) if len(ranks) else 0.0
     return out
+
+
+def ndcg_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k from 0-based ranks (one held-out item): the unit for paired comparisons."""
+    ranks = np.asarray(ranks)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
 def rank_metrics(
@@ -196,22 +200,6 @@ def evaluate_scores(
     return out
 
 
-def per_user_ndcg(
-    reps: np.ndarray, item_emb: np.ndarray, split: Split, users: np.ndarray, stage: str, k: int = 10,
-    chunk: int = 1024,
-) -> np.ndarray:
-    """Each user's NDCG@k (full ranking, seen items excluded): the unit for paired comparisons."""
-    targets = stage_targets(split, users, stage)
-    history = stage_histories(split, users, stage)
-    ranks = [
-        ranks_from_scores(np.asarray(reps[s : s + chunk], dtype=np.float32) @ item_emb.T, targets[s : s + chunk],
-                          history[s : s + chunk])
-        for s in range(0, len(users), chunk)
-    ]
-    r = np.concatenate(ranks) if ranks else np.zeros(0)
-    return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
-
-
 def paired_ratio_ci(
     new: np.ndarray, ref: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
@@ -248,6 +236,26 @@ def evaluate_reps(
     ``reps`` by their reconstruction and compare like with like. Work is chunked over users to keep
     the ``(B, n_items)`` score matrix small.
     """
+    ranks, sranks = stage_ranks(reps, item_emb, split, users, stage, negatives, ties, chunk)
+    out = metrics_from_ranks(ranks, ks)
+    if sranks is not None:
+        out.update(metrics_from_ranks(sranks, ks, prefix="sampled_"))
+    out["users"] = len(users)
+    return out
+
+
+def stage_ranks(
+    reps: np.ndarray,
+    item_emb: np.ndarray,
+    split: Split,
+    users: np.ndarray,
+    stage: str,
+    negatives: np.ndarray | None = None,
+    ties: Ties = "pessimistic",
+    chunk: int = 1024,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """0-based full-ranking ranks of each user's ``stage`` target (and sampled ranks with
+    ``negatives``), scoring ``reps @ item_emb.T`` in chunks of users."""
     reps = np.asarray(reps, dtype=np.float32)
     item_emb = np.asarray(item_emb, dtype=np.float32)
     users = np.asarray(users, dtype=np.int64)
@@ -267,11 +275,8 @@ def evaluate_reps(
         ranks.append(ranks_from_scores(sc, tg, history[s : s + chunk], ties))
         if negatives is not None:
             sranks.append(_sampled_ranks(sc, tg, negatives[s : s + chunk], ties))
-    out = metrics_from_ranks(np.concatenate(ranks) if ranks else np.zeros(0), ks)
-    if negatives is not None:
-        out.update(metrics_from_ranks(np.concatenate(sranks), ks, prefix="sampled_"))
-    out["users"] = len(users)
-    return out
+    full = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    return full, (np.concatenate(sranks) if negatives is not None else None)
 
 
 def _sampled_ranks(

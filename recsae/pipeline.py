@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from recsae import ConfigError
 from recsae.bundle import Catalog, UserTable, write_bundle
 from recsae.concepts import ConceptDictionary, placeholder_dictionary
 from recsae.data import Dataset, Split, leave_one_out
-from recsae.evaluate import eval_users, evaluate_reps, paired_ratio_ci, per_user_ndcg
+from recsae.evaluate import eval_users, evaluate_reps, metrics_from_ranks, ndcg_per_user, paired_ratio_ci, stage_ranks
 from recsae.kernel import Codes, SAEKernel, history_windows, top_items
 from recsae.sae import SAEConfig, TopKSAE
 from recsae.train import SAETrainConfig, SAETrainResult, measure, train_sae
@@ -226,17 +226,18 @@ def sae_settings(cfg: JobConfig, d_in: int) -> tuple[SAEConfig, SAETrainConfig]:
     return sae_cfg, tcfg
 
 
-def sae_folder(cfg: JobConfig, work: Path, d_in: int) -> Path:
-    """Cache folder of one SAE run: keyed by the job's SAE settings, every SAE/training setting
-    (so a changed default is a new run) and :data:`SAE_CODE_VERSION`."""
-    sae_cfg, tcfg = sae_settings(cfg, d_in)
-    train = {k: v for k, v in asdict(tcfg).items() if k not in ("progress", "threads")}
-    full = json.dumps({"sae": asdict(sae_cfg), "train": train, "code": SAE_CODE_VERSION}, sort_keys=True)
+def sae_folder(cfg: JobConfig, work: Path) -> Path:
+    """Cache folder of one SAE run inside a recommender's work folder (which fixes ``d_in``):
+    keyed by the job's SAE settings, the defaults of every other SAE/training setting (so a
+    changed default is a new run) and :data:`SAE_CODE_VERSION`."""
+    sae = {f.name: f.default for f in fields(SAEConfig) if f.name != "d_in"} | {"expansion": cfg.expansion, "k": cfg.k}
+    train = {f.name: f.default for f in fields(SAETrainConfig) if f.name not in ("progress", "threads")}
+    full = json.dumps({"sae": sae, "train": train, "code": SAE_CODE_VERSION}, sort_keys=True)
     return Path(work) / f"sae-{cfg.key(*SAE_KEYS)}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
 
 
 def fit_sae(cfg: JobConfig, acts: Activations, work: Path) -> tuple[TopKSAE, dict]:
-    folder = sae_folder(cfg, work, acts.train.shape[1])
+    folder = sae_folder(cfg, work)
     if (folder / "metrics.json").exists():
         return TopKSAE.load(folder), json.loads((folder / "metrics.json").read_text())
     sae_cfg, tcfg = sae_settings(cfg, acts.train.shape[1])
@@ -269,8 +270,11 @@ def fidelity(model, split: Split, kernel: SAEKernel) -> dict:
     x = represent(model, split, users, "test")
     emb = item_embeddings(model)
     codes = kernel.encode(x)
-    base = evaluate_reps(x, emb, split, users, "test")
-    recon = evaluate_reps(kernel.decode(codes), emb, split, users, "test")
+    x_rec = kernel.decode(codes)
+    base_ranks, _ = stage_ranks(x, emb, split, users, "test")
+    rec_ranks, _ = stage_ranks(x_rec, emb, split, users, "test")
+    base = {**metrics_from_ranks(base_ranks), "users": len(users)}
+    recon = {**metrics_from_ranks(rec_ranks), "users": len(users)}
     top1 = Codes(codes.acts, codes.idx)
     supp_err = x - top1.acts[:, :1] * kernel.W_dec[top1.idx[:, 0]]
     recon_mask = codes.acts.copy()
@@ -284,15 +288,14 @@ def fidelity(model, split: Split, kernel: SAEKernel) -> dict:
         return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, ref_top)]))
 
     m = "NDCG@10"
-    ci = paired_ratio_ci(per_user_ndcg(kernel.decode(codes), emb, split, users, "test"),
-                         per_user_ndcg(x, emb, split, users, "test"))
+    ci = paired_ratio_ci(ndcg_per_user(rec_ranks, 10), ndcg_per_user(base_ranks, 10))
     return {
         "original": base,
         "reconstruction": recon,
         "ndcg10_ratio_reconstruction": recon[m] / max(base[m], 1e-12),
         "ndcg10_ratio_reconstruction_ci95": [round(ci[0], 4), round(ci[1], 4)],
         "error_preserving_none_equal": bool(np.array_equal(kernel.steer(x, codes, {}), x)),
-        "overlap10_reconstruction": overlap(kernel.decode(codes)),
+        "overlap10_reconstruction": overlap(x_rec),
         "overlap10_suppress_top1_error_preserving": overlap(supp_err),
         "overlap10_suppress_top1_reconstruction": overlap(supp_rec),
         "ndcg10_suppress_top1_error_preserving": evaluate_reps(supp_err, emb, split, users, "test")[m],

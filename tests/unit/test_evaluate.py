@@ -180,12 +180,12 @@ def test_paired_ratio_ci_brackets_the_ratio_and_narrows_with_pairing():
 
 def test_per_user_ndcg_averages_to_evaluate_reps():
     from recsae.data import leave_one_out, make_synthetic
-    from recsae.evaluate import eval_users, evaluate_reps, per_user_ndcg
+    from recsae.evaluate import eval_users, evaluate_reps, ndcg_per_user, stage_ranks
 
     split = leave_one_out(make_synthetic(n_users=60, n_items=80, seed=1)[0])
     users = eval_users(split, "test")
     rng = np.random.default_rng(0)
     reps, emb = rng.normal(size=(len(users), 8)).astype(np.float32), rng.normal(size=(split.n_items, 8)).astype(np.float32)
-    per = per_user_ndcg(reps, emb, split, users, "test", chunk=7)
+    per = ndcg_per_user(stage_ranks(reps, emb, split, users, "test", chunk=7)[0], 10)
     assert per.shape == (len(users),)
     assert per.mean() == pytest.approx(evaluate_reps(reps, emb, split, users, "test")["NDCG@10"])
