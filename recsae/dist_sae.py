@@ -3,8 +3,8 @@
     torchrun --nproc_per_node=2 -m recsae.dist_sae --shards 'acts/shard-*.npy' --out sae_dir \\
         --k 8 --expansion 16 --epochs 30 [--heldout acts/heldout.npy]
 
-Process ``r`` trains on the ``r``-th shard (sorted by name); gradients are averaged by
-DistributedDataParallel (gloo on CPU, nccl on GPUs). Rank 0 writes the SAE and metrics.json.
+Process ``r`` trains on the ``r``-th shard (sorted by name); gradients are averaged across
+processes after every step (gloo on CPU, nccl on GPUs). Rank 0 writes the SAE and metrics.json.
 """
 
 from __future__ import annotations

@@ -59,6 +59,17 @@ class EncoderOutput(NamedTuple):
     """Latent ids of those activations, (B, k), int64."""
 
 
+class StepOutput(NamedTuple):
+    top_acts: Tensor
+    """Activations of the selected latents, (B, k)."""
+    top_indices: Tensor
+    """Latent ids of the selected latents, (B, k)."""
+    fvu: float
+    """Fraction of variance unexplained on this batch."""
+    auxk_loss: float
+    """AuxK loss on this batch (0 if no latent is dead)."""
+
+
 class ForwardOutput(NamedTuple):
     recon: Tensor
     """Reconstruction of the input, (B, d_in)."""
@@ -70,37 +81,6 @@ class ForwardOutput(NamedTuple):
     """Fraction of variance unexplained on this batch (scalar)."""
     auxk_loss: Tensor
     """AuxK loss: how well the top dead latents explain the residual (scalar, 0 if none dead)."""
-
-
-class _TopKEncode(torch.autograd.Function):
-    """relu(topk(W_enc (x - b_dec) + b_enc)) with a sparse backward.
-
-    Autograd would scatter the (B, k) gradient into a dense (B, n_latents) tensor and run two
-    dense matmuls; only k rows of ``W_enc`` per sample receive gradient, so we index_add them.
-    relu commutes with topk (it is monotone), so relu runs on (B, k), not (B, n_latents).
-    """
-
-    @staticmethod
-    def forward(ctx, x, W_enc, b_enc, b_dec, k: int):  # type: ignore[override]
-        xc = x - b_dec
-        vals, idx = torch.addmm(b_enc, xc, W_enc.t()).topk(k, dim=-1, sorted=False)
-        acts = vals.clamp_min(0.0)
-        ctx.save_for_backward(xc, W_enc, idx, vals)
-        return acts, idx
-
-    @staticmethod
-    def backward(ctx, grad_acts, _grad_idx):  # type: ignore[override]
-        xc, W_enc, idx, vals = ctx.saved_tensors
-        g = grad_acts * (vals > 0)  # (B, k)
-        flat_idx = idx.reshape(-1)
-        d = xc.shape[1]
-        grad_W = torch.zeros_like(W_enc).index_add_(
-            0, flat_idx, (g.unsqueeze(-1) * xc.unsqueeze(1)).reshape(-1, d)
-        )
-        grad_b_enc = torch.zeros(W_enc.shape[0], dtype=g.dtype).index_add_(0, flat_idx, g.reshape(-1))
-        # d pre_j / d b_dec = -W_enc[j], so the per-latent gradient totals suffice.
-        grad_b_dec = -(grad_b_enc @ W_enc)
-        return None, grad_W, grad_b_enc, grad_b_dec, None
 
 
 class TopKSAE(nn.Module):
@@ -130,7 +110,7 @@ class TopKSAE(nn.Module):
         ) + self.b_dec
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None) -> ForwardOutput:
-        acts, idx = _TopKEncode.apply(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
+        acts, idx = self.encode(x)
         recon = self.decode(acts, idx)
         err = recon - x
         total_var = (x - x.mean(0)).pow(2).sum()
@@ -154,6 +134,57 @@ class TopKSAE(nn.Module):
             resid_var = (residual - residual.mean(0)).pow(2).sum()
             auxk_loss = (aux_recon - residual).pow(2).sum() / resid_var.clamp_min(1e-12)
         return ForwardOutput(recon, acts, idx, fvu, auxk_loss)
+
+    # -- training step --------------------------------------------------------------------
+    @torch.no_grad()
+    def backward_step(self, x: Tensor, dead_ids: Tensor, auxk_alpha: float) -> StepOutput:
+        """Gradients of ``fvu + auxk_alpha * auxk_loss`` (as ``forward`` defines them) into ``.grad``.
+
+        Written out by hand because at d=64 autograd's bookkeeping and ``embedding_bag``'s
+        sorting backward cost more than the arithmetic: only the k active rows of each matrix
+        get gradient per sample, gathered and index-added here without a dense (B, n_latents)
+        tensor. ``tests/unit/test_sae.py`` checks these against autograd through ``forward``.
+        """
+        W_enc, W_dec, b_enc, b_dec = self.W_enc, self.W_dec, self.b_enc, self.b_dec
+        B, d = x.shape
+        xc = x - b_dec
+        vals, idx = torch.addmm(b_enc, xc, W_enc.t()).topk(self.cfg.k, dim=-1, sorted=False)
+        acts = vals.clamp_min(0.0)
+        rows = W_dec[idx]  # (B, k, d)
+        err = torch.bmm(acts.unsqueeze(1), rows).squeeze(1) + b_dec - x
+        total_var = float((x - x.mean(0)).pow(2).sum().clamp_min(1e-12))
+        fvu = float(err.pow(2).sum()) / total_var
+        g = err * (2.0 / total_var)  # d fvu / d recon
+        flat = idx.reshape(-1)
+        g_acts = torch.bmm(rows, g.unsqueeze(-1)).squeeze(-1) * (vals > 0)
+        grad_W_dec = torch.zeros_like(W_dec).index_add_(0, flat, (acts.unsqueeze(-1) * g.unsqueeze(1)).reshape(-1, d))
+        grad_W_enc = torch.zeros_like(W_enc).index_add_(0, flat, (g_acts.unsqueeze(-1) * xc.unsqueeze(1)).reshape(-1, d))
+        grad_b_enc = torch.zeros_like(b_enc).index_add_(0, flat, g_acts.reshape(-1))
+        # b_dec is added to the reconstruction and subtracted before the encoder.
+        grad_b_dec = g.sum(0) - grad_b_enc @ W_enc
+
+        auxk = 0.0
+        if len(dead_ids) and auxk_alpha:
+            k_aux = min(int(self.cfg.aux_k), len(dead_ids))
+            We, Wd = W_enc[dead_ids], W_dec[dead_ids]
+            dead_pre = torch.addmm(b_enc[dead_ids], xc, We.t()).clamp_min_(0.0)
+            if k_aux < len(dead_ids):
+                bar = dead_pre.topk(k_aux, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+                dead_pre = dead_pre * (dead_pre >= bar)
+            residual = -err
+            resid_var = float((residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12))
+            aux_err = dead_pre @ Wd - residual
+            auxk = float(aux_err.pow(2).sum()) / resid_var
+            ga = aux_err * (2.0 * auxk_alpha / resid_var)
+            g_pre = (ga @ Wd.t()) * (dead_pre > 0)
+            grad_W_dec.index_add_(0, dead_ids, dead_pre.t() @ ga)
+            grad_W_enc.index_add_(0, dead_ids, g_pre.t() @ xc)
+            g_b = g_pre.sum(0)
+            grad_b_enc.index_add_(0, dead_ids, g_b)
+            grad_b_dec -= g_b @ We
+        for p, grad in ((W_enc, grad_W_enc), (W_dec, grad_W_dec), (b_enc, grad_b_enc), (b_dec, grad_b_dec)):
+            p.grad = grad
+        return StepOutput(acts, idx, fvu, auxk)
 
     # -- decoder norm constraint ------------------------------------------------------------
     @torch.no_grad()

@@ -119,9 +119,9 @@ def train_sae(
 ) -> SAETrainResult:
     """Train a TopK SAE with AuxK on ``train_acts`` (N, d_in); report train and held-out quality.
 
-    Under ``torch.distributed`` (e.g. ``torchrun``), each process passes its own shard: the
-    model is wrapped in DistributedDataParallel, the data mean, firing statistics and the step
-    count are agreed across processes, and dead-latent resampling runs on rank 0 and is
+    Under ``torch.distributed`` (e.g. ``torchrun``), each process passes its own shard: rank 0's
+    initial weights are broadcast, gradients are averaged across processes after every step,
+    the data mean, firing statistics and the step count are agreed, and dead-latent resampling runs on rank 0 and is
     broadcast, so all replicas stay identical.
     """
     tcfg = tcfg or SAETrainConfig()
@@ -155,17 +155,17 @@ def train_sae(
         s = float((rec * target).sum() / rec.pow(2).sum().clamp_min(1e-12))
         sae.W_enc.mul_(s)
 
-    model: torch.nn.Module = sae
-    if dist:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(sae)  # broadcasts rank 0's initial weights
+    world = torch.distributed.get_world_size() if dist else 1
+    if dist:  # every replica starts from rank 0's weights and runs the same number of steps
+        for p in sae.parameters():
+            torch.distributed.broadcast(p.data, src=0)
         n_min = torch.tensor([n])
         torch.distributed.all_reduce(n_min, op=torch.distributed.ReduceOp.MIN)
-        n_steps_rows = int(n_min)  # every rank runs the same number of steps
+        n_steps_rows = int(n_min)
     else:
         n_steps_rows = n
-    opt = torch.optim.Adam(sae.parameters(), lr=tcfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    # fused: one kernel per parameter instead of a dozen, a third of a small step's time.
+    opt = torch.optim.Adam(sae.parameters(), lr=tcfg.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
     steps_per_epoch = math.ceil(n_steps_rows / tcfg.batch_size)
     total_steps = steps_per_epoch * tcfg.epochs
 
@@ -188,11 +188,12 @@ def train_sae(
         fvu_sum, aux_sum = 0.0, 0.0
         for s in range(0, n_steps_rows, tcfg.batch_size):
             x = x_all[perm[s : min(s + tcfg.batch_size, n_steps_rows)]]
-            dead = since_fired >= cfg.dead_after
-            out = model(x, dead_mask=dead)
-            loss = out.fvu + cfg.auxk_alpha * out.auxk_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            dead_ids = (since_fired >= cfg.dead_after).nonzero().squeeze(1)
+            out = sae.backward_step(x, dead_ids, cfg.auxk_alpha)
+            if dist:  # average the replicas' gradients, as DistributedDataParallel would
+                for p in sae.parameters():
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
             sae.remove_gradient_parallel_to_decoder_directions()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
@@ -201,16 +202,14 @@ def train_sae(
             with torch.no_grad():
                 fired = torch.zeros(cfg.n_latents, dtype=torch.bool)
                 fired[out.top_indices[out.top_acts > 0]] = True
-                seen = len(x)
                 if dist:
                     f = fired.to(torch.int32)
                     torch.distributed.all_reduce(f, op=torch.distributed.ReduceOp.MAX)
                     fired = f.bool()
-                    seen *= torch.distributed.get_world_size()
-                since_fired += seen
+                since_fired += len(x) * world
                 since_fired[fired] = 0
-            fvu_sum += float(out.fvu.detach()) * len(x)
-            aux_sum += float(out.auxk_loss.detach()) * len(x)
+            fvu_sum += out.fvu * len(x)
+            aux_sum += out.auxk_loss * len(x)
             step += 1
         if epoch + 1 < tcfg.epochs * tcfg.resample_until:
             n_res = resample_dead(sae, opt, x_all, since_fired >= cfg.dead_after, gen, dist)

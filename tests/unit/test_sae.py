@@ -1,4 +1,4 @@
-"""TopK SAE invariants, the sparse backward, AuxK, persistence, and the NumPy kernel's equality."""
+"""TopK SAE invariants, the hand-written backward, AuxK, persistence, and the NumPy kernel's equality."""
 
 from __future__ import annotations
 
@@ -41,22 +41,31 @@ def test_exactly_k_active_and_unit_norm_decoder_after_training():
     assert res.train.mean_l0 <= 5.0
 
 
-def test_sparse_backward_matches_dense_autograd():
+@pytest.mark.parametrize("n_dead", [0, 3, 12])
+def test_hand_written_gradients_match_autograd_through_forward(n_dead):
+    """backward_step (the training path) against autograd on forward's loss, AuxK included."""
     torch.manual_seed(0)
-    sae = TopKSAE(SAEConfig(d_in=8, expansion=4, k=3)).double()
+    cfg = SAEConfig(d_in=8, expansion=4, k=3, aux_k=5)
+    sae = TopKSAE(cfg).double()
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_()
-    x = torch.randn(7, 8, dtype=torch.double)
-    sae(x).fvu.backward()
-    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
+        sae.W_enc.mul_(2.0)
+    x = torch.randn(40, 8, dtype=torch.double)
+    dead = torch.zeros(cfg.n_latents, dtype=torch.bool)
+    dead[torch.randperm(cfg.n_latents)[:n_dead]] = True
+    alpha = 0.25
+    out = sae(x, dead_mask=dead)
+    (out.fvu + alpha * out.auxk_loss).backward()
+    reference = {n: p.grad.clone() for n, p in sae.named_parameters()}
     sae.zero_grad()
-    pre = sae.pre_acts(x)  # dense reference path
-    a, i = pre.topk(3, dim=-1)
-    fvu = (sae.decode(a, i) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-    fvu.backward()
+    step = sae.backward_step(x, dead.nonzero().squeeze(1), alpha)
+    assert step.fvu == pytest.approx(out.fvu.item(), rel=1e-12)
+    assert step.auxk_loss == pytest.approx(out.auxk_loss.item(), rel=1e-12)
+    if n_dead:
+        assert step.auxk_loss > 0
     for n, p in sae.named_parameters():
-        assert torch.allclose(p.grad, fast[n], atol=1e-10), n
+        assert torch.allclose(p.grad, reference[n], atol=1e-10), n
 
 
 def test_training_reduces_fvu_on_planted_sparse_data():
