@@ -1,10 +1,11 @@
 """SAE training throughput and quality on SASRec/ml-100k activations, against the arithmetic floor.
 
-    .venv/bin/python benchmarks/sae_training.py [--work-dir runs/bench] [--epochs 30]
+    .venv/bin/python benchmarks/sae_training.py [--work-dir runs/bench] [--settings 8x16:60,32x32:120]
 
 Captures (or reuses) the ~98k training-prefix activations of the default SASRec, then trains
-the two reference settings (k=8 x 1,024 latents, k=32 x 2,048) and prints seconds per epoch,
-samples per second, held-out FVU and dead ratio. The floor is the arithmetic a TopK step must
+the two reference settings (k=8 x 1,024 latents for 60 epochs, k=32 x 2,048 for 120) and
+prints seconds per epoch, samples per second, held-out FVU and dead ratio, and test NDCG@10
+with the reconstruction in the path relative to the original model. The floor is the arithmetic a TopK step must
 do (dense encoder matmul forward + sparse backward + k-row decoder) divided by this machine's
 measured fp32 matmul rate.
 """
@@ -21,7 +22,15 @@ import numpy as np
 import torch
 
 from recsae.data import leave_one_out
-from recsae.pipeline import JobConfig, capture_activations, load_data, train_recommender, work_dir_for
+from recsae.pipeline import (
+    JobConfig,
+    capture_activations,
+    fidelity,
+    kernel_of,
+    load_data,
+    train_recommender,
+    work_dir_for,
+)
 from recsae.sae import SAEConfig
 from recsae.train import SAETrainConfig, train_sae
 
@@ -47,14 +56,16 @@ def flops_per_sample(d: int, m: int, k: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work-dir", default="runs/bench")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=SAETrainConfig.epochs, help="for settings without ':epochs'")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=SAETrainConfig.batch_size)
     ap.add_argument("--resample-until", type=float, default=SAETrainConfig.resample_until,
                     help="share of epochs with dead-latent resampling (0: AuxK only)")
+    ap.add_argument("--resample", default=SAETrainConfig.resample, choices=["split", "residual"])
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--auxk-alpha", type=float, default=None, help="AuxK loss weight (default: SAEConfig's)")
     ap.add_argument("--aux-k", type=int, default=None, help="dead latents AuxK uses per sample")
-    ap.add_argument("--settings", default="8x16,32x32", help="k x expansion pairs, comma separated")
+    ap.add_argument("--settings", default="8x16:60,32x32:120", help="k x expansion[:epochs], comma separated")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from recsae.cli import default_data_dir
@@ -69,19 +80,33 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {a.threads}")
     print(f"measured fp32 matmul rate (2048x64 @ 64x2048): {rate:.1f} GFLOP/s")
     print(f"activations: train {train.shape}, held-out {held.shape}")
-    print(f"batch {a.batch_size}, {a.epochs} epochs, resampling for the first {a.resample_until:.0%} of epochs\n")
-    print("| setting | s/epoch | samples/s | floor s/epoch | x floor | held-out FVU | held-out dead | train dead |")
-    print("|---|---|---|---|---|---|---|---|")
-    for k, exp in (map(int, pair.split("x")) for pair in a.settings.split(",")):
+    print(
+        f"batch {a.batch_size}, '{a.resample}' resampling for the first {a.resample_until:.0%} of epochs, seed {a.seed}\n"
+    )
+    print(
+        "| setting | epochs | s/epoch | samples/s | floor s/epoch | x floor | held-out FVU | held-out dead "
+        "| train dead | NDCG@10 recon/orig (95% CI) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for setting in a.settings.split(","):
+        shape, _, epochs = setting.partition(":")
+        k, exp = map(int, shape.split("x"))
         aux = {"auxk_alpha": a.auxk_alpha} if a.auxk_alpha is not None else {}
         sc = SAEConfig(d_in=train.shape[1], expansion=exp, k=k, aux_k=a.aux_k, **aux)
-        tc = SAETrainConfig(epochs=a.epochs, batch_size=a.batch_size, resample_until=a.resample_until, progress=False)
+        tc = SAETrainConfig(
+            epochs=int(epochs or a.epochs), batch_size=a.batch_size, resample_until=a.resample_until,
+            resample=a.resample, seed=a.seed, progress=False,
+        )
         res = train_sae(train, sc, tc, held)
+        fid = fidelity(model, split, kernel_of(res.sae))
+        lo, hi = fid["ndcg10_ratio_reconstruction_ci95"]
         floor = flops_per_sample(sc.d_in, sc.n_latents, k) * len(train) / (rate * 1e9)
         h = res.heldout
         print(
-            f"| k={k} x {sc.n_latents} | {res.seconds_per_epoch:.3f} | {res.samples_per_second:,.0f} | {floor:.3f} | "
-            f"{res.seconds_per_epoch / floor:.1f} | {h.fvu:.4f} | {h.dead_ratio:.2%} | {res.train.dead_ratio:.2%} |"
+            f"| k={k} x {sc.n_latents} | {tc.epochs} | {res.seconds_per_epoch:.3f} | {res.samples_per_second:,.0f} | "
+            f"{floor:.3f} | {res.seconds_per_epoch / floor:.1f} | {h.fvu:.4f} | {h.dead_ratio:.2%} | "
+            f"{res.train.dead_ratio:.2%} | {fid['ndcg10_ratio_reconstruction']:.3f} ({lo:.3f}-{hi:.3f}) |",
+            flush=True,
         )
 
 

@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-param", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--expansion", type=int, default=16, help="latents = expansion x d (default 16)")
     t.add_argument("-k", "--k", type=int, default=8, help="active latents per sample (default 8)")
-    t.add_argument("--sae-epochs", type=int, default=30)
+    t.add_argument("--sae-epochs", type=int, default=60, help="SAE epochs (default 60; 120 for --k 32 --expansion 32)")
     t.add_argument("--describer", default="stats", choices=["stats", "llm", "none"])
     t.add_argument("--llm", action="append", default=[], metavar="KEY=VALUE", help=(
         "LLM describer setting, repeatable: base_url=http://host:8000/v1, model=NAME, concurrency=N, "

@@ -44,7 +44,7 @@ class JobConfig:
     train_params: dict = field(default_factory=dict)
     expansion: int = 16
     k: int = 8
-    sae_epochs: int = 30
+    sae_epochs: int = 60
     sae_batch_size: int = 512
     sae_lr: float = 2e-3
     heldout_fraction: float = 0.1
@@ -214,7 +214,7 @@ def capture_activations(model, split: Split, cfg: JobConfig, work: Path) -> Acti
 # -- SAE -----------------------------------------------------------------------------------------
 # Bump when a change to the SAE training code changes what it produces for the same settings,
 # so that cached SAEs from older code are not silently reused.
-SAE_CODE_VERSION = 2  # 2: AuxK decodes the dead latents densely (ties at its top-k bar kept)
+SAE_CODE_VERSION = 3  # 2: AuxK decodes the dead latents densely (ties at its top-k bar kept); 3: hand-written gradients, fused Adam, split resampling
 
 
 def sae_settings(cfg: JobConfig, d_in: int) -> tuple[SAEConfig, SAETrainConfig]:

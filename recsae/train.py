@@ -20,7 +20,7 @@ from recsae.sae import SAEConfig, TopKSAE
 
 @dataclass
 class SAETrainConfig:
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 512
     lr: float = 2e-3
     lr_warmup_steps: int = 50
@@ -32,9 +32,11 @@ class SAETrainConfig:
     # begins in a populated region; "random": isotropic Gaussian directions.
     init: str = "data"
     # After each of the first ``resample_until`` share of epochs, latents that have not fired
-    # for ``SAEConfig.dead_after`` samples are re-initialised towards poorly reconstructed
-    # samples (Bricken et al. 2023). AuxK alone could not revive them at d=64 (see README).
-    resample_until: float = 0.9
+    # for ``SAEConfig.dead_after`` samples are re-initialised (``resample``: "split" a busy
+    # latent or point at a "residual", see ``resample_dead``). AuxK alone could not revive them
+    # at d=64 (see README). The epochs after the last resampling let the reconstruction settle.
+    resample_until: float = 0.95
+    resample: str = "split"
 
 
 @dataclass
@@ -212,8 +214,9 @@ def train_sae(
             aux_sum += out.auxk_loss * len(x)
             step += 1
         if epoch + 1 < tcfg.epochs * tcfg.resample_until:
-            n_res = resample_dead(sae, opt, x_all, since_fired >= cfg.dead_after, gen, dist)
-            since_fired[since_fired >= cfg.dead_after] = 0 if n_res else since_fired[since_fired >= cfg.dead_after]
+            renewed = resample_dead(sae, opt, x_all, since_fired >= cfg.dead_after, gen, dist, tcfg.resample)
+            since_fired[renewed] = 0
+            n_res = len(renewed)
         else:
             n_res = 0
         t_train += time.perf_counter() - t0
@@ -247,23 +250,56 @@ def resample_dead(
     dead: torch.Tensor,
     gen: torch.Generator,
     dist: bool = False,
-) -> int:
-    """Point dead latents at the residuals of badly reconstructed samples; reset their Adam state."""
+    mode: str = "split",
+) -> torch.Tensor:
+    """Give dead latents a new start and return their ids; reset the Adam state of all touched.
+
+    ``split`` (default): each dead latent becomes a perturbed copy of a busy latent (drawn in
+    proportion to how often it fires) and the pair share the encoder, each at half scale, so
+    their summed contribution starts where the busy latent's was. The new latent begins in a
+    populated region and training splits the region between the two, as in k-means
+    splitting. ``residual`` (Bricken et al. 2023): point the dead latent at the residual of a
+    badly reconstructed sample, at the alive latents' mean encoder norm; under TopK such a
+    latent fires at full strength where it is wrong, which costs far more reconstruction
+    while it learns (k=32 x 2,048, 100 epochs: see README).
+    """
     dead_ids = dead.nonzero().squeeze(1)
     if len(dead_ids) == 0:
-        return 0
-    probe = x_all[torch.randperm(len(x_all), generator=gen)[: max(8192, 4 * len(dead_ids))]]
-    out = sae(probe)
-    resid = probe - out.recon
-    loss = resid.pow(2).sum(1)
-    pick = torch.multinomial(loss / loss.sum(), len(dead_ids), replacement=len(dead_ids) > len(probe), generator=gen)
-    dirs = resid[pick]
-    dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    alive = ~dead
-    enc_norm = float(sae.W_enc[alive].norm(dim=1).mean()) if alive.any() else 1.0
-    sae.W_dec[dead_ids] = dirs
-    sae.W_enc[dead_ids] = dirs * enc_norm
-    sae.b_enc[dead_ids] = float(sae.b_enc[alive].mean()) if alive.any() else 0.0
+        return dead_ids
+    probe = x_all[torch.randperm(len(x_all), generator=gen)[: max(16384, 4 * len(dead_ids))]]
+    if mode == "split":
+        counts = torch.bincount(sae.encode(probe).top_indices.flatten(), minlength=sae.cfg.n_latents).float()
+        counts[dead] = 0
+        n_new = min(len(dead_ids), int((counts > 0).sum()))
+        if n_new == 0:
+            return dead_ids[:0]
+        dead_ids = dead_ids[:n_new]
+        src = torch.multinomial(counts / counts.sum(), n_new, replacement=False, generator=gen)
+        d_noise = torch.randn(n_new, sae.cfg.d_in, generator=gen)
+        e_noise = torch.randn(n_new, sae.cfg.d_in, generator=gen)
+        dec = sae.W_dec[src] + 0.3 * d_noise / d_noise.norm(dim=1, keepdim=True)
+        sae.W_dec[dead_ids] = dec / dec.norm(dim=1, keepdim=True)
+        enc_norm = sae.W_enc[src].norm(dim=1, keepdim=True)
+        sae.W_enc[src] *= 0.5
+        sae.b_enc[src] *= 0.5
+        sae.W_enc[dead_ids] = sae.W_enc[src] + 0.15 * enc_norm * e_noise / e_noise.norm(dim=1, keepdim=True)
+        sae.b_enc[dead_ids] = sae.b_enc[src]
+        touched = torch.cat([dead_ids, src])
+    elif mode == "residual":
+        out = sae(probe)
+        resid = probe - out.recon
+        loss = resid.pow(2).sum(1)
+        pick = torch.multinomial(loss / loss.sum(), len(dead_ids), replacement=len(dead_ids) > len(probe), generator=gen)
+        dirs = resid[pick]
+        dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        alive = ~dead
+        enc_norm = float(sae.W_enc[alive].norm(dim=1).mean()) if alive.any() else 1.0
+        sae.W_dec[dead_ids] = dirs
+        sae.W_enc[dead_ids] = dirs * enc_norm
+        sae.b_enc[dead_ids] = float(sae.b_enc[alive].mean()) if alive.any() else 0.0
+        touched = dead_ids
+    else:
+        raise ValueError(f"unknown resampling mode {mode!r}: use 'split' or 'residual'")
     if dist:  # rank 0's choice wins; the dead mask is already identical on every rank
         for p in (sae.W_dec, sae.W_enc, sae.b_enc):
             torch.distributed.broadcast(p.data, src=0)
@@ -271,8 +307,8 @@ def resample_dead(
         st = opt.state.get(p, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in st:
-                st[key][dead_ids] = 0.0
-    return len(dead_ids)
+                st[key][touched] = 0.0
+    return dead_ids
 
 
 def config_dict(cfg: SAEConfig, tcfg: SAETrainConfig) -> dict:
