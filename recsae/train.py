@@ -131,7 +131,7 @@ def train_sae(
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
-    x_all = torch.as_tensor(np.ascontiguousarray(train_acts), dtype=torch.float32)
+    x_all = torch.from_numpy(np.array(train_acts, dtype=np.float32))  # a writable copy of the memmap
     n = len(x_all)
     sae = TopKSAE(cfg, seed=tcfg.seed)
     with torch.no_grad():
