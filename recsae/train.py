@@ -84,7 +84,7 @@ class SAETrainResult:
 @torch.no_grad()
 def measure(sae: TopKSAE, acts: np.ndarray | torch.Tensor, batch_size: int = 8192) -> SAEMetrics:
     """FVU, dead ratio, L0 and per-latent statistics of ``sae`` on ``acts``."""
-    x_all = torch.as_tensor(np.asarray(acts), dtype=torch.float32)
+    x_all = acts.float() if isinstance(acts, torch.Tensor) else torch.from_numpy(np.array(acts, dtype=np.float32))
     n, m = len(x_all), sae.cfg.n_latents
     mean = x_all.mean(0)
     sq_err = 0.0
