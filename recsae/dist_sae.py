@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=2048, help="per process")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dead-after", type=int, default=SAEConfig.dead_after, help="samples without firing before a latent counts as dead")
     a = ap.parse_args(argv)
     backend = "nccl" if torch.cuda.is_available() and os.environ.get("RECSAE_DIST_BACKEND") != "gloo" else "gloo"
     dist.init_process_group(backend)
@@ -43,13 +44,20 @@ def main(argv: list[str] | None = None) -> None:
     if len(shards) != world:
         raise SystemExit(f"{len(shards)} shards match {a.shards!r} but {world} processes run: give one shard per process")
     x = np.load(shards[rank], mmap_mode="r")
-    cfg = SAEConfig(d_in=x.shape[1], expansion=a.expansion, k=a.k)
+    cfg = SAEConfig(d_in=x.shape[1], expansion=a.expansion, k=a.k, dead_after=a.dead_after)
     tcfg = SAETrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, progress=rank == 0)
     res = train_sae(np.asarray(x), cfg, tcfg)
+    # Replicas must have stayed identical (resampling included): largest gap to rank 0's weights.
+    gap = torch.zeros(1)
+    for p in res.sae.parameters():
+        ref = p.detach().clone()
+        dist.broadcast(ref, src=0)
+        gap = torch.maximum(gap, (p.detach() - ref).abs().max().reshape(1))
+    dist.all_reduce(gap, op=dist.ReduceOp.MAX)
     if rank == 0:
         out = Path(a.out)
         res.sae.save(out)
-        metrics = {"world_size": world, "train_shard0": res.train.as_dict(), "seconds_per_epoch": res.seconds_per_epoch}
+        metrics = {"world_size": world, "replica_max_abs_gap": float(gap), "train_shard0": res.train.as_dict(), "seconds_per_epoch": res.seconds_per_epoch}
         if a.heldout:
             metrics["heldout"] = measure(res.sae, np.load(a.heldout)).as_dict()
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

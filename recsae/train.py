@@ -271,10 +271,16 @@ def resample_dead(
         counts = torch.bincount(sae.encode(probe).top_indices.flatten(), minlength=sae.cfg.n_latents).float()
         counts[dead] = 0
         n_new = min(len(dead_ids), int((counts > 0).sum()))
+        src = torch.multinomial(counts / counts.sum(), n_new, replacement=False, generator=gen) if n_new else None
+        if dist:  # shards see different counts: every rank takes rank 0's parents
+            n_t = torch.tensor([n_new])
+            torch.distributed.broadcast(n_t, src=0)
+            src_t = src if torch.distributed.get_rank() == 0 and src is not None else torch.zeros(int(n_t), dtype=torch.long)
+            torch.distributed.broadcast(src_t, src=0)
+            n_new, src = int(n_t), src_t
         if n_new == 0:
             return dead_ids[:0]
         dead_ids = dead_ids[:n_new]
-        src = torch.multinomial(counts / counts.sum(), n_new, replacement=False, generator=gen)
         d_noise = torch.randn(n_new, sae.cfg.d_in, generator=gen)
         e_noise = torch.randn(n_new, sae.cfg.d_in, generator=gen)
         dec = sae.W_dec[src] + 0.3 * d_noise / d_noise.norm(dim=1, keepdim=True)

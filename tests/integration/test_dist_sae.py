@@ -44,6 +44,7 @@ def test_torchrun_two_processes_match_single_process_quality(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     dist_metrics = json.loads((tmp_path / "sae" / "metrics.json").read_text())
     assert dist_metrics["world_size"] == 2
+    assert dist_metrics["replica_max_abs_gap"] == 0.0  # the replicas stayed identical
     # same quality as one process seeing all the data with the same global batch (2 x 256)
     single = train_sae(train, SAEConfig(d_in=16, expansion=exp, k=k), SAETrainConfig(epochs=epochs, batch_size=512, progress=False), held)
     dist_fvu = measure(TopKSAE.load(tmp_path / "sae"), held).fvu
