@@ -23,7 +23,15 @@ from recsae import ConfigError
 from recsae.bundle import Catalog, UserTable, write_bundle
 from recsae.concepts import ConceptDictionary, placeholder_dictionary
 from recsae.data import Dataset, Split, leave_one_out
-from recsae.evaluate import eval_users, evaluate_reps, metrics_from_ranks, ndcg_per_user, paired_ratio_ci, stage_ranks
+from recsae.evaluate import (
+    eval_users,
+    evaluate_reps,
+    metrics_from_ranks,
+    ndcg_per_user,
+    paired_ratio_ci,
+    sample_negatives,
+    stage_ranks,
+)
 from recsae.kernel import Codes, SAEKernel, history_windows, top_items
 from recsae.sae import SAEConfig, TopKSAE
 from recsae.train import SAETrainConfig, SAETrainResult, measure, train_sae
@@ -260,7 +268,10 @@ def kernel_of(sae: TopKSAE) -> SAEKernel:
 def fidelity(model, split: Split, kernel: SAEKernel) -> dict:
     """Test metrics with the SAE in the path, against the original model.
 
-    - ``reconstruction``: x replaced by the SAE's reconstruction (the paper's setting);
+    - ``reconstruction``: x replaced by the SAE's reconstruction (the paper's setting), ranked
+      over all items and, for comparison with published figures, against 99 sampled negatives
+      (a far gentler test: an untrained SAE keeps ~0.9 of sampled NDCG@10 on ml-100k, ~0.75 of
+      full-ranking NDCG@10);
     - ``error_preserving_none``: error-preserving mode with nothing suppressed (must equal the
       original exactly: the service's default path);
     - ``suppress_top1_*``: each user's strongest latent suppressed, in both modes, with the
@@ -271,8 +282,12 @@ def fidelity(model, split: Split, kernel: SAEKernel) -> dict:
     emb = item_embeddings(model)
     codes = kernel.encode(x)
     x_rec = kernel.decode(codes)
-    base_ranks, _ = stage_ranks(x, emb, split, users, "test")
-    rec_ranks, _ = stage_ranks(x_rec, emb, split, users, "test")
+    try:
+        negatives = sample_negatives(split, users, 99, seed=0)
+    except ValueError:  # a catalogue too small for 99 unseen items per user
+        negatives = None
+    base_ranks, base_sampled = stage_ranks(x, emb, split, users, "test", negatives)
+    rec_ranks, rec_sampled = stage_ranks(x_rec, emb, split, users, "test", negatives)
     base = {**metrics_from_ranks(base_ranks), "users": len(users)}
     recon = {**metrics_from_ranks(rec_ranks), "users": len(users)}
     top1 = Codes(codes.acts, codes.idx)
@@ -294,6 +309,10 @@ def fidelity(model, split: Split, kernel: SAEKernel) -> dict:
         "reconstruction": recon,
         "ndcg10_ratio_reconstruction": recon[m] / max(base[m], 1e-12),
         "ndcg10_ratio_reconstruction_ci95": [round(ci[0], 4), round(ci[1], 4)],
+        "ndcg10_ratio_reconstruction_sampled99": (
+            float(ndcg_per_user(rec_sampled, 10).mean() / max(ndcg_per_user(base_sampled, 10).mean(), 1e-12))
+            if negatives is not None else None
+        ),
         "error_preserving_none_equal": bool(np.array_equal(kernel.steer(x, codes, {}), x)),
         "overlap10_reconstruction": overlap(x_rec),
         "overlap10_suppress_top1_error_preserving": overlap(supp_err),

@@ -3,6 +3,7 @@ their licences forbid redistribution); set ``RECSAE_DATA_DIR`` to point elsewher
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -31,9 +32,17 @@ def data_dir() -> Path:
 
 
 # A small but real bundle (SASRec on ml-100k, few epochs), built once per session through the
-# offline job itself and cached across sessions in .pytest-bundles/ keyed by the job settings.
+# offline job itself and cached across sessions in .pytest-bundles/ keyed by the job settings
+# and the library's source (a code change must not be tested against a bundle older code built).
 # Tests that need a served model use it; the offline-job tests check the full-size numbers.
 BUNDLE_CACHE = REPO_ROOT / ".pytest-bundles"
+
+
+def _source_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted([*(REPO_ROOT / "recsae").rglob("*.py"), *(REPO_ROOT / "models").rglob("*.py")]):
+        h.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:10]
 
 
 def build_small_bundle(data_dir: Path, name: str = "ml100k-sasrec", describer: str = "stats", **overrides):
@@ -53,7 +62,7 @@ def build_small_bundle(data_dir: Path, name: str = "ml100k-sasrec", describer: s
     )
     for k, v in overrides.items():
         setattr(cfg, k, v)
-    out = BUNDLE_CACHE / f"{name}-{cfg.key(*cfg.__dataclass_fields__)}"
+    out = BUNDLE_CACHE / f"{name}-{cfg.key(*cfg.__dataclass_fields__)}-{_source_digest()}"
     if not (out / "manifest.json").exists():
         run_job(cfg, out, BUNDLE_CACHE / "work")
     return out
