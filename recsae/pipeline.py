@@ -290,6 +290,9 @@ def fidelity(model, split: Split, kernel: SAEKernel) -> dict:
     rec_ranks, rec_sampled = stage_ranks(x_rec, emb, split, users, "test", negatives)
     base = {**metrics_from_ranks(base_ranks), "users": len(users)}
     recon = {**metrics_from_ranks(rec_ranks), "users": len(users)}
+    if negatives is not None:  # as evaluate_reps reports them
+        base.update(metrics_from_ranks(base_sampled, prefix="sampled_"))
+        recon.update(metrics_from_ranks(rec_sampled, prefix="sampled_"))
     top1 = Codes(codes.acts, codes.idx)
     supp_err = x - top1.acts[:, :1] * kernel.W_dec[top1.idx[:, 0]]
     recon_mask = codes.acts.copy()
@@ -310,8 +313,7 @@ def fidelity(model, split: Split, kernel: SAEKernel) -> dict:
         "ndcg10_ratio_reconstruction": recon[m] / max(base[m], 1e-12),
         "ndcg10_ratio_reconstruction_ci95": [round(ci[0], 4), round(ci[1], 4)],
         "ndcg10_ratio_reconstruction_sampled99": (
-            float(ndcg_per_user(rec_sampled, 10).mean() / max(ndcg_per_user(base_sampled, 10).mean(), 1e-12))
-            if negatives is not None else None
+            recon[f"sampled_{m}"] / max(base[f"sampled_{m}"], 1e-12) if negatives is not None else None
         ),
         "error_preserving_none_equal": bool(np.array_equal(kernel.steer(x, codes, {}), x)),
         "overlap10_reconstruction": overlap(x_rec),
