@@ -275,3 +275,26 @@ def test_negative_sampling_avoids_training_items(split: Split) -> None:
 def test_sasrec_is_the_reference_setting() -> None:
     m = SASRec(10, 50)
     assert (m.dim, m.n_layers, m.n_heads, m.max_len) == (64, 1, 1, 20)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_heldout_targets_line_up_with_captured_rows(name: str, split: Split, tmp_path: Path) -> None:
+    """Each held-out activation row's target is the item that followed its input in the user's
+    history, and what it skips is exactly that input: what the wide fidelity figure relies on."""
+    from recsae.kernel import history_windows
+    from recsae.pipeline import JobConfig, capture_activations, heldout_targets
+
+    cfg = JobConfig(dataset="tiny", heldout_fraction=0.3, progress=False)
+    model = small(name, split)
+    acts = capture_activations(model, split, cfg, tmp_path)
+    rows, targets, exclude = heldout_targets(split, cfg, model.input_kind)
+    assert len(rows) == len(targets) == len(exclude) > 0 and rows.max() < len(acts.heldout)
+    if model.input_kind == "history":  # every held-out row has a next item
+        assert len(rows) == len(acts.heldout)
+    users = np.asarray(acts.heldout_users)[rows]
+    windows = np.asarray(acts.heldout_windows)[rows]
+    for u, w, t, ex in zip(users, windows, targets, exclude):
+        full = split.full_history(int(u))
+        assert np.array_equal(ex, full[: len(ex)]) and t == full[len(ex)]
+        if model.input_kind == "history":
+            assert np.array_equal(w, history_windows([ex], model.max_len, split.n_items)[0])
