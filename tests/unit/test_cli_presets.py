@@ -20,7 +20,7 @@ def test_default_preset_is_the_job_defaults():
 def test_fidelity_preset_and_overrides():
     assert shape("--sae-preset", "fidelity") == (32, 32, 120)
     assert shape("--sae-preset", "fidelity", "--sae-epochs", "80") == (32, 32, 80)
-    assert shape("--k", "16") == (16, 16, 60)
+    assert shape("--k", "16") == (16, 16, 60) == shape("--sae-preset", "balanced")
 
 
 def test_unknown_preset_is_refused(capsys):
