@@ -274,7 +274,7 @@ class Core:
         ]
         active_out: list[dict] = []
         if explain:
-            active_out = self._explain(xs, codes, strengths, ids, items, lookup, baseline)
+            active_out = self._explain(xs, codes, strengths, ids, items, baseline)
 
         if not self._warming:
             self.drift.record(np.asarray(active, dtype=np.int64))
@@ -287,7 +287,7 @@ class Core:
             self.recent.maybe_record(user_id, items, active, strengths, pol.name if pol is not None else None,
                                      baseline)
         active_set = set(active)
-        return {
+        body = {
             "user_id": user_id,
             "bundle_version": self.bundle.version,
             "bundle_hash": self.bundle.bundle_hash,
@@ -302,6 +302,25 @@ class Core:
             "items": items,
             "active_latents": active_out,
         }
+        if explain:
+            # the concepts' Redis reply is read only now, when everything else is built: the
+            # round trip sent after encoding overlaps all of the request's own work
+            self._describe(items, active_out, lookup.concepts() or {})
+        return body
+
+    @staticmethod
+    def _describe(items: list[dict], active_out: list[dict], concepts: dict[int, ConceptSummary]) -> None:
+        """Fill the concept fields that need the lookup: labels per contribution, descriptions."""
+        labels: dict[int, str | None] = {}
+        for a in active_out:
+            cs = concepts.get(a["latent"])
+            if cs is not None:
+                a["description"], a["confidence"], a["status"] = cs.description, cs.confidence, cs.status
+                labels[a["latent"]] = _label(cs.description)
+        if labels:
+            for item in items:
+                for c in item["explanation"]["contributions"]:
+                    c["label"] = labels.get(c["latent"])
 
     def _explain(
         self,
@@ -310,10 +329,10 @@ class Core:
         strengths: dict[int, float],
         ids: np.ndarray,
         items: list[dict],
-        lookup: "_Lookup",
         baseline: float = 0.0,
     ) -> list[dict]:
-        """Per-item bias + contributions + error (= the steered score), and the active concepts.
+        """Per-item bias + contributions + error (= the steered score), and the active concepts
+        (their descriptions and labels are filled in by ``_describe`` once the lookup answers).
 
         Uses ``SAEKernel.explain`` on the steered representation, the steered codes (z_j scaled
         by 1 - strength_j) and the steered bias ((1 - baseline) b_dec), so bias +
@@ -331,33 +350,21 @@ class Core:
         contrib_t = _rounded(contrib.T)
         bias, error = _rounded(ex.bias[0]), _rounded(ex.error[0])
         acts, strength = _rounded(codes.acts[0][firing]), w[0][firing].tolist()
-        concepts = lookup.concepts() or {}  # the first point that needs the Redis reply
-        label = [_label(concepts[j].description) if j in concepts else None for j in lat]
         for n, item in enumerate(items):
             c = contrib_t[n]
             item["explanation"] = {
                 "bias": bias[n],
                 "error": error[n],
                 "contributions": [
-                    {"latent": lat[a], "contribution": c[a], "label": label[a], "suppressed": sup[a]}
+                    {"latent": lat[a], "contribution": c[a], "label": None, "suppressed": sup[a]}
                     for a in order[n]
                 ],
             }
-        out = []
-        for a, j in enumerate(lat):
-            cs = concepts.get(j)
-            out.append(
-                {
-                    "latent": j,
-                    "activation": acts[a],
-                    "description": cs.description if cs else None,
-                    "confidence": cs.confidence if cs else None,
-                    "status": cs.status if cs else None,
-                    "suppressed": sup[a],
-                    "strength": strength[a],
-                }
-            )
-        return out
+        return [
+            {"latent": j, "activation": acts[a], "description": None, "confidence": None, "status": None,
+             "suppressed": sup[a], "strength": strength[a]}
+            for a, j in enumerate(lat)
+        ]
 
     # -- concepts and bundle ----------------------------------------------------------------------
     def concept(self, latent: int) -> Concept:
