@@ -385,6 +385,13 @@ class Core:
         for key in ("fvu", "dead_ratio"):
             if key in heldout:
                 headline[f"sae_heldout_{key}"] = heldout[key]
+        # how much of the model the concepts capture: NDCG@10 with the SAE's reconstruction in
+        # place of the activation / the original's (all held-out rows; the test users alone)
+        fid = metrics.get("fidelity", {})
+        for key, name in (("heldout_ndcg10_ratio_reconstruction", "sae_heldout_ndcg10_ratio"),
+                          ("ndcg10_ratio_reconstruction", "sae_test_ndcg10_ratio")):
+            if isinstance(fid.get(key), (int, float)):
+                headline[name] = round(float(fid[key]), 4)
         if "onnx_max_abs_diff" in metrics:
             headline["onnx_max_abs_diff"] = metrics["onnx_max_abs_diff"]
         describer = m.get("settings", {}).get("describer") or "unknown"

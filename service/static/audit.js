@@ -313,7 +313,11 @@ function init() {
   $("#recent-refresh").addEventListener("click", loadRecent);
   api("/bundle").then((b) => {
     state.bundle = b;
-    $("#bundle-info").textContent = `bundle ${b.version} · ${b.model.name} · SAE ${b.sae.n_latents} latents, k=${b.sae.k}`;
+    const keeps = b.metrics && b.metrics.sae_heldout_ndcg10_ratio;
+    $("#bundle-info").textContent = `bundle ${b.version} · ${b.model.name} · SAE ${b.sae.n_latents} latents, k=${b.sae.k}` +
+      (typeof keeps === "number" ? ` · concepts alone keep ${(100 * keeps).toFixed(1)}% of NDCG@10` : "");
+    $("#bundle-info").title = "NDCG@10 with the SAE's reconstruction in place of the model's activation, " +
+      "over held-out activations, relative to the model: how much of the ranking the concepts capture";
     if (!b.accepts_history) {
       $("#history-choice").hidden = true;
     }

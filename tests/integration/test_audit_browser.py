@@ -200,6 +200,10 @@ def test_toggle_reranks_exactly_like_the_api(server, browser):
     # the token is typed into the page and kept in sessionStorage (this tab only)
     cdp.js(f"document.querySelector('#token').value = {json.dumps(TOKEN)}; document.querySelector('#token-save').click()")
     assert cdp.js("sessionStorage.getItem('recsae-audit-token')") == TOKEN
+    # the header says how much of the ranking the concepts capture, as /bundle reports it
+    keeps = c.request("GET", "/bundle")[1]["metrics"]["sae_heldout_ndcg10_ratio"]
+    cdp.wait("document.querySelector('#bundle-info').textContent.includes('keep')")
+    assert f"keep {100 * keeps:.1f}% of NDCG@10" in cdp.js("document.querySelector('#bundle-info').textContent")
 
     cdp.js(f"document.querySelector('#user-id').value = {json.dumps(user)}; document.querySelector('#show').click()")
     cdp.wait("document.querySelector('#rec-status').dataset.state === 'ready'")
