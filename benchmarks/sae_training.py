@@ -7,8 +7,8 @@ the two reference settings (k=8 x 1,024 latents for 60 epochs, k=32 x 2,048 for 
 prints seconds per epoch, samples per second, held-out FVU and dead ratio, and NDCG@10 with
 the reconstruction in the path relative to the original model: on the 943 test users, and on
 all ~11.8k held-out rows (each held-out prefix's next item, plus the dev and test inputs).
-The floor is the arithmetic a TopK step must do (dense encoder matmul forward + sparse backward + k-row decoder) divided by this machine's
-measured fp32 matmul rate.
+The floor is the arithmetic a TopK step must do (dense encoder matmul forward + sparse
+backward + k-row decoder) divided by this machine's measured fp32 matmul rate.
 """
 
 from __future__ import annotations
