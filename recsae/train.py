@@ -143,7 +143,9 @@ def train_sae(
         sae.b_dec.copy_(total[:-1] / total[-1])
         if tcfg.init == "data":
             pick = torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed + 1))
-            rows = x_all[pick[: cfg.n_latents] % n] - sae.b_dec
+            # more latents than rows (user-based models on small data): rows are reused, the noise
+            # below tells their copies apart
+            rows = x_all[pick[torch.arange(cfg.n_latents) % n]] - sae.b_dec
             rows = rows + 1e-3 * torch.randn_like(rows)
             rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
             sae.W_dec.copy_(rows)

@@ -41,6 +41,17 @@ def test_exactly_k_active_and_unit_norm_decoder_after_training():
     assert res.train.mean_l0 <= 5.0
 
 
+def test_more_latents_than_training_rows_still_trains():
+    """User-based models on small data (BPR-MF on ml-100k: 859 training users, 2,048 latents)
+    give fewer rows than latents: the data initialisation reuses rows instead of failing."""
+    x = sparse_data(300, 16, 20, 2)
+    res = train_sae(x, SAEConfig(d_in=16, expansion=32, k=4), SAETrainConfig(epochs=3, batch_size=64, progress=False))
+    w = res.sae.W_dec.detach()
+    assert w.shape == (512, 16) and torch.isfinite(w).all()
+    assert len(torch.unique(w, dim=0)) == 512  # reused rows start apart
+    assert res.train.fvu < 1.0
+
+
 @pytest.mark.parametrize("n_dead", [0, 3, 12])
 def test_hand_written_gradients_match_autograd_through_forward(n_dead):
     """backward_step (the training path) against autograd on forward's loss, AuxK included."""
