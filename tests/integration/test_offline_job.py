@@ -73,3 +73,23 @@ def test_small_ml100k_bundle_fidelity(small_bundle):
     tlo, thi = fid["ndcg10_ratio_reconstruction_ci95"]
     assert hi - lo < thi - tlo, fid
     assert m["metrics"]["sae"]["heldout"]["fvu"] < 0.5
+
+
+@pytest.mark.parametrize("model", ["bprmf", "lightgcn"])
+def test_user_based_recommenders_build_a_bundle_on_ml100k(data_dir, tmp_path, model):
+    """The whole job for the general and graph recommenders on real data: one activation row per
+    user gives fewer SAE training rows (859) than the default latent count (16 x d = 2,048)."""
+    from recsae.pipeline import JobConfig, run_job
+
+    cfg = JobConfig(dataset="ml-100k", data_dir=str(data_dir), model=model, train_params={"epochs": 3},
+                    sae_epochs=3, describer="none", progress=False)
+    res = run_job(cfg, tmp_path / "b", tmp_path / "work")
+    s = res.summary
+    m = json.loads((res.bundle / "manifest.json").read_text())
+    assert m["model"]["name"] == model and m["model"]["input_kind"] == "user"
+    assert s["sae"]["train"]["n_samples"] < m["sae"]["n_latents"]  # the case that used to crash
+    assert s["onnx_max_abs_diff"] <= 1e-4
+    fid = s["fidelity"]
+    assert fid["error_preserving_none_equal"] is True
+    # the held-out rows are the ~10% of users kept from SAE training that have a test item
+    assert 0 < fid["heldout_rows"] < 943 and fid["heldout_ndcg10_original"] > 0
