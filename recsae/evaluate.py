@@ -212,8 +212,13 @@ def paired_ratio_ci(
     if new.shape != ref.shape or new.ndim != 1 or len(new) == 0:
         raise ValueError(f"need two equal-length 1-d arrays, got {new.shape} and {ref.shape}")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(new), size=(n_boot, len(new)))
-    ratios = new[idx].mean(1) / np.maximum(ref[idx].mean(1), 1e-12)
+    # resamples drawn in blocks (the same stream as one (n_boot, n) draw): all at once, 40k
+    # rows x 2,000 resamples held ~2 GB of indices and gathered values
+    ratios = np.empty(n_boot)
+    step = max(1, 2**22 // len(new))
+    for s in range(0, n_boot, step):
+        idx = rng.integers(0, len(new), size=(min(step, n_boot - s), len(new)))
+        ratios[s : s + len(idx)] = new[idx].mean(1) / np.maximum(ref[idx].mean(1), 1e-12)
     a = (1 - level) / 2
     lo, hi = np.quantile(ratios, [a, 1 - a])
     return float(lo), float(hi)
