@@ -271,13 +271,29 @@ def stage_ranks(
     if item_emb.shape[0] != split.n_items:
         raise ValueError(f"item_emb has {item_emb.shape[0]} rows, split has {split.n_items} items")
     targets = stage_targets(split, users, stage)
-    history = stage_histories(split, users, stage)
+    return target_ranks(reps, item_emb, targets, stage_histories(split, users, stage), negatives, ties, chunk)
+
+
+def target_ranks(
+    reps: np.ndarray,
+    item_emb: np.ndarray,
+    targets: np.ndarray,
+    exclude: Sequence[np.ndarray],
+    negatives: np.ndarray | None = None,
+    ties: Ties = "pessimistic",
+    chunk: int = 1024,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """0-based full-ranking ranks of each row's target (skipping its ``exclude`` items), and
+    sampled ranks with ``negatives``, scoring ``reps @ item_emb.T`` in chunks of rows."""
+    reps = np.asarray(reps, dtype=np.float32)
+    item_emb = np.asarray(item_emb, dtype=np.float32)
+    targets = np.asarray(targets, dtype=np.int64)
     ranks: list[np.ndarray] = []
     sranks: list[np.ndarray] = []
-    for s in range(0, len(users), chunk):
+    for s in range(0, len(reps), chunk):
         sc = reps[s : s + chunk] @ item_emb.T
         tg = targets[s : s + chunk]
-        ranks.append(ranks_from_scores(sc, tg, history[s : s + chunk], ties))
+        ranks.append(ranks_from_scores(sc, tg, exclude[s : s + chunk], ties))
         if negatives is not None:
             sranks.append(_sampled_ranks(sc, tg, negatives[s : s + chunk], ties))
     full = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)

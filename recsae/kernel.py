@@ -47,6 +47,10 @@ class Explanation(NamedTuple):
     """(B, n) what the SAE does not reconstruct; bias + contributions + error = score."""
 
 
+ENCODE_CHUNK = 4096
+"""Rows encoded at once; larger batches are encoded in pieces (same result, bounded memory)."""
+
+
 @dataclass(frozen=True)
 class SAEKernel:
     W_enc: np.ndarray  # (m, d)
@@ -80,6 +84,9 @@ class SAEKernel:
     # -- encode / decode ----------------------------------------------------------------------
     def encode(self, x: np.ndarray) -> Codes:
         x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        if len(x) > ENCODE_CHUNK:  # offline batches: (B, n_latents) pre-activations and indices add up
+            parts = [self.encode(x[s : s + ENCODE_CHUNK]) for s in range(0, len(x), ENCODE_CHUNK)]
+            return Codes(np.concatenate([p.acts for p in parts]), np.concatenate([p.idx for p in parts]))
         pre = (x - self.b_dec) @ self.W_enc.T + self.b_enc
         k = self.k
         idx = np.argpartition(pre, -k, axis=1)[:, -k:]

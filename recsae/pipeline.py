@@ -29,11 +29,11 @@ from recsae.evaluate import (
     metrics_from_ranks,
     ndcg_per_user,
     paired_ratio_ci,
-    ranks_from_scores,
     sample_negatives,
     stage_histories,
     stage_ranks,
     stage_targets,
+    target_ranks,
 )
 from recsae.kernel import Codes, SAEKernel, history_windows, top_items
 from recsae.sae import SAEConfig, TopKSAE
@@ -154,33 +154,61 @@ def _holdout_mask(n: int, cfg: JobConfig) -> np.ndarray:
     return np.random.default_rng(cfg.seed).random(n) < cfg.heldout_fraction
 
 
-def heldout_targets(
-    split: Split, cfg: JobConfig, input_kind: str
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """``(rows, targets, exclude)``: which held-out activation rows have a next item to rank,
-    that item, and the items each must skip.
+@dataclass
+class SAERows:
+    """Where one part ("train" / "heldout") of the SAE's activation rows comes from."""
 
-    Rows in the order ``capture_activations`` writes them: sequential models' held-out prefixes
-    ``train[:t]`` (target ``train[t]``, skip the prefix), then every evaluated user's dev and
-    test input (their stage's target and history); user-based models' held-out users (test
-    target, skipping training and dev items). Lets fidelity be measured on all ~12k held-out
-    rows of ml-100k rather than the 943 test users alone, a third of the interval's width.
+    users: np.ndarray
+    inputs: list[np.ndarray]  # the history each row encodes (its window; for user-based models, the training items)
+    targets: np.ndarray  # the item that followed that input, -1 where none
+    exclude: list[np.ndarray]  # items ranked out when the target is ranked
+
+
+def sae_rows(split: Split, cfg: JobConfig, input_kind: str) -> dict[str, SAERows]:
+    """The SAE's training and held-out rows, in the order ``capture_activations`` writes them.
+
+    Sequential models: every prefix ``train[:t]`` of every training sequence (target
+    ``train[t]``), a seeded ``heldout_fraction`` of them held out, plus every evaluated user's
+    dev and test input in the held-out part. User-based models: one row per user (test target,
+    ranked without training and dev items), ``heldout_fraction`` of users held out.
     """
     if input_kind == "history":
         users, ts = _positions(split)
         hold = _holdout_mask(len(users), cfg)
-        targets = [np.array([split.train[u][t] for u, t in zip(users[hold], ts[hold])], dtype=np.int64)]
-        exclude = [split.train[u][:t] for u, t in zip(users[hold], ts[hold])]
+        prefixes = [split.train[u][:t] for u, t in zip(users, ts)]
+        nexts = np.array([split.train[u][t] for u, t in zip(users, ts)], dtype=np.int64)
+        pick = lambda mask: [p for p, m in zip(prefixes, mask) if m]  # noqa: E731
+        held = SAERows(users[hold], pick(hold), nexts[hold], [])
         for stage in ("dev", "test"):
             eu = eval_users(split, stage)
-            targets.append(stage_targets(split, eu, stage))
-            exclude += stage_histories(split, eu, stage)
-        t = np.concatenate(targets)
-        return np.arange(len(t)), t, exclude
+            held.users = np.concatenate([held.users, eu])
+            held.inputs += stage_histories(split, eu, stage)
+            held.targets = np.concatenate([held.targets, stage_targets(split, eu, stage)])
+        held.exclude = held.inputs
+        train_inputs = pick(~hold)
+        return {"train": SAERows(users[~hold], train_inputs, nexts[~hold], train_inputs), "heldout": held}
     users = np.arange(split.n_users)
-    users = users[_holdout_mask(len(users), cfg)]
-    rows = np.flatnonzero(np.isin(users, eval_users(split, "test")))
-    return rows, stage_targets(split, users[rows], "test"), stage_histories(split, users[rows], "test")
+    hold = _holdout_mask(len(users), cfg)
+    test = np.full(split.n_users, -1, dtype=np.int64)
+    has = eval_users(split, "test")
+    test[has] = stage_targets(split, has, "test")
+    return {
+        name: SAERows(us, [split.train[u] for u in us], test[us], [split.history(int(u), "test") for u in us])
+        for name, us in (("train", users[~hold]), ("heldout", users[hold]))
+    }
+
+
+def heldout_targets(
+    split: Split, cfg: JobConfig, input_kind: str
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """``(rows, targets, exclude)`` of the held-out activation rows that have a next item.
+
+    Lets fidelity be measured on all ~12k held-out rows of ml-100k rather than the 943 test
+    users alone, a third of the interval's width.
+    """
+    held = sae_rows(split, cfg, input_kind)["heldout"]
+    rows = np.flatnonzero(held.targets >= 0)
+    return rows, held.targets[rows], [held.exclude[i] for i in rows]
 
 
 def _positions(split: Split) -> tuple[np.ndarray, np.ndarray]:
@@ -211,31 +239,10 @@ def capture_activations(model, split: Split, cfg: JobConfig, work: Path) -> Acti
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     L = getattr(model, "max_len", None) if model.input_kind == "history" else None
-    win_len = L or 20
-
-    if model.input_kind == "history":
-        users, ts = _positions(split)
-        hold = _holdout_mask(len(users), cfg)
-        windows = history_windows([split.train[u][:t] for u, t in zip(users, ts)], win_len, split.n_items)
-        extra_users, extra_windows = [], []
-        for stage in ("dev", "test"):
-            eu = eval_users(split, stage)
-            extra_users.append(eu)
-            extra_windows.append(
-                history_windows([split.history(int(u), stage) for u in eu], win_len, split.n_items)
-            )
-        parts = {
-            "train": (users[~hold], windows[~hold]),
-            "heldout": (
-                np.concatenate([users[hold], *extra_users]),
-                np.concatenate([windows[hold], *extra_windows]),
-            ),
-        }
-    else:
-        all_users = np.arange(split.n_users)
-        hold = _holdout_mask(len(all_users), cfg)
-        windows = history_windows([split.train[u] for u in all_users], win_len, split.n_items)
-        parts = {"train": (all_users[~hold], windows[~hold]), "heldout": (all_users[hold], windows[hold])}
+    parts = {
+        name: (r.users, history_windows(r.inputs, L or 20, split.n_items))
+        for name, r in sae_rows(split, cfg, model.input_kind).items()
+    }
 
     from tqdm.auto import tqdm
 
@@ -367,18 +374,9 @@ def fidelity(
     wide = {}
     if heldout is not None:
         hx, ht, hex_ = heldout
-        hx = np.asarray(hx, dtype=np.float32)
-
-        def wide_ndcg(reconstruct: bool) -> np.ndarray:
-            ranks = []
-            for s in range(0, len(hx), 2048):  # in chunks: codes and scores of ~40k rows add up
-                z = hx[s : s + 2048]
-                z = kernel.decode(kernel.encode(z)) if reconstruct else z
-                ranks.append(ranks_from_scores(z @ emb.T, ht[s : s + 2048], hex_[s : s + 2048]))
-            return ndcg_per_user(np.concatenate(ranks), 10)
-
         if len(hx):
-            b, r = wide_ndcg(False), wide_ndcg(True)
+            b = ndcg_per_user(target_ranks(hx, emb, ht, hex_)[0], 10)
+            r = ndcg_per_user(target_ranks(kernel.decode(kernel.encode(hx)), emb, ht, hex_)[0], 10)
             lo, hi = paired_ratio_ci(r, b)
             wide = {
                 "heldout_rows": int(len(hx)),
