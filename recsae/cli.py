@@ -85,6 +85,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         seed=a.seed,
         threads=a.threads,
         progress=not a.quiet,
+        min_fidelity=a.min_fidelity,
     )
     res = run_job(cfg, a.out, a.work_dir)
     print_summary(res.summary)
@@ -128,6 +129,8 @@ def print_summary(s: dict) -> None:
     for k, v in s["timings_s"].items():
         t.add_row(f"time {k} (s)", f"{v:.1f}")
     c.print(t)
+    for w in (s.get("quality") or {}).get("warnings", []):
+        c.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -245,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="bundles/default")
     t.add_argument("--work-dir", default=None, help="cache of finished stages (default: next to --out)")
     t.add_argument("--json", default=None, help="also write the summary here")
+    t.add_argument("--min-fidelity", type=float, default=None, metavar="RATIO", help=(
+        "fail (exit 2, no bundle) when NDCG@10 with the SAE's reconstruction in the path is below "
+        "this share of the model's, e.g. 0.95; without it, a low figure is only a warning"))
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsae import ConfigError
+from recsae import ConfigError, RecSAEError
 from recsae.bundle import Catalog, UserTable, write_bundle
 from recsae.concepts import ConceptDictionary, placeholder_dictionary
 from recsae.data import Dataset, Split, leave_one_out
@@ -64,6 +64,8 @@ class JobConfig:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
+    # refuse to write a bundle whose SAE keeps less than this share of NDCG@10 (see quality_report)
+    min_fidelity: float | None = None
 
     def key(self, *names: str) -> str:
         d = asdict(self)
@@ -419,6 +421,8 @@ def work_dir_for(cfg: JobConfig, root: Path) -> Path:
 def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None) -> JobResult:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    if cfg.min_fidelity is not None and not 0 < cfg.min_fidelity <= 1:
+        raise ConfigError(f"--min-fidelity {cfg.min_fidelity:g} must be in (0, 1]: the share of NDCG@10 the SAE must keep")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(out)
@@ -441,6 +445,15 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
     kernel = kernel_of(sae)
     t = lap("sae", t)
     fid = fidelity(model, split, kernel, heldout_rows(split, cfg, model, acts))
+    quality = quality_report(sae_metrics, fid, sae.cfg.n_latents)
+    for w in quality["warnings"]:  # the CLI prints them under its summary; library callers read summary["quality"]
+        log.info("quality warning: %s", w)
+    if cfg.min_fidelity is not None and quality["ndcg10_ratio"] < cfg.min_fidelity:
+        raise QualityError(
+            f"the SAE keeps {quality['ndcg10_ratio']:.1%} of NDCG@10 ({quality['measured_on']}), below "
+            f"--min-fidelity {cfg.min_fidelity:g}; no bundle written. Re-run with a larger k "
+            f"(--sae-preset balanced or fidelity): the recommender and activations are cached in {work}"
+        )
     t = lap("fidelity", t)
 
     serve_users = np.arange(split.n_users)
@@ -495,6 +508,7 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
                 "recommender": rec_metrics,
                 "sae": sae_metrics,
                 "fidelity": fid,
+                "quality": quality,
                 "onnx_max_abs_diff": onnx_diff,
                 "concepts": concepts.summary,
             },
@@ -510,6 +524,53 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
     manifest = json.loads((bundle / "manifest.json").read_text())
     summary = {"bundle": str(bundle), "version": manifest["version"], "timings_s": timings, **manifest["metrics"]}
     return JobResult(bundle, summary)
+
+
+class QualityError(RecSAEError):
+    """The trained SAE falls short of the quality the job was asked to guarantee."""
+
+
+# Below these a bundle's concepts describe its recommendations only roughly: the job says so, in
+# the log, the summary and the manifest (the service's GET /bundle and the audit page show it).
+WARN_NDCG_RATIO = 0.90
+WARN_FVU = 0.10
+WARN_DEAD = 0.10
+
+
+def quality_report(sae_metrics: dict, fid: dict, n_latents: int) -> dict:
+    """How well the SAE stands in for the model, as one figure plus plain-language warnings.
+
+    The figure is NDCG@10 with the reconstruction in the path over the original's, measured on
+    the larger of the two evaluated sets (all held-out rows with a next item for sequential
+    models; the test users for user-based ones, whose held-out users are few).
+    """
+    held_rows = int(fid.get("heldout_rows") or 0)
+    test_users = int(fid.get("original", {}).get("users") or 0)
+    if fid.get("heldout_ndcg10_ratio_reconstruction") is not None and held_rows >= test_users:
+        ratio, ci, on = fid["heldout_ndcg10_ratio_reconstruction"], fid["heldout_ndcg10_ratio_reconstruction_ci95"], f"{held_rows:,} held-out rows"
+    else:
+        ratio, ci, on = fid["ndcg10_ratio_reconstruction"], fid.get("ndcg10_ratio_reconstruction_ci95"), f"{test_users:,} test users"
+    held = sae_metrics.get("heldout") or {}
+    n_train = int((sae_metrics.get("train") or {}).get("n_samples") or 0)
+    few_rows = 0 < n_train < n_latents
+    larger_k = ("too few training rows, not too small a k (see the last warning)" if few_rows
+                else "a larger k (--sae-preset balanced or fidelity) reconstructs more of it")
+    warnings = []
+    if ratio < WARN_NDCG_RATIO:
+        warnings.append(f"the SAE keeps only {ratio:.1%} of NDCG@10 ({on}): concepts explain these "
+                        f"recommendations only roughly; {larger_k}")
+    if held.get("fvu", 0.0) > WARN_FVU:
+        advice = "" if warnings else f"; {larger_k}"  # said once
+        warnings.append(f"held-out FVU {held['fvu']:.3f} > {WARN_FVU}: the latents leave "
+                        f"{held['fvu']:.0%} of the representation's variance unexplained{advice}")
+    if held.get("dead_ratio", 0.0) > WARN_DEAD:
+        warnings.append(f"{held['dead_ratio']:.0%} of latents fire on no held-out activation "
+                        "(dead): fewer latents (--expansion) would lose nothing")
+    if few_rows:
+        warnings.append(f"{n_latents:,} latents for {n_train:,} training rows (user-based models give "
+                        "one row per user): the SAE memorises rather than generalises, at any --expansion "
+                        "on ml-100k; a sequential model (--model sasrec) gives a row per interaction")
+    return {"ndcg10_ratio": float(ratio), "ndcg10_ratio_ci95": ci, "measured_on": on, "warnings": warnings}
 
 
 def interpret_concepts(cfg, ds, split, model, kernel, acts, work) -> ConceptDictionary:

@@ -412,6 +412,7 @@ class Core:
             accepts_history=self.engine.accepts_history,
             execution_provider=self.provider,
             metrics=headline,
+            quality_warnings=[str(w) for w in (metrics.get("quality") or {}).get("warnings", [])],
         )
 
 

@@ -278,6 +278,11 @@ class BundleInfo(BaseModel):
     accepts_history: bool = Field(description="whether POST /recommend (explicit history) works")
     execution_provider: str = Field(description="ONNX Runtime provider of the encoder in this worker")
     metrics: dict[str, Any] = Field(default_factory=dict, description="headline offline metrics")
+    quality_warnings: list[str] = Field(
+        default_factory=list,
+        description="what the offline job found weak in this bundle's SAE (low NDCG@10 kept with the "
+        "reconstruction in the path, high FVU, many dead latents); empty when none",
+    )
 
 
 # -- policies ------------------------------------------------------------------------------------

@@ -318,6 +318,10 @@ function init() {
       (typeof keeps === "number" ? ` · concepts alone keep ${(100 * keeps).toFixed(1)}% of NDCG@10` : "");
     $("#bundle-info").title = "NDCG@10 with the SAE's reconstruction in place of the model's activation, " +
       "over held-out activations, relative to the model: how much of the ranking the concepts capture";
+    const warnings = b.quality_warnings || [];
+    $("#bundle-warning").hidden = warnings.length === 0;
+    $("#bundle-warning").textContent = warnings.length ? `⚠ ${warnings.length} quality warning${warnings.length > 1 ? "s" : ""}` : "";
+    $("#bundle-warning").title = warnings.join("\n");
     if (!b.accepts_history) {
       $("#history-choice").hidden = true;
     }

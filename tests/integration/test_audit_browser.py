@@ -204,6 +204,10 @@ def test_toggle_reranks_exactly_like_the_api(server, browser):
     keeps = c.request("GET", "/bundle")[1]["metrics"]["sae_heldout_ndcg10_ratio"]
     cdp.wait("document.querySelector('#bundle-info').textContent.includes('keep')")
     assert f"keep {100 * keeps:.1f}% of NDCG@10" in cdp.js("document.querySelector('#bundle-info').textContent")
+    # quality warnings (if the offline job found any) sit next to it, in full in the tooltip
+    warnings = c.request("GET", "/bundle")[1]["quality_warnings"]
+    assert cdp.js("document.querySelector('#bundle-warning').hidden") is (not warnings)
+    assert cdp.js("document.querySelector('#bundle-warning').title") == "\n".join(warnings)
 
     cdp.js(f"document.querySelector('#user-id').value = {json.dumps(user)}; document.querySelector('#show').click()")
     cdp.wait("document.querySelector('#rec-status').dataset.state === 'ready'")

@@ -25,6 +25,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["--dataset", "no-such-data"], "unknown dataset"),
         (["--dataset", "ml-100k", "--data-dir", "/nonexistent"], "--data-dir"),
         (["--dataset", "synthetic", "-k", "5000"], "k=5000 must be between 1 and the latent count"),
+        (["--dataset", "synthetic", "--min-fidelity", "1.5"], "--min-fidelity 1.5 must be in (0, 1]"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_leaves_no_bundle(tmp_path, args, message):
@@ -57,6 +58,20 @@ def test_synthetic_job_builds_a_bundle_and_a_rerun_resumes(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["model"]["name"] == "sasrec"
 
 
+def test_min_fidelity_refuses_a_weak_sae_and_writes_no_bundle(tmp_path):
+    """A one-latent SAE trained for one epoch cannot keep 99% of NDCG@10: the gate stops the job
+    before anything is written, and says what to change."""
+    out = tmp_path / "b"
+    r = run_cli("train", "--dataset", "synthetic", "--out", str(out), "-q", "-k", "1", "--expansion", "1",
+                "--sae-epochs", "1", "--describer", "none", "--train-param", "epochs=3",
+                "--min-fidelity", "0.99", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "below --min-fidelity 0.99; no bundle written" in lines[0], r.stderr[-2000:]
+    assert "--sae-preset balanced" in lines[0] and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
 def test_small_ml100k_bundle_fidelity(small_bundle):
     m = json.loads((small_bundle / "manifest.json").read_text())
     fid = m["metrics"]["fidelity"]
@@ -73,6 +88,11 @@ def test_small_ml100k_bundle_fidelity(small_bundle):
     tlo, thi = fid["ndcg10_ratio_reconstruction_ci95"]
     assert hi - lo < thi - tlo, fid
     assert m["metrics"]["sae"]["heldout"]["fvu"] < 0.5
+    # the quality figure is the ratio over the larger set: here the held-out rows
+    q = m["metrics"]["quality"]
+    assert q["ndcg10_ratio"] == fid["heldout_ndcg10_ratio_reconstruction"], q
+    assert q["measured_on"] == f"{fid['heldout_rows']:,} held-out rows"
+    assert all(isinstance(w, str) for w in q["warnings"])
 
 
 @pytest.mark.parametrize("model", ["bprmf", "lightgcn"])
@@ -93,3 +113,8 @@ def test_user_based_recommenders_build_a_bundle_on_ml100k(data_dir, tmp_path, mo
     assert fid["error_preserving_none_equal"] is True
     # the held-out rows are the ~10% of users kept from SAE training that have a test item
     assert 0 < fid["heldout_rows"] < 943 and fid["heldout_ndcg10_original"] > 0
+    # ... too few for the quality figure, which falls back to the test users; and the job warns
+    # that the SAE has more latents than rows to learn from
+    q = s["quality"]
+    assert q["ndcg10_ratio"] == fid["ndcg10_ratio_reconstruction"] and q["measured_on"] == "943 test users"
+    assert any("training rows" in w and "--model sasrec" in w for w in q["warnings"]), q["warnings"]

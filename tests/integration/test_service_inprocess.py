@@ -141,6 +141,7 @@ def test_ready_and_bundle_summary(client, engine):
     fid = engine.bundle.manifest["metrics"]["fidelity"]
     assert b["metrics"]["sae_heldout_ndcg10_ratio"] == round(fid["heldout_ndcg10_ratio_reconstruction"], 4)
     assert b["metrics"]["sae_test_ndcg10_ratio"] == round(fid["ndcg10_ratio_reconstruction"], 4)
+    assert b["quality_warnings"] == engine.bundle.manifest["metrics"]["quality"]["warnings"]
 
 
 @pytest.mark.parametrize("explain", [False, True])

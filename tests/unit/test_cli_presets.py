@@ -27,3 +27,33 @@ def test_unknown_preset_is_refused(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--sae-preset", "huge"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def _fid(heldout_rows: int, heldout_ratio: float, test_ratio: float) -> dict:
+    return {"heldout_rows": heldout_rows, "heldout_ndcg10_ratio_reconstruction": heldout_ratio,
+            "heldout_ndcg10_ratio_reconstruction_ci95": [heldout_ratio - 0.01, heldout_ratio + 0.01],
+            "original": {"users": 943}, "ndcg10_ratio_reconstruction": test_ratio,
+            "ndcg10_ratio_reconstruction_ci95": [test_ratio - 0.05, test_ratio + 0.05]}
+
+
+def _sae(fvu: float, dead: float, n_train: int) -> dict:
+    return {"heldout": {"fvu": fvu, "dead_ratio": dead}, "train": {"n_samples": n_train}}
+
+
+def test_quality_report_reads_the_larger_set_and_warns_at_each_threshold():
+    from recsae.pipeline import WARN_DEAD, WARN_FVU, WARN_NDCG_RATIO, quality_report
+
+    ok = quality_report(_sae(0.035, 0.0, 98_000), _fid(11_757, 0.973, 0.93), 1024)
+    assert ok["ndcg10_ratio"] == 0.973 and ok["measured_on"] == "11,757 held-out rows" and ok["warnings"] == []
+    # few held-out rows (user-based models): the test users' figure is the one read
+    few = quality_report(_sae(0.035, 0.0, 98_000), _fid(84, 0.5, 0.95), 1024)
+    assert few["ndcg10_ratio"] == 0.95 and few["measured_on"] == "943 test users"
+    # each threshold on its own, just past it
+    low = quality_report(_sae(0.035, 0.0, 98_000), _fid(11_757, WARN_NDCG_RATIO - 0.001, 0.93), 1024)["warnings"]
+    assert len(low) == 1 and "keeps only 89.9% of NDCG@10" in low[0] and "--sae-preset balanced" in low[0]
+    fvu = quality_report(_sae(WARN_FVU + 0.01, 0.0, 98_000), _fid(11_757, 0.95, 0.93), 1024)["warnings"]
+    assert len(fvu) == 1 and "FVU 0.110" in fvu[0]
+    dead = quality_report(_sae(0.035, WARN_DEAD + 0.05, 98_000), _fid(11_757, 0.95, 0.93), 1024)["warnings"]
+    assert len(dead) == 1 and "15% of latents" in dead[0]
+    rows = quality_report(_sae(0.035, 0.0, 859), _fid(84, 0.5, 0.95), 2048)["warnings"]
+    assert len(rows) == 1 and "2,048 latents for 859 training rows" in rows[0]
