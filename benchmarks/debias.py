@@ -302,7 +302,7 @@ def render(runs, extra, a, t_load: float) -> str:
             "### Policy chosen on the dev stage",
             "",
             f"The point with the lowest dev |bias| within {a.max_ndcg_loss:.0%} dev NDCG loss among the "
-            + ("greedy, baseline and baseline+greedy rows" if POLICY_ROWS[key] == "best" else
+            + (", ".join(D.POLICY_METHODS[:-1]) + f" and {D.POLICY_METHODS[-1]} rows" if POLICY_ROWS[key] == "best" else
                f"{POLICY_ROWS[key]} rows (latents only: the baseline is shared by women and men alike)")
             + f"; saved as `docs/debias/policies/{doc['name']}.json`:",
             "",

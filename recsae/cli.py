@@ -86,6 +86,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         threads=a.threads,
         progress=not a.quiet,
         min_fidelity=a.min_fidelity,
+        sae_reserve=a.sae_reserve,
     )
     res = run_job(cfg, a.out, a.work_dir)
     print_summary(res.summary)
@@ -238,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--expansion", type=int, default=None, help="latents = expansion x d (overrides the preset)")
     t.add_argument("-k", "--k", type=int, default=None, help="active latents per sample (overrides the preset)")
     t.add_argument("--sae-epochs", type=int, default=None, help="SAE epochs (overrides the preset)")
+    t.add_argument("--sae-reserve", default=None, choices=["popularity"], help=(
+        "reserve latent 0 for this direction and keep it out of every other latent and of the "
+        "decoder bias, so suppressing latent 0 removes it (popularity: the direction that raises "
+        "the 20%% most popular items' scores)"))
     t.add_argument("--describer", default="stats", choices=["stats", "llm", "none"])
     t.add_argument("--llm", action="append", default=[], metavar="KEY=VALUE", help=(
         "LLM describer setting, repeatable: base_url=http://host:8000/v1, model=NAME, concurrency=N, "

@@ -51,7 +51,7 @@ COMPARATOR = {"association": "random", "greedy": "random", "baseline": "random-d
               "baseline+greedy": "random-direction+latents"}
 """Each method's random comparator: random latents from the same candidates (same n, strength); a
 random direction of the same norm as ``beta * b_dec``; both (for the combination)."""
-POLICY_METHODS = ("greedy", "baseline", "baseline+greedy")
+POLICY_METHODS = ("association", "greedy", "baseline", "baseline+greedy")
 """What ``choose_policy(result, "best")`` picks from (on the dev stage)."""
 DEFAULT_COUNTS = (1, 2, 4, 8, 16, 32)
 DEFAULT_STRENGTHS = (0.5, 1.0)
@@ -601,6 +601,12 @@ def rerank_curve(data: DebiasData, st: StageInputs, measure: BiasMeasure, grid: 
         ids, ranks = _list_stats(data, st, st.x, scores=scores - lam * pen)
         out.append({"c": float(c), "lambda": lam, **_summarise(data, st, measure, ids, ranks)})
     return out
+
+
+def _cut_text(cut: float) -> str:
+    """A re-ranking cut at matched NDCG; NaN when suppression made the list more accurate than
+    any re-ranking point (re-ranking never gains NDCG), so there is no match."""
+    return "none reaches that NDCG" if math.isnan(cut) else f"{cut:+.1%}"
 
 
 def matched_bias(curve: list[dict], ndcg: float) -> float:
@@ -1375,7 +1381,7 @@ def targets_markdown(result: dict) -> str:
             f"- **{method}**: best test cut of |bias| within {t['max_ndcg_loss']:.0%} NDCG loss over the sweep: "
             f"{x['best_cut_within_loss']:+.1%}"
             + (f" ({_point_text(pt)}, NDCG loss {x['best_ndcg_loss']:+.1%}; re-ranking at the same test NDCG: "
-               f"{x['best_rerank_cut_at_matched_ndcg']:+.1%})" if pt else "")
+               f"{_cut_text(x['best_rerank_cut_at_matched_ndcg'])})" if pt else "")
             + f"; {goal(x['cut_target_met'])}. Lower |bias| than {x['comparator']} at {x['beats_random_points']} "
             f"sweep points (**{'every point' if x['beats_random_everywhere'] else 'not every point'}**); lower "
             f"than re-ranking at the same test NDCG at {x['beats_rerank_at_matched_ndcg_points']}."
@@ -1384,7 +1390,7 @@ def targets_markdown(result: dict) -> str:
             line += (
                 f" Point chosen on the dev stage ({_point_text(dev)}): test cut {dev['test_cut']:+.1%} at NDCG loss "
                 f"{dev['test_ndcg_loss']:+.1%} ({'meets' if dev['cut_target_met'] else 'misses'} the target); "
-                f"re-ranking at the same test NDCG: {dev['rerank_cut_at_matched_ndcg']:+.1%}."
+                f"re-ranking at the same test NDCG: {_cut_text(dev['rerank_cut_at_matched_ndcg'])}."
             )
         lines.append(line)
     lines.append(f"- **re-ranking**: best test cut within {t['max_ndcg_loss']:.0%} NDCG loss: "

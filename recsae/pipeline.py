@@ -64,6 +64,10 @@ class JobConfig:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
+    # "popularity": latent 0 is reserved for the direction that raises the head items' scores, and
+    # that direction is kept out of every other latent and of b_dec, so popularity becomes one
+    # concept the service can suppress (README, "De-biasing"); None: a plain SAE
+    sae_reserve: str | None = None
     # refuse to write a bundle whose SAE keeps less than this share of NDCG@10 (see quality_report)
     min_fidelity: float | None = None
 
@@ -74,7 +78,8 @@ class JobConfig:
 
 DATA_KEYS = ("dataset", "data_dir", "min_rating", "kcore")
 MODEL_KEYS = DATA_KEYS + ("model", "model_params", "train_params", "seed")
-SAE_KEYS = MODEL_KEYS + ("expansion", "k", "sae_epochs", "sae_batch_size", "sae_lr", "heldout_fraction")
+SAE_KEYS = MODEL_KEYS + ("expansion", "k", "sae_epochs", "sae_batch_size", "sae_lr", "heldout_fraction", "sae_reserve")
+RESERVE_CHOICES = ("popularity",)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -289,12 +294,24 @@ def sae_folder(cfg: JobConfig, work: Path) -> Path:
     return Path(work) / f"sae-{cfg.key(*SAE_KEYS)}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
 
 
-def fit_sae(cfg: JobConfig, acts: Activations, work: Path) -> tuple[TopKSAE, dict]:
+def popularity_direction(model, split: Split) -> np.ndarray:
+    """Unit vector in representation space along which the head items' scores rise most against
+    the catalogue's: mean embedding of the top-20% most popular items minus the mean of all."""
+    from recsae.debias import head_items
+
+    emb = item_embeddings(model)
+    head = head_items(np.bincount(np.concatenate(split.train), minlength=len(emb)))
+    p = emb[head].mean(0) - emb.mean(0)
+    return (p / max(float(np.linalg.norm(p)), 1e-12)).astype(np.float32)
+
+
+def fit_sae(cfg: JobConfig, acts: Activations, work: Path, reserved: np.ndarray | None = None) -> tuple[TopKSAE, dict]:
     folder = sae_folder(cfg, work)
     if (folder / "metrics.json").exists():
         return TopKSAE.load(folder), json.loads((folder / "metrics.json").read_text())
     sae_cfg, tcfg = sae_settings(cfg, acts.train.shape[1])
-    res: SAETrainResult = train_sae(np.asarray(acts.train), sae_cfg, tcfg, np.asarray(acts.heldout))
+    res: SAETrainResult = train_sae(np.asarray(acts.train), sae_cfg, tcfg, np.asarray(acts.heldout),
+                                    reserved=None if reserved is None else torch.from_numpy(np.atleast_2d(reserved)))
     metrics = res.summary()
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -441,6 +458,8 @@ def retain_freed_memory(limit: int = 1 << 30) -> bool:
 def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None) -> JobResult:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    if cfg.sae_reserve not in (None, *RESERVE_CHOICES):
+        raise ConfigError(f"unknown --sae-reserve {cfg.sae_reserve!r}; choose one of {list(RESERVE_CHOICES)}")
     if cfg.min_fidelity is not None and not 0 < cfg.min_fidelity <= 1:
         raise ConfigError(f"--min-fidelity {cfg.min_fidelity:g} must be in (0, 1]: the share of NDCG@10 the SAE must keep")
     if cfg.threads:
@@ -462,7 +481,8 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
     t = lap("recommender", t)
     acts = capture_activations(model, split, cfg, work)
     t = lap("capture", t)
-    sae, sae_metrics = fit_sae(cfg, acts, work)
+    reserved = popularity_direction(model, split) if cfg.sae_reserve == "popularity" else None
+    sae, sae_metrics = fit_sae(cfg, acts, work, reserved)
     kernel = kernel_of(sae)
     t = lap("sae", t)
     fid = fidelity(model, split, kernel, heldout_rows(split, cfg, model, acts))
@@ -597,10 +617,45 @@ def quality_report(sae_metrics: dict, fid: dict, n_latents: int) -> dict:
 def interpret_concepts(cfg, ds, split, model, kernel, acts, work) -> ConceptDictionary:
     """Describe every latent (``recsae.interpret``); a placeholder dictionary when disabled."""
     if cfg.describer == "none":
-        return placeholder_dictionary(measure_freq(kernel, acts.heldout), reason="describer disabled")
-    from recsae.interpret import describe_bundle_latents
+        concepts = placeholder_dictionary(measure_freq(kernel, acts.heldout), reason="describer disabled")
+    else:
+        from recsae.interpret import describe_bundle_latents
 
-    return describe_bundle_latents(cfg, ds, split, model, kernel, acts, work)
+        concepts = describe_bundle_latents(cfg, ds, split, model, kernel, acts, work)
+    if cfg.sae_reserve == "popularity":
+        describe_reserved_popularity(concepts, kernel, np.asarray(acts.heldout), model, split)
+    return concepts
+
+
+def describe_reserved_popularity(concepts: ConceptDictionary, kernel: SAEKernel, x: np.ndarray, model, split: Split) -> None:
+    """Latent 0 of a ``sae_reserve="popularity"`` SAE is popularity by construction; it fires for
+    almost everyone, so firing-based describers find nothing: its magnitude is what matters.
+    Its confidence is measured, not assumed: the AUC of its activation for whether the model's
+    top recommendation on a held-out row is one of the 20% most popular items."""
+    from recsae.concepts import DetectionScore
+    from recsae.debias import auc, head_items
+
+    emb = item_embeddings(model)
+    head = head_items(np.bincount(np.concatenate(split.train), minlength=len(emb)))
+    codes = kernel.encode(x)
+    a0 = np.where(codes.idx == 0, codes.acts, 0.0).sum(1)
+    top_is_head = head[np.concatenate([(x[s : s + 4096] @ emb.T).argmax(1) for s in range(0, len(x), 4096)])]
+    score = auc(a0, top_is_head)
+    c = concepts.by_latent()[0]
+    c.status = "described"
+    c.description = ("item popularity: how far this user's state leans to the 20% most popular items "
+                     "(a latent reserved for this direction when the SAE was trained)")
+    c.attributes = ["popularity:head"]
+    c.confidence = round(float(score), 4)
+    pred = a0 > np.median(a0)
+    bal = 0.5 * (float(pred[top_is_head].mean()) + float((~pred[~top_is_head]).mean())) if 0 < top_is_head.sum() < len(x) else 0.5
+    c.detection = DetectionScore(balanced_accuracy=round(bal, 4), auc=float(score),
+                                 n_positive=int(top_is_head.sum()), n_negative=int((~top_is_head).sum()))
+    c.reason = None
+    if concepts.describer != "none":
+        from recsae.interpret import summarize
+
+        concepts.summary = {**concepts.summary, **summarize(concepts.concepts)}
 
 
 def measure_freq(kernel: SAEKernel, x: np.ndarray) -> np.ndarray:

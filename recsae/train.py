@@ -118,8 +118,14 @@ def train_sae(
     cfg: SAEConfig,
     tcfg: SAETrainConfig | None = None,
     heldout_acts: np.ndarray | None = None,
+    reserved: torch.Tensor | None = None,
 ) -> SAETrainResult:
     """Train a TopK SAE with AuxK on ``train_acts`` (N, d_in); report train and held-out quality.
+
+    ``reserved`` (r, d_in): directions each given to one latent of its own (latents 0..r-1, decoder
+    rows fixed to them) and kept out of every other decoder row and of ``b_dec``, so that what
+    lies along them can only be expressed, and suppressed, through those latents. Used to make a
+    known bias (item popularity) a concept the service can switch off; see ``recsae.pipeline``.
 
     Under ``torch.distributed`` (e.g. ``torchrun``), each process passes its own shard: rank 0's
     initial weights are broadcast, gradients are averaged across processes after every step,
@@ -141,6 +147,9 @@ def train_sae(
         if dist:
             torch.distributed.all_reduce(total)
         sae.b_dec.copy_(total[:-1] / total[-1])
+        if reserved is not None:
+            basis = torch.linalg.qr(reserved.to(torch.float32).t()).Q.t()  # orthonormal rows (r, d)
+            n_res = len(basis)
         if tcfg.init == "data":
             pick = torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed + 1))
             # more latents than rows (user-based models on small data): rows are reused, the noise
@@ -150,6 +159,9 @@ def train_sae(
             rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
             sae.W_dec.copy_(rows)
             sae.W_enc.copy_(rows)
+        if reserved is not None:
+            _keep_reserved(sae, basis)
+            sae.W_enc[:n_res] = basis
         # Rescale the encoder so the initial reconstruction has the data's scale: with k unit
         # decoder rows all firing, the raw transpose init overshoots by roughly a factor k.
         probe = x_all[torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed))[:4096]]
@@ -203,6 +215,8 @@ def train_sae(
                 g["lr"] = lr_at(step)
             opt.step()
             sae.set_decoder_norm_to_unit_norm()
+            if reserved is not None:
+                _keep_reserved(sae, basis)
             with torch.no_grad():
                 fired = torch.zeros(cfg.n_latents, dtype=torch.bool)
                 fired[out.top_indices[out.top_acts > 0]] = True
@@ -216,7 +230,13 @@ def train_sae(
             aux_sum += out.auxk_loss * len(x)
             step += 1
         if epoch + 1 < tcfg.epochs * tcfg.resample_until:
-            renewed = resample_dead(sae, opt, x_all, since_fired >= cfg.dead_after, gen, dist, tcfg.resample)
+            dead_now = since_fired >= cfg.dead_after
+            if reserved is not None:  # reserved latents are neither renewed nor split
+                dead_now[:n_res] = False
+            renewed = resample_dead(sae, opt, x_all, dead_now, gen, dist, tcfg.resample,
+                                    keep=n_res if reserved is not None else 0)
+            if reserved is not None:
+                _keep_reserved(sae, basis)
             since_fired[renewed] = 0
             n_res = len(renewed)
         else:
@@ -245,6 +265,17 @@ def train_sae(
 
 
 @torch.no_grad()
+def _keep_reserved(sae: TopKSAE, basis: torch.Tensor) -> None:
+    """Decoder rows 0..r-1 = ``basis``; every other row and ``b_dec`` orthogonal to it."""
+    r = len(basis)
+    sae.b_dec.sub_((sae.b_dec @ basis.t()) @ basis)
+    rest = sae.W_dec[r:]
+    rest.sub_((rest @ basis.t()) @ basis)
+    rest.div_(rest.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    sae.W_dec[:r] = basis
+
+
+@torch.no_grad()
 def resample_dead(
     sae: TopKSAE,
     opt: torch.optim.Optimizer,
@@ -253,6 +284,7 @@ def resample_dead(
     gen: torch.Generator,
     dist: bool = False,
     mode: str = "split",
+    keep: int = 0,
 ) -> torch.Tensor:
     """Give dead latents a new start and return their ids; reset the Adam state of all touched.
 
@@ -272,6 +304,7 @@ def resample_dead(
     if mode == "split":
         counts = torch.bincount(sae.encode(probe).top_indices.flatten(), minlength=sae.cfg.n_latents).float()
         counts[dead] = 0
+        counts[:keep] = 0  # reserved latents are never split
         n_new = min(len(dead_ids), int((counts > 0).sum()))
         src = torch.multinomial(counts / counts.sum(), n_new, replacement=False, generator=gen) if n_new else None
         if dist:  # shards see different counts: every rank takes rank 0's parents
