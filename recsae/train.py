@@ -148,7 +148,10 @@ def train_sae(
             torch.distributed.all_reduce(total)
         sae.b_dec.copy_(total[:-1] / total[-1])
         if reserved is not None:
-            basis = torch.linalg.qr(reserved.to(torch.float32).t()).Q.t()  # orthonormal rows (r, d)
+            # orthonormal rows (r, d), each pointing the way its direction does (QR may flip signs,
+            # and a latent's activation is never negative)
+            q, r_ = torch.linalg.qr(reserved.to(torch.float32).t())
+            basis = (q * torch.sign(torch.diagonal(r_))).t()
             n_res = len(basis)
         if tcfg.init == "data":
             pick = torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed + 1))
@@ -159,9 +162,9 @@ def train_sae(
             rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
             sae.W_dec.copy_(rows)
             sae.W_enc.copy_(rows)
-        if reserved is not None:
+        if reserved is not None:  # encoders start as the (projected) decoders: none reads the reserved part
             _keep_reserved(sae, basis)
-            sae.W_enc[:n_res] = basis
+            sae.W_enc.copy_(sae.W_dec)
         # Rescale the encoder so the initial reconstruction has the data's scale: with k unit
         # decoder rows all firing, the raw transpose init overshoots by roughly a factor k.
         probe = x_all[torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed))[:4096]]
@@ -211,6 +214,8 @@ def train_sae(
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= world
             sae.remove_gradient_parallel_to_decoder_directions()
+            if reserved is not None:  # no step towards the reserved directions (Adam would take one)
+                _keep_reserved_grad(sae, basis)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             opt.step()
@@ -273,6 +278,15 @@ def _keep_reserved(sae: TopKSAE, basis: torch.Tensor) -> None:
     rest.sub_((rest @ basis.t()) @ basis)
     rest.div_(rest.norm(dim=1, keepdim=True).clamp_min(1e-12))
     sae.W_dec[:r] = basis
+
+
+@torch.no_grad()
+def _keep_reserved_grad(sae: TopKSAE, basis: torch.Tensor) -> None:
+    r = len(basis)
+    sae.W_dec.grad[:r] = 0.0
+    g = sae.W_dec.grad[r:]
+    g.sub_((g @ basis.t()) @ basis)
+    sae.b_dec.grad.sub_((sae.b_dec.grad @ basis.t()) @ basis)
 
 
 @torch.no_grad()

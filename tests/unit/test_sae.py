@@ -171,3 +171,38 @@ def test_save_load_and_numpy_kernel_agree_with_torch(tmp_path):
         assert set(t) == set(k)
         assert np.allclose([t[j] for j in k], list(k.values()), atol=1e-5)
     assert np.allclose(kern.decode(codes), r1, atol=1e-5)
+
+
+def test_reserved_direction_lives_in_its_own_latent_only():
+    """Planted: every sample carries a shared, varying amount of one direction ``p`` on top of a
+    sparse part. A plain SAE puts the shared mean along ``p`` into ``b_dec``; with ``reserved=p``
+    latent 0 is pinned to ``p``, no other decoder row nor ``b_dec`` has any of it, and latent 0's
+    activation tracks each sample's component along ``p``."""
+    rng = np.random.default_rng(3)
+    d, n = 16, 6000
+    p = rng.standard_normal(d).astype(np.float32)
+    p /= np.linalg.norm(p)
+    amount = rng.uniform(2.0, 6.0, n).astype(np.float32)
+    x = sparse_data(n, d, n_atoms=48, active=3, seed=3) + amount[:, None] * p
+    cfg = SAEConfig(d_in=d, expansion=4, k=4)
+    tc = SAETrainConfig(epochs=8, batch_size=256, progress=False)
+
+    plain_res = train_sae(x, cfg, tc)
+    plain = plain_res.sae
+    assert float(plain.b_dec @ torch.from_numpy(p)) > 2.0  # the shared part went to the bias
+
+    res = train_sae(x, cfg, tc, reserved=torch.from_numpy(p)[None])
+    sae, pt = res.sae, torch.from_numpy(p)
+    with torch.no_grad():
+        assert torch.allclose(sae.W_dec[0], pt, atol=1e-6)
+        assert float((sae.W_dec[1:] @ pt).abs().max()) < 1e-5
+        assert abs(float(sae.b_dec @ pt)) < 1e-5
+        assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(cfg.n_latents), atol=1e-5)
+        codes = sae.encode(torch.from_numpy(x))
+    a0 = (codes.top_acts * (codes.top_indices == 0)).sum(1).numpy()
+    assert (a0 > 0).mean() > 0.95  # fires for (almost) every sample
+    # no other latent nor b_dec can hold any of p, so latent 0 carries each sample's whole
+    # component along p: the planted amount plus what the sparse atoms happen to add along p
+    assert np.corrcoef(a0, x @ p)[0, 1] > 0.9 and np.corrcoef(a0, amount)[0, 1] > 0.7
+    # and it costs the reconstruction little: the other latents read and write only the rest
+    assert res.train.fvu < 1.1 * plain_res.train.fvu and res.train.dead_ratio <= plain_res.train.dead_ratio + 0.02
