@@ -189,7 +189,7 @@ def test_reserved_direction_lives_in_its_own_latent_only():
 
     plain_res = train_sae(x, cfg, tc)
     plain = plain_res.sae
-    assert float(plain.b_dec @ torch.from_numpy(p)) > 2.0  # the shared part went to the bias
+    assert float(plain.b_dec.detach() @ torch.from_numpy(p)) > 2.0  # the shared part went to the bias
 
     res = train_sae(x, cfg, tc, reserved=torch.from_numpy(p)[None])
     sae, pt = res.sae, torch.from_numpy(p)
