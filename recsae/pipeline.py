@@ -294,13 +294,18 @@ def sae_folder(cfg: JobConfig, work: Path) -> Path:
     return Path(work) / f"sae-{cfg.key(*SAE_KEYS)}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
 
 
-def popularity_direction(model, split: Split) -> np.ndarray:
-    """Unit vector in representation space along which the head items' scores rise most against
-    the catalogue's: mean embedding of the top-20% most popular items minus the mean of all."""
+def head_of(model, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(item embeddings, mask of the top-20% items by training interactions): the de-bias head."""
     from recsae.debias import head_items
 
     emb = item_embeddings(model)
-    head = head_items(np.bincount(np.concatenate(split.train), minlength=len(emb)))
+    return emb, head_items(np.bincount(np.concatenate(split.train), minlength=len(emb)))
+
+
+def popularity_direction(model, split: Split) -> np.ndarray:
+    """Unit vector in representation space along which the head items' scores rise most against
+    the catalogue's: mean embedding of the top-20% most popular items minus the mean of all."""
+    emb, head = head_of(model, split)
     p = emb[head].mean(0) - emb.mean(0)
     return (p / max(float(np.linalg.norm(p)), 1e-12)).astype(np.float32)
 
@@ -633,10 +638,9 @@ def describe_reserved_popularity(concepts: ConceptDictionary, kernel: SAEKernel,
     Its confidence is measured, not assumed: the AUC of its activation for whether the model's
     top recommendation on a held-out row is one of the 20% most popular items."""
     from recsae.concepts import DetectionScore
-    from recsae.debias import auc, head_items
+    from recsae.debias import auc
 
-    emb = item_embeddings(model)
-    head = head_items(np.bincount(np.concatenate(split.train), minlength=len(emb)))
+    emb, head = head_of(model, split)
     codes = kernel.encode(x)
     a0 = np.where(codes.idx == 0, codes.acts, 0.0).sum(1)
     top_is_head = head[np.concatenate([(x[s : s + 4096] @ emb.T).argmax(1) for s in range(0, len(x), 4096)])]
