@@ -210,6 +210,7 @@ class Core:
         exclude_seen: bool,
         mode: SteerMode | None,
         suppress_baseline: float = 0.0,
+        suppress_strength: float = 1.0,
     ) -> dict[str, Any]:
         """The response body (schema: ``service.schemas.RecommendResponse``)."""
         sae = self.sae
@@ -228,14 +229,14 @@ class Core:
         try:
             return self._score(x, seen, where, codes, active, lookup, user_id=user_id, source=source, k=k,
                                explain=explain, suppress=suppress, exclude_seen=exclude_seen, mode=mode,
-                               suppress_baseline=suppress_baseline)
+                               suppress_baseline=suppress_baseline, suppress_strength=suppress_strength)
         finally:
             lookup.close()
 
     def _score(
         self, x: np.ndarray, seen: np.ndarray, where: str, codes: Codes, active: list[int], lookup: "_Lookup",
         *, user_id: str | None, source: str, k: int, explain: bool, suppress: list[int], exclude_seen: bool,
-        mode: SteerMode | None, suppress_baseline: float,
+        mode: SteerMode | None, suppress_baseline: float, suppress_strength: float,
     ) -> dict[str, Any]:
         sae = self.sae
         policy = lookup.policy_name
@@ -248,8 +249,9 @@ class Core:
         if pol is not None:
             for j in self.policies.effective_latents(pol):
                 strengths[j], sources[j] = pol.strength, f"policy:{pol.name}"
-        for j in suppress:
-            strengths[j], sources[j] = 1.0, "request"
+        for j in suppress:  # like the baseline: the stronger of the policy's and the request's
+            if suppress_strength >= strengths.get(j, 0.0):
+                strengths[j], sources[j] = float(suppress_strength), "request"
         # the baseline (b_dec): the stronger of the policy's and the request's, like latents
         baseline, baseline_source = 0.0, None
         if pol is not None and pol.baseline > 0:

@@ -95,6 +95,12 @@ class _Options(BaseModel):
         f"strength in [0, 1] with which to suppress the baseline, {BASELINE_DOC}; 0 = none, "
         "0.4 = remove 40% of it. With a policy that also suppresses it, the stronger of the two applies."
     )
+    suppress_strength: float = Field(
+        1.0, gt=0.0, le=1.0, allow_inf_nan=False, examples=[0.6],
+        description="strength in (0, 1] with which the request's `suppress` latents are removed: 1 = all "
+        "of each one's contribution, 0.6 = 60% of it. A latent that a policy also suppresses gets the "
+        "stronger of the two.",
+    )
 
 
 class RecommendQuery(_Options):

@@ -188,6 +188,7 @@ async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep) -> Res
             core.recommend_user(
                 q.user_id, k=q.k, explain=q.explain, suppress=q.suppress_list(), policy=q.policy,
                 exclude_seen=q.exclude_seen, mode=q.mode, suppress_baseline=q.suppress_baseline,
+                suppress_strength=q.suppress_strength,
             )
         )
 
@@ -200,7 +201,7 @@ async def recommend_history(body: RecommendRequest, _: Annotated[NoParams, Query
             core.recommend_history(
                 body.history, k=body.k, explain=body.explain, suppress=body.suppress_list(),
                 policy=body.policy, exclude_seen=body.exclude_seen, mode=body.mode,
-                suppress_baseline=body.suppress_baseline,
+                suppress_baseline=body.suppress_baseline, suppress_strength=body.suppress_strength,
             )
         )
 

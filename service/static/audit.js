@@ -63,25 +63,34 @@ function whoFromForm() {
   return { kind: "user", value: id, label: `user ${id}` };
 }
 
-function fetchRecs(suppress, baseline) {
+// strength for the ticked concepts, in (0, 1]; 1 (all of each contribution) when the box is not a number in range
+function suppressStrength() {
+  const s = Number($("#suppress-strength").value);
+  return s > 0 && s <= 1 ? s : 1;
+}
+
+function fetchRecs(suppress, baseline, strength) {
   const k = Number($("#k").value);
   const who = state.who;
   if (who.kind === "user") {
     const p = new URLSearchParams({ user_id: who.value, k: String(k), explain: "true" });
     if (suppress.length) p.set("suppress", suppress.join(","));
+    if (suppress.length && strength !== 1) p.set("suppress_strength", String(strength));
     if (baseline) p.set("suppress_baseline", String(baseline));
     return api("/recommend?" + p.toString());
   }
   return api("/recommend", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ history: who.value, k, explain: true, suppress, suppress_baseline: baseline }),
+    body: JSON.stringify({ history: who.value, k, explain: true, suppress, suppress_strength: strength,
+                           suppress_baseline: baseline }),
   });
 }
 
-// what is suppressed, in words: "#12, #57, baseline 0.4"
-function suppressionText(suppress, baseline) {
-  return [...suppress.map((j) => "#" + j), baseline ? `baseline ${baseline}` : null].filter(Boolean).join(", ");
+// what is suppressed, in words: "#12, #57 at 0.6, baseline 0.4"
+function suppressionText(suppress, baseline, strength = 1) {
+  const latents = suppress.length ? suppress.map((j) => "#" + j).join(", ") + (strength !== 1 ? ` at ${strength}` : "") : null;
+  return [latents, baseline ? `baseline ${baseline}` : null].filter(Boolean).join(", ");
 }
 
 async function load(who) {
@@ -124,17 +133,19 @@ async function rerank() {
   if (!state.base) return;
   const suppress = [...state.suppress].sort((a, b) => a - b);
   const baseline = state.baseline;
+  const strength = suppressStrength();
   const seq = ++state.seq;
   const status = $("#rec-status");
   setStatus(status, "re-ranking…", "loading");
   try {
-    const cur = suppress.length || baseline ? await fetchRecs(suppress, baseline) : state.base;
+    const cur = suppress.length || baseline ? await fetchRecs(suppress, baseline, strength) : state.base;
     if (seq !== state.seq) return;
     state.current = cur;
     render();
     status.dataset.suppress = suppress.join(",");
     status.dataset.baseline = String(baseline);
-    setStatus(status, suppress.length || baseline ? `suppressed ${suppressionText(suppress, baseline)}` : "no suppression", "ready");
+    status.dataset.strength = String(strength);
+    setStatus(status, suppress.length || baseline ? `suppressed ${suppressionText(suppress, baseline, strength)}` : "no suppression", "ready");
   } catch (e) {
     if (seq !== state.seq) return;
     status.dataset.suppress = suppress.join(",");
@@ -190,7 +201,7 @@ function render() {
       el("div", {}, chips)));
   }
   if (state.suppress.size || state.baseline) {
-    $("#supp-label").textContent = `with ${suppressionText([...state.suppress], state.baseline)} suppressed`;
+    $("#supp-label").textContent = `with ${suppressionText([...state.suppress], state.baseline, suppressStrength())} suppressed`;
     $("#diff").hidden = false;
     for (const it of base.items) if (!curIds.has(it.item_id))
       $("#left-list").append(el("li", { "data-item-id": it.item_id, text: `${it.title} (id ${it.item_id}, was #${it.rank})` }));
@@ -296,6 +307,7 @@ function init() {
   $("#k").addEventListener("change", () => { if (state.who) load(state.who); });
   $("#baseline-toggle").addEventListener("change", toggleBaseline);
   $("#baseline-strength").addEventListener("change", () => { if ($("#baseline-toggle").checked) toggleBaseline(); });
+  $("#suppress-strength").addEventListener("change", () => { if (state.suppress.size) rerank(); });
   $("#token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const t = $("#token").value.trim();

@@ -251,6 +251,14 @@ def test_toggle_reranks_exactly_like_the_api(server, browser):
     cdp.wait("(s => s.dataset.state === 'ready' && s.dataset.baseline === '0')(document.querySelector('#rec-status'))")
     assert cdp.js("[...document.querySelectorAll('#rec-list li')].map(li => li.dataset.itemId)") == _ids(expected)
 
+    # a partial strength for the ticked concept: the page asks for it and shows what the API says
+    cdp.js("(e => { e.value = '0.5'; e.dispatchEvent(new Event('change')); })(document.querySelector('#suppress-strength'))")
+    cdp.wait("(s => s.dataset.state === 'ready' && s.dataset.strength === '0.5')(document.querySelector('#rec-status'))")
+    _, half = c.request("GET", "/recommend", {"user_id": user, "k": 10, "suppress": str(chosen), "suppress_strength": "0.5"})
+    assert half["suppressed"][0]["strength"] == 0.5
+    assert cdp.js("[...document.querySelectorAll('#rec-list li')].map(li => li.dataset.itemId)") == _ids(half)
+    assert "at 0.5" in cdp.js("document.querySelector('#rec-status').textContent")
+
     # the dictionary, the drift panel and the recent traffic (served from the Redis stream)
     cdp.js("document.querySelector('.tab[data-view=\"dict\"]').click()")
     cdp.wait("document.querySelector('#dict-status').dataset.state === 'ready'")

@@ -219,6 +219,40 @@ def test_suppression_removes_the_concept_and_moves_scores(client, engine):
     assert [it["score"] for it in after["items"]] == pytest.approx(scores.tolist(), abs=1e-5)
 
 
+def test_suppress_strength_removes_that_share_of_each_concept(client, engine):
+    """``suppress_strength=0.4``: each request-suppressed latent loses 40% of its contribution,
+    exactly as the offline kernel steers; a policy on the same latent wins when it is stronger."""
+    uid = users(engine)[2]
+    before = client.get("/recommend", params={"user_id": uid, "explain": True, "k": 20}).json()
+    j, contrib = _strongest_positive(before)
+    part = client.get("/recommend", params={"user_id": uid, "explain": True, "k": 20, "suppress": str(j),
+                                            "suppress_strength": 0.4}).json()
+    check_decomposition(part)
+    assert part["suppressed"] == [{"latent": j, "strength": 0.4, "source": "request", "active": True}]
+    ids, scores = offline(engine, uid, k=20, suppress={j: 0.4})
+    assert [it["item_id"] for it in part["items"]] == ids
+    assert [it["score"] for it in part["items"]] == pytest.approx(scores.tolist(), abs=1e-5)
+    old = {it["item_id"]: it["score"] for it in before["items"]}
+    for it in part["items"]:
+        if it["item_id"] in old:
+            assert it["score"] == pytest.approx(old[it["item_id"]] - 0.4 * contrib[it["item_id"]], abs=1e-4)
+    # the same through POST
+    hist = [engine.bundle.catalog.item_ids[i] for i in engine.bundle.users.history(engine.bundle.users.index_of(uid))]
+    r = client.post("/recommend", json={"history": hist[-20:], "suppress": [j], "suppress_strength": 0.4})
+    assert r.status_code == 200 and r.json()["suppressed"][0]["strength"] == 0.4
+    # a stored policy at strength 1 on the same latent is the stronger: it applies
+    assert client.put("/admin/policies/full-j", json={"latents": [j], "strength": 1.0}, headers=AUTH).status_code == 200
+    try:
+        both = client.get("/recommend", params={"user_id": uid, "suppress": str(j), "suppress_strength": 0.4,
+                                                "policy": "full-j"}).json()
+        assert both["suppressed"] == [{"latent": j, "strength": 1.0, "source": "policy:full-j", "active": True}]
+    finally:
+        client.delete("/admin/policies/full-j", headers=AUTH)
+    for bad in ("0", "1.5", "-1", "nan", "x"):
+        r = client.get("/recommend", params={"user_id": uid, "suppress": str(j), "suppress_strength": bad})
+        assert r.status_code == 422 and ["query", "suppress_strength"] in [d["loc"] for d in r.json()["detail"]], bad
+
+
 def _mean_popularity(engine, body):
     pop = np.asarray(engine.bundle.catalog.popularity, dtype=float)
     return float(np.mean([pop[engine.bundle.catalog.index_of(it["item_id"])] for it in body["items"]]))
