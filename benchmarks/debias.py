@@ -233,8 +233,14 @@ def render(runs, extra, a, t_load: float) -> str:
             f"ρ(b_dec·e, popularity) {r2['baseline_evidence']['spearman_bdec_popularity']:+.3f})."
         )
     lines += [
-        "- Possible follow-up: train the SAE without absorbing the mean into `b_dec` (e.g. centre the inputs "
-        "and fix `b_dec` = 0), so that popularity can become a latent and be suppressed per user.",
+        "- **Making popularity a latent**: `recsae train --sae-reserve popularity` reserves latent 0 for the "
+        "direction that raises the head items' scores and keeps that direction out of every other latent and "
+        "of `b_dec`; suppressing that one latent then cuts popularity per user "
+        "([debias-reserved/report-popularity.md](debias-reserved/report-popularity.md), README \"De-biasing\"). "
+        "Fixing `b_dec` = 0 instead gave a far worse SAE.",
+        "- **Read the NDCG losses with their intervals**: each best and dev-chosen point carries a 95% paired-"
+        "bootstrap interval of its test NDCG loss; with ~1k test users it spans about ±9 points, so a point "
+        "a few points either side of the 10% budget is not resolved by this data.",
         "",
         "## Method",
         "",

@@ -237,6 +237,14 @@ def test_sweep_on_small_bundle_reports_random_and_rerank(bundle_data, small_bund
     assert "random" in D.sweep_table(r)
     # latents were chosen on the dev stage
     assert r["settings"]["select_stage"] == "dev" and r["settings"]["report_stage"] == "test"
+    # each best / dev-chosen point carries a bootstrap interval around its own test NDCG loss
+    for method in ("association", "greedy", "baseline"):
+        t = r["targets"][method]
+        for loss, ci in ((t["best_ndcg_loss"], t.get("best_ndcg_loss_ci95")),
+                         ((t["dev_choice"] or {}).get("test_ndcg_loss"), (t["dev_choice"] or {}).get("test_ndcg_loss_ci95"))):
+            if loss is not None:
+                assert ci is not None and ci[0] <= round(loss, 4) + 1e-4 and round(loss, 4) - 1e-4 <= ci[1], (method, loss, ci)
+    assert "95% CI" in D.targets_markdown(r)
 
 
 def test_baseline_suppression_lowers_the_head_share_on_small_bundle(bundle_data):
