@@ -87,6 +87,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         min_fidelity=a.min_fidelity,
         sae_reserve=a.sae_reserve,
+        sae_encoder=a.sae_encoder,
     )
     res = run_job(cfg, a.out, a.work_dir)
     print_summary(res.summary)
@@ -239,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--expansion", type=int, default=None, help="latents = expansion x d (overrides the preset)")
     t.add_argument("-k", "--k", type=int, default=None, help="active latents per sample (overrides the preset)")
     t.add_argument("--sae-epochs", type=int, default=None, help="SAE epochs (overrides the preset)")
+    t.add_argument("--sae-encoder", default="topk", choices=["topk", "pursuit"], help=(
+        "how the bundle encodes at inference: topk = the trained encoder (default); pursuit = "
+        "matching pursuit over the same decoder, k latents still: keeps more of the model (k=8 on "
+        "ml-100k: 98.5%% of NDCG@10 instead of 97.3%%) for ~0.3 ms more per request"))
     t.add_argument("--sae-reserve", default=None, choices=["popularity"], help=(
         "reserve latent 0 for this direction and keep it out of every other latent and of the "
         "decoder bias, so suppressing latent 0 removes it (popularity: the direction that raises "

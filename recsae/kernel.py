@@ -29,6 +29,8 @@ import numpy as np
 from recsae import BundleError, ConfigError
 
 SteerMode = Literal["error", "reconstruction"]
+Encoder = Literal["topk", "pursuit"]
+ENCODERS = ("topk", "pursuit")
 
 
 class Codes(NamedTuple):
@@ -58,6 +60,14 @@ class SAEKernel:
     W_dec: np.ndarray  # (m, d)
     b_dec: np.ndarray  # (d,)
     k: int
+    # "topk": the trained encoder (a matrix product and a top-k); "pursuit": the k latents and
+    # their activations chosen by non-negative orthogonal matching pursuit over the decoder (the
+    # same dictionary, a better sparse code for it; see ``pursuit``)
+    encoder: Encoder = "topk"
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"unknown SAE encoder {self.encoder!r}; choose one of {list(ENCODERS)}")
 
     @property
     def n_latents(self) -> int:
@@ -79,7 +89,8 @@ class SAEKernel:
         except (OSError, ValueError) as e:
             raise BundleError(f"cannot read SAE weights in {folder}: {e}") from e
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-        return cls(f32(t["W_enc"]), f32(t["b_enc"]), f32(t["W_dec"]), f32(t["b_dec"]), int(cfg["k"]))
+        return cls(f32(t["W_enc"]), f32(t["b_enc"]), f32(t["W_dec"]), f32(t["b_dec"]), int(cfg["k"]),
+                   cfg.get("encoder", "topk"))
 
     # -- encode / decode ----------------------------------------------------------------------
     def encode(self, x: np.ndarray) -> Codes:
@@ -87,6 +98,8 @@ class SAEKernel:
         if len(x) > ENCODE_CHUNK:  # offline batches: (B, n_latents) pre-activations and indices add up
             parts = [self.encode(x[s : s + ENCODE_CHUNK]) for s in range(0, len(x), ENCODE_CHUNK)]
             return Codes(np.concatenate([p.acts for p in parts]), np.concatenate([p.idx for p in parts]))
+        if self.encoder == "pursuit":
+            return self.pursuit(x)
         pre = (x - self.b_dec) @ self.W_enc.T + self.b_enc
         k = self.k
         idx = np.argpartition(pre, -k, axis=1)[:, -k:]
@@ -95,6 +108,32 @@ class SAEKernel:
         idx = np.take_along_axis(idx, order, axis=1).astype(np.int64)
         acts = np.maximum(np.take_along_axis(acts, order, axis=1), 0.0).astype(np.float32)
         return Codes(acts, idx)
+
+    def pursuit(self, x: np.ndarray) -> Codes:
+        """Non-negative orthogonal matching pursuit: k times, add the latent whose decoder row best
+        matches what is still unexplained, then refit all chosen activations by least squares
+        (negative ones set to 0). The TopK encoder is one linear guess of the code; this searches
+        for it, and keeps more of the model (README: at k=8 on ml-100k, held-out FVU 0.036 -> 0.026,
+        NDCG@10 kept 97.3% -> 98.5%) for k small solves per row."""
+        B, k = len(x), self.k
+        W = self.W_dec.astype(np.float64)
+        target = x.astype(np.float64) - self.b_dec
+        resid = target.copy()
+        idx = np.zeros((B, k), dtype=np.int64)
+        acts = np.zeros((B, k))
+        rows = np.arange(B)
+        for t in range(k):
+            corr = resid @ W.T
+            if t:
+                corr[rows[:, None], idx[:, :t]] = -np.inf  # each latent once
+            idx[:, t] = corr.argmax(1)
+            A = W[idx[:, : t + 1]]  # (B, t+1, d)
+            gram = A @ A.transpose(0, 2, 1) + 1e-9 * np.eye(t + 1)
+            sol = np.linalg.solve(gram, (A @ target[:, :, None]))[..., 0]
+            acts[:, : t + 1] = np.maximum(sol, 0.0)
+            resid = target - np.einsum("bt,btd->bd", acts[:, : t + 1], A)
+        order = np.argsort(-acts, axis=1, kind="stable")
+        return Codes(np.take_along_axis(acts, order, 1).astype(np.float32), np.take_along_axis(idx, order, 1))
 
     def decode(self, codes: Codes) -> np.ndarray:
         return np.einsum("bk,bkd->bd", codes.acts, self.W_dec[codes.idx]) + self.b_dec

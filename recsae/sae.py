@@ -35,6 +35,9 @@ class SAEConfig:
     dead_after: int = 20_000
     aux_k: int | None = None  # default d_in // 2
     auxk_alpha: float = 1 / 32
+    # How a bundle encodes at inference (``recsae.kernel``): "topk" (the trained encoder) or
+    # "pursuit" (matching pursuit over the decoder). Training always uses the TopK encoder.
+    encoder: str = "topk"
 
     @property
     def n_latents(self) -> int:

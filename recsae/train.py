@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recsae.kernel import SAEKernel
 from recsae.sae import SAEConfig, TopKSAE
 
 
@@ -82,34 +83,36 @@ class SAETrainResult:
 
 
 @torch.no_grad()
-def measure(sae: TopKSAE, acts: np.ndarray | torch.Tensor, batch_size: int = 8192) -> SAEMetrics:
-    """FVU, dead ratio, L0 and per-latent statistics of ``sae`` on ``acts``."""
-    x_all = acts.float() if isinstance(acts, torch.Tensor) else torch.from_numpy(np.array(acts, dtype=np.float32))
-    n, m = len(x_all), sae.cfg.n_latents
-    mean = x_all.mean(0)
+def measure(sae: "TopKSAE | SAEKernel", acts: np.ndarray | torch.Tensor, batch_size: int = 8192) -> SAEMetrics:
+    """FVU, dead ratio, L0 and per-latent statistics on ``acts``, with the SAE's own encoder
+    (``TopKSAE``: the trained one; ``SAEKernel``: the bundle's, which may be ``pursuit``)."""
+    x_all = acts.float().numpy() if isinstance(acts, torch.Tensor) else np.asarray(acts, dtype=np.float32)
+    n, m = len(x_all), sae.n_latents if isinstance(sae, SAEKernel) else sae.cfg.n_latents
+    total = float(((x_all - x_all.mean(0, dtype=np.float64)) ** 2).sum())
     sq_err = 0.0
-    total = float((x_all - mean).pow(2).sum())
-    counts = torch.zeros(m, dtype=torch.float64)
-    sums = torch.zeros(m, dtype=torch.float64)
-    l0 = 0.0
+    counts = np.zeros(m, dtype=np.float64)
+    sums = np.zeros(m, dtype=np.float64)
     for s in range(0, n, batch_size):
         x = x_all[s : s + batch_size]
-        acts_, idx = sae.encode(x)
-        recon = sae.decode(acts_, idx)
-        sq_err += float((recon - x).pow(2).sum())
-        fired = acts_ > 0
-        counts.index_add_(0, idx[fired], torch.ones(int(fired.sum()), dtype=torch.float64))
-        sums.index_add_(0, idx[fired], acts_[fired].double())
-        l0 += float(fired.sum())
-    freq = (counts / max(n, 1)).numpy()
-    mean_act = (sums / counts.clamp_min(1)).numpy()
+        if isinstance(sae, SAEKernel):
+            codes = sae.encode(x)
+            a, idx, recon = codes.acts, codes.idx, sae.decode(codes)
+        else:
+            with torch.no_grad():
+                at, it = sae.encode(torch.from_numpy(np.array(x, dtype=np.float32)))
+                recon = sae.decode(at, it).numpy()
+            a, idx = at.numpy(), it.numpy()
+        sq_err += float(((recon - x).astype(np.float64) ** 2).sum())
+        fired = a > 0
+        counts += np.bincount(idx[fired], minlength=m)
+        sums += np.bincount(idx[fired], weights=a[fired].astype(np.float64), minlength=m)
     return SAEMetrics(
         fvu=sq_err / max(total, 1e-12),
-        dead_ratio=float((counts == 0).double().mean()),
-        mean_l0=l0 / max(n, 1),
+        dead_ratio=float((counts == 0).mean()),
+        mean_l0=float(counts.sum()) / max(n, 1),
         n_samples=n,
-        firing_frequency=freq.astype(np.float32),
-        mean_activation=mean_act.astype(np.float32),
+        firing_frequency=(counts / max(n, 1)).astype(np.float32),
+        mean_activation=(sums / np.maximum(counts, 1)).astype(np.float32),
     )
 
 
