@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from recsae.pipeline import (
     work_dir_for,
 )
 from recsae.sae import SAEConfig
-from recsae.train import SAETrainConfig, train_sae
+from recsae.train import SAETrainConfig, measure, train_sae
 
 
 def matmul_gflops(n: int = 2048, d: int = 64, m: int = 2048, reps: int = 50) -> float:
@@ -68,6 +69,8 @@ def main() -> None:
     ap.add_argument("--auxk-alpha", type=float, default=None, help="AuxK loss weight (default: SAEConfig's)")
     ap.add_argument("--aux-k", type=int, default=None, help="dead latents AuxK uses per sample")
     ap.add_argument("--settings", default="8x16:60,32x32:120", help="k x expansion[:epochs], comma separated")
+    ap.add_argument("--pursuit", action="store_true",
+                    help="also measure each SAE with the matching-pursuit inference encoder (--sae-encoder pursuit)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from recsae.cli import default_data_dir
@@ -101,18 +104,21 @@ def main() -> None:
             resample=a.resample, seed=a.seed, progress=False,
         )
         res = train_sae(train, sc, tc, held)
-        fid = fidelity(model, split, kernel_of(res.sae), wide)
-        lo, hi = fid["ndcg10_ratio_reconstruction_ci95"]
-        wlo, whi = fid["heldout_ndcg10_ratio_reconstruction_ci95"]
         floor = flops_per_sample(sc.d_in, sc.n_latents, k) * len(train) / (rate * 1e9)
-        h = res.heldout
-        print(
-            f"| k={k} x {sc.n_latents} | {tc.epochs} | {res.seconds_per_epoch:.3f} | {res.samples_per_second:,.0f} | "
-            f"{floor:.3f} | {res.seconds_per_epoch / floor:.1f} | {h.fvu:.4f} | {h.dead_ratio:.2%} | "
-            f"{res.train.dead_ratio:.2%} | {fid['ndcg10_ratio_reconstruction']:.3f} ({lo:.3f}-{hi:.3f}) | "
-            f"{fid['heldout_ndcg10_ratio_reconstruction']:.3f} ({wlo:.3f}-{whi:.3f}) |",
-            flush=True,
-        )
+        for encoder in ("topk", "pursuit") if a.pursuit else ("topk",):
+            kernel = replace(kernel_of(res.sae), encoder=encoder)
+            fid = fidelity(model, split, kernel, wide)
+            lo, hi = fid["ndcg10_ratio_reconstruction_ci95"]
+            wlo, whi = fid["heldout_ndcg10_ratio_reconstruction_ci95"]
+            h = res.heldout if encoder == "topk" else measure(kernel, held)
+            print(
+                f"| k={k} x {sc.n_latents}{'' if encoder == 'topk' else ', pursuit encoder'} | {tc.epochs} | "
+                f"{res.seconds_per_epoch:.3f} | {res.samples_per_second:,.0f} | "
+                f"{floor:.3f} | {res.seconds_per_epoch / floor:.1f} | {h.fvu:.4f} | {h.dead_ratio:.2%} | "
+                f"{res.train.dead_ratio:.2%} | {fid['ndcg10_ratio_reconstruction']:.3f} ({lo:.3f}-{hi:.3f}) | "
+                f"{fid['heldout_ndcg10_ratio_reconstruction']:.3f} ({wlo:.3f}-{whi:.3f}) |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
