@@ -298,18 +298,17 @@ def sae_folder(cfg: JobConfig, work: Path) -> Path:
     return Path(work) / f"sae-{cfg.key(*SAE_KEYS)}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
 
 
-def head_of(model, split: Split) -> tuple[np.ndarray, np.ndarray]:
-    """(item embeddings, mask of the top-20% items by training interactions): the de-bias head."""
+def head_of(n_items: int, split: Split) -> np.ndarray:
+    """Mask of the top-20% items by training interactions: the de-bias head."""
     from recsae.debias import head_items
 
-    emb = item_embeddings(model)
-    return emb, head_items(np.bincount(np.concatenate(split.train), minlength=len(emb)))
+    return head_items(np.bincount(np.concatenate(split.train), minlength=n_items))
 
 
-def popularity_direction(model, split: Split) -> np.ndarray:
+def popularity_direction(emb: np.ndarray, split: Split) -> np.ndarray:
     """Unit vector in representation space along which the head items' scores rise most against
     the catalogue's: mean embedding of the top-20% most popular items minus the mean of all."""
-    emb, head = head_of(model, split)
+    head = head_of(len(emb), split)
     p = emb[head].mean(0) - emb.mean(0)
     return (p / max(float(np.linalg.norm(p)), 1e-12)).astype(np.float32)
 
@@ -492,7 +491,7 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
     t = lap("recommender", t)
     acts = capture_activations(model, split, cfg, work)
     t = lap("capture", t)
-    reserved = popularity_direction(model, split) if cfg.sae_reserve == "popularity" else None
+    reserved = popularity_direction(item_embeddings(model), split) if cfg.sae_reserve == "popularity" else None
     sae, sae_metrics = fit_sae(cfg, acts, work, reserved)
     if cfg.sae_encoder != sae.cfg.encoder:  # the bundle's inference encoder; its held-out figures
         sae.cfg.encoder = cfg.sae_encoder
@@ -508,7 +507,8 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
         raise QualityError(
             f"the SAE keeps {quality['ndcg10_ratio']:.1%} of NDCG@10 ({quality['measured_on']}), below "
             f"--min-fidelity {cfg.min_fidelity:g}; no bundle written. Re-run with a larger k "
-            f"(--sae-preset balanced or fidelity): the recommender and activations are cached in {work}"
+            f"(--sae-preset balanced or fidelity) or --sae-encoder pursuit: the recommender and "
+            f"activations are cached in {work}"
         )
     t = lap("fidelity", t)
 
@@ -610,7 +610,7 @@ def quality_report(sae_metrics: dict, fid: dict, n_latents: int) -> dict:
     n_train = int((sae_metrics.get("train") or {}).get("n_samples") or 0)
     few_rows = 0 < n_train < n_latents
     larger_k = ("too few training rows, not too small a k (see the last warning)" if few_rows
-                else "a larger k (--sae-preset balanced or fidelity) reconstructs more of it")
+                else "a larger k (--sae-preset balanced or fidelity) or --sae-encoder pursuit reconstructs more of it")
     warnings = []
     if ratio < WARN_NDCG_RATIO:
         warnings.append(f"the SAE keeps only {ratio:.1%} of NDCG@10 ({on}): concepts explain these "
@@ -638,11 +638,12 @@ def interpret_concepts(cfg, ds, split, model, kernel, acts, work) -> ConceptDict
 
         concepts = describe_bundle_latents(cfg, ds, split, model, kernel, acts, work)
     if cfg.sae_reserve == "popularity":
-        describe_reserved_popularity(concepts, kernel, np.asarray(acts.heldout), model, split)
+        describe_reserved_popularity(concepts, kernel, np.asarray(acts.heldout), item_embeddings(model), split)
     return concepts
 
 
-def describe_reserved_popularity(concepts: ConceptDictionary, kernel: SAEKernel, x: np.ndarray, model, split: Split) -> None:
+def describe_reserved_popularity(concepts: ConceptDictionary, kernel: SAEKernel, x: np.ndarray, emb: np.ndarray,
+                                 split: Split) -> None:
     """Latent 0 of a ``sae_reserve="popularity"`` SAE is popularity by construction; it fires for
     almost everyone, so firing-based describers find nothing: its magnitude is what matters.
     Its confidence is measured, not assumed: the AUC of its activation for whether the model's
@@ -650,7 +651,7 @@ def describe_reserved_popularity(concepts: ConceptDictionary, kernel: SAEKernel,
     from recsae.concepts import DetectionScore
     from recsae.debias import auc
 
-    emb, head = head_of(model, split)
+    head = head_of(len(emb), split)
     codes = kernel.encode(x)
     a0 = np.where(codes.idx == 0, codes.acts, 0.0).sum(1)
     top_is_head = head[np.concatenate([(x[s : s + 4096] @ emb.T).argmax(1) for s in range(0, len(x), 4096)])]
@@ -669,7 +670,7 @@ def describe_reserved_popularity(concepts: ConceptDictionary, kernel: SAEKernel,
     if concepts.describer != "none":
         from recsae.interpret import summarize
 
-        concepts.summary = {**concepts.summary, **summarize(concepts.concepts)}
+        concepts.summary = {**concepts.summary, **summarize(concepts.concepts)}  # counts it as described
 
 
 def measure_freq(kernel: SAEKernel, x: np.ndarray) -> np.ndarray:

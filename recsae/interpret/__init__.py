@@ -326,6 +326,10 @@ def reinterpret_bundle(
     concepts = interpret_activations(
         ds, kernel, item_emb, acts, describer=describer, llm=client, seed=cfg.seed, work=work
     )
+    if cfg.sae_reserve == "popularity":
+        from recsae.pipeline import describe_reserved_popularity
+
+        describe_reserved_popularity(concepts, kernel, np.asarray(acts.heldout), item_emb, split)
 
     skip = {MANIFEST, "concepts.json", "atlas.html"}
 

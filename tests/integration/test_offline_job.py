@@ -120,7 +120,7 @@ def test_user_based_recommenders_build_a_bundle_on_ml100k(data_dir, tmp_path, mo
     assert any("training rows" in w and "--model sasrec" in w for w in q["warnings"]), q["warnings"]
 
 
-def test_reserved_popularity_latent_is_found_described_and_suppressible(data_dir):
+def test_reserved_popularity_latent_is_found_described_and_suppressible(data_dir, tmp_path):
     """``--sae-reserve popularity`` on real data: latent 0 is pinned to the direction that raises
     the 20% most popular items (recomputed here from the bundle's own files), it is described as
     popularity with a measured confidence, the de-bias search ranks it first, and suppressing it
@@ -156,6 +156,16 @@ def test_reserved_popularity_latent_is_found_described_and_suppressible(data_dir
     rand = [1 - D.evaluate_suppression(data, data.test, measure, [int(rng.choice(pool[pool != 0]))], 1.0)["bias"] / base
             for _ in range(5)]
     assert cut > 0.15 and cut > max(rand) + 0.1, (cut, rand)
+    # re-describing the bundle (recsae interpret) keeps latent 0's popularity description
+    import shutil
+
+    from recsae.interpret import reinterpret_bundle
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    reinterpret_bundle(copy, "stats", data_dir=str(data_dir), work_dir=tmp_path / "w")
+    again = json.loads((copy / "concepts.json").read_text())["concepts"][0]
+    assert again["status"] == "described" and again["detection"]["auc"] == pytest.approx(c0["detection"]["auc"], abs=0.01)
 
 
 def test_pursuit_encoder_bundle_keeps_more_of_the_model_and_serves(data_dir):
