@@ -117,7 +117,8 @@ class Core:
             self.concepts, self.sae.n_latents, self.link, bundle.bundle_hash, settings.redis_prefix,
             settings.state_dir, settings.policy_sync_s,
         )
-        self.drift = DriftTracker(bundle.firing_frequency, self.sae.k, settings.drift_window, settings.drift_top)
+        self.drift = DriftTracker(bundle.firing_frequency, self.sae.k, settings.drift_window, settings.drift_top,
+                                  reference_mean_activation=bundle.mean_activation)
         self.titles = bundle.catalog.titles
         self.item_ids = bundle.catalog.item_ids
         self.recent = RecentLog(self.link, settings.redis_prefix)
@@ -279,7 +280,7 @@ class Core:
             active_out = self._explain(xs, codes, strengths, ids, items, baseline)
 
         if not self._warming:
-            self.drift.record(np.asarray(active, dtype=np.int64))
+            self.drift.record(np.asarray(active, dtype=np.int64), codes.acts[0][codes.acts[0] > 0])
             M.RECOMMENDATIONS.labels(source).inc()
             label = M.policy_label(pol.name if pol is not None else None) if strengths or baseline else None
             if label is not None:

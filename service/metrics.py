@@ -115,6 +115,11 @@ class Drift:
     reference_rate: np.ndarray
     """Share of reference users in which each latent fired."""
     n: int
+    live_mean_activation: np.ndarray | None = None
+    """Each latent's mean activation over the live requests it fired in (NaN where it did not)."""
+    reference_mean_activation: np.ndarray | None = None
+    """The same over the reference users: a shift in *how strongly* a concept is present, which
+    firing rates miss for a concept that fires for almost everyone (a reserved popularity latent)."""
 
     def top(self, n: int) -> np.ndarray:
         """Ids of the ``n`` most drifted latents (largest PSI term first, ties by id)."""
@@ -124,7 +129,8 @@ class Drift:
 
 
 def drift_stats(
-    live_counts: np.ndarray, n_live: int, reference_freq: np.ndarray, eps: float = 1e-4
+    live_counts: np.ndarray, n_live: int, reference_freq: np.ndarray, eps: float = 1e-4,
+    live_sums: np.ndarray | None = None, reference_mean_activation: np.ndarray | None = None,
 ) -> Drift | None:
     """Compare live firing counts with reference firing frequencies.
 
@@ -155,17 +161,27 @@ def drift_stats(
         ps, qs = p, q
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(ps == qs, 0.0, (ps - qs) * np.log(ps / qs))
-    return Drift(jsd, float(terms.sum()), terms, live / n_live, ref, int(n_live))
+    live_mean = None
+    if live_sums is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            live_mean = np.where(live > 0, np.asarray(live_sums, dtype=np.float64) / live, np.nan)
+    return Drift(jsd, float(terms.sum()), terms, live / n_live, ref, int(n_live), live_mean,
+                 None if reference_mean_activation is None else np.asarray(reference_mean_activation, dtype=np.float64))
 
 
 class DriftTracker:
     """Live firing counts over the last ``window`` requests (a ring buffer of latent ids)."""
 
-    def __init__(self, reference_freq: np.ndarray, k: int, window: int = 2000, top: int = 10):
+    def __init__(self, reference_freq: np.ndarray, k: int, window: int = 2000, top: int = 10,
+                 reference_mean_activation: np.ndarray | None = None):
         self.reference = np.asarray(reference_freq, dtype=np.float64)
+        self.reference_mean_activation = reference_mean_activation
         self.window, self.top_n = int(window), int(top)
         self._ring = np.full((self.window, k), -1, dtype=np.int64)
+        self._ring_acts = np.zeros((self.window, k), dtype=np.float64)
         self._counts = np.zeros(len(self.reference), dtype=np.int64)
+        self._sums = np.zeros(len(self.reference), dtype=np.float64)
+        self._has_acts = False  # live mean activations are reported once requests bring them
         self._pos = 0
         self._n = 0
         self._lock = threading.Lock()
@@ -175,15 +191,23 @@ class DriftTracker:
     def n(self) -> int:
         return self._n
 
-    def record(self, latents: np.ndarray) -> None:
-        """Count one request whose firing latents (activation > 0, distinct) are ``latents``."""
+    def record(self, latents: np.ndarray, acts: np.ndarray | None = None) -> None:
+        """Count one request whose firing latents (activation > 0, distinct) are ``latents``, with
+        their activations ``acts`` (same order) when known."""
         latents = np.asarray(latents, dtype=np.int64)[: self._ring.shape[1]]
+        if acts is not None:
+            self._has_acts = True
+        acts = np.zeros(len(latents)) if acts is None else np.asarray(acts, dtype=np.float64)[: len(latents)]
         with self._lock:
-            old = self._ring[self._pos]
+            old, old_acts = self._ring[self._pos], self._ring_acts[self._pos]
             self._counts[old[old >= 0]] -= 1
+            self._sums[old[old >= 0]] -= old_acts[old >= 0]
             old[:] = -1
+            old_acts[:] = 0.0
             old[: len(latents)] = latents
+            old_acts[: len(latents)] = acts
             self._counts[latents] += 1
+            self._sums[latents] += acts
             self._pos = (self._pos + 1) % self.window
             self._n = min(self._n + 1, self.window)
         now = time.monotonic()
@@ -193,8 +217,9 @@ class DriftTracker:
 
     def snapshot(self) -> Drift | None:
         with self._lock:
-            counts, n = self._counts.copy(), self._n
-        return drift_stats(counts, n, self.reference)
+            counts, sums, n = self._counts.copy(), self._sums.copy(), self._n
+        return drift_stats(counts, n, self.reference, live_sums=sums if self._has_acts else None,
+                           reference_mean_activation=self.reference_mean_activation)
 
     def update_gauges(self) -> Drift | None:
         d = self.snapshot()
@@ -212,10 +237,18 @@ class DriftTracker:
             "reference: the bundle's users) in which a latent fires; only the most drifted latents.",
             "# TYPE recsae_concept_firing_rate gauge",
         ]
+        act_lines = [
+            "# HELP recsae_concept_mean_activation Mean activation of a latent over the requests it fires "
+            "in (live: last N in this worker; reference: the bundle's users); the same latents as above.",
+            "# TYPE recsae_concept_mean_activation gauge",
+        ]
         if d is not None:
             for j in d.top(self.top_n):
                 lines.append(f'recsae_concept_firing_rate{{kind="live",latent="{j}"}} {d.live_rate[j]:.6g}')
                 lines.append(
                     f'recsae_concept_firing_rate{{kind="reference",latent="{j}"}} {d.reference_rate[j]:.6g}'
                 )
-        return "\n".join(lines) + "\n"
+                for kind, values in (("live", d.live_mean_activation), ("reference", d.reference_mean_activation)):
+                    if values is not None and np.isfinite(values[j]):
+                        act_lines.append(f'recsae_concept_mean_activation{{kind="{kind}",latent="{j}"}} {values[j]:.6g}')
+        return "\n".join(lines + act_lines) + "\n"

@@ -432,6 +432,12 @@ class DriftLatent(BaseModel):
     reference_rate: float = Field(description="share of the bundle's reference users in which it fires")
     live_rate: float = Field(description="share of this worker's recent requests in which it fires")
     psi_term: float = Field(description="its share of the PSI (>= 0): the sort key")
+    reference_mean_activation: float | None = Field(
+        None, description="its mean activation over the reference users it fires for")
+    live_mean_activation: float | None = Field(
+        None, description="its mean activation over the recent requests it fired in; null if none: "
+        "a shift here is drift in how strongly a concept is present, which firing rates miss for "
+        "concepts that fire for almost everyone")
 
 
 class DriftReport(BaseModel):

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import math
 import os
 import pathlib
 import re
@@ -445,12 +446,17 @@ async def drift(q: Annotated[DriftQuery, Query()], core: CoreDep, creds: AuditCr
         report = DriftReport(window_requests=core.drift.n, window_size=core.drift.window)
         if d is not None:
             report.jsd, report.psi = round(d.jsd, DECIMALS), round(d.psi, DECIMALS)
+            def act(values, j: int) -> float | None:
+                return round(float(values[j]), DECIMALS) if values is not None and math.isfinite(values[j]) else None
+
             for j in d.top(q.top).tolist():
                 c = core.store.concepts.get(j)
                 report.latents.append(DriftLatent(
                     latent=j, description=c.description if c else None,
                     reference_rate=round(float(d.reference_rate[j]), DECIMALS),
                     live_rate=round(float(d.live_rate[j]), DECIMALS), psi_term=round(float(d.per_latent[j]), DECIMALS),
+                    reference_mean_activation=act(d.reference_mean_activation, j),
+                    live_mean_activation=act(d.live_mean_activation, j),
                 ))
         return _json(report)
 

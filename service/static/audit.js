@@ -249,7 +249,9 @@ async function loadDrift() {
         el("div", { class: "bar-track" },
           el("div", { class: "bar ref", style: `width:${(100 * l.reference_rate / max).toFixed(1)}%` }),
           el("div", { class: "bar live", style: `width:${(100 * l.live_rate / max).toFixed(1)}%` })),
-        el("small", { class: "muted", text: `${pct(l.reference_rate)} → ${pct(l.live_rate)}` })))));
+        el("small", { class: "muted", text: `${pct(l.reference_rate)} → ${pct(l.live_rate)}` })),
+      el("td", { class: "num", title: "mean activation when it fires: reference → live",
+        text: `${fmt(l.reference_mean_activation, 2)} → ${fmt(l.live_mean_activation, 2)}` }))));
     setStatus(summary, d.jsd === null ? `no live traffic yet in this worker's window (${d.window_size} requests)`
       : `JSD ${fmt(d.jsd, 4)} · PSI ${fmt(d.psi, 3)} over the last ${d.window_requests} requests of this worker (grey: reference, orange: live)`, "ready");
   } catch (e) {

@@ -265,6 +265,9 @@ def test_toggle_reranks_exactly_like_the_api(server, browser):
     cdp.wait("document.querySelector('#drift-summary').dataset.state === 'ready'")
     _, drift = c.request("GET", "/drift", {"top": 15}, headers=AUDIT)
     assert drift["window_requests"] > 0 and drift["latents"]
+    fired = [x for x in drift["latents"] if x["live_rate"] > 0]
+    assert fired and all(x["live_mean_activation"] > 0 for x in fired)
+    assert all(x["live_mean_activation"] is None for x in drift["latents"] if x["live_rate"] == 0)
     assert cdp.js("document.querySelectorAll('#drift-table tbody tr').length") == len(drift["latents"])
     _, top_conf = c.request("GET", "/concepts", {"sort": "-confidence", "limit": 100})
     rows = cdp.js("[...document.querySelectorAll('#dict-table tbody tr')].map(r => +r.dataset.latent)")

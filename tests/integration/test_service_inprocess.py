@@ -594,6 +594,15 @@ def test_metrics(client, engine):
     assert re.search(r"^recsae_concept_drift_psi \d", text, re.M)
     rates = re.findall(r'^recsae_concept_firing_rate\{kind="(live|reference)",latent="(\d+)"\}', text, re.M)
     assert 0 < len(rates) <= 2 * 10 and len({j for _, j in rates}) == len(rates) // 2
+    # how strongly each listed concept is present: the reference's and, where it fired, the live mean
+    acts = dict(((k, int(j)), float(v)) for k, j, v in re.findall(
+        r'^recsae_concept_mean_activation\{kind="(live|reference)",latent="(\d+)"\} (\S+)', text, re.M))
+    listed = {int(j) for _, j in rates}
+    assert {j for k, j in acts if k == "reference"} <= listed and any(k == "live" for k, _ in acts)
+    for (kind, j), v in acts.items():
+        if kind == "reference":
+            assert v == pytest.approx(float(engine.bundle.mean_activation[j]), rel=1e-5)
+        assert v > 0
 
 
 # -- no 500 for any client input ------------------------------------------------------------------

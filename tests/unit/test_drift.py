@@ -108,3 +108,27 @@ def test_exposition_has_only_current_top_n_and_drops_stale_series():
     assert {int(m) for m in re.findall(r'latent="(\d+)"', second)} == {40, 41, 42}
     assert 'kind="live",latent="40"} 1' in second
     assert 'kind="reference",latent="40"} 0.02' in second
+
+
+def test_tracker_keeps_live_mean_activations_over_the_window():
+    """How strongly a concept is present drifts too: latent 0 fires in every request (its rate
+    cannot move) while its activation doubles; the window's mean follows, old requests leave."""
+    ref = np.array([1.0, 0.5, 0.0])
+    t = DriftTracker(ref, k=2, window=4, top=3, reference_mean_activation=np.array([2.0, 1.0, 0.0]))
+    for _ in range(4):
+        t.record(np.array([0, 1]), np.array([2.0, 1.0]))
+    d = t.snapshot()
+    assert d.live_mean_activation[:2].tolist() == [2.0, 1.0] and np.isnan(d.live_mean_activation[2])
+    for _ in range(2):
+        t.record(np.array([0]), np.array([4.0]))
+    d = t.snapshot()
+    assert d.live_rate[0] == 1.0  # the firing rate says nothing changed ...
+    assert d.live_mean_activation[0] == pytest.approx(3.0)  # ... the strength says it did
+    assert d.live_mean_activation[1] == pytest.approx(1.0)
+    text = t.exposition()
+    assert 'recsae_concept_mean_activation{kind="live",latent="0"} 3' in text
+    assert 'recsae_concept_mean_activation{kind="reference",latent="0"} 2' in text
+    for _ in range(4):
+        t.record(np.array([2]), np.array([0.5]))
+    d = t.snapshot()
+    assert np.isnan(d.live_mean_activation[0]) and d.live_mean_activation[2] == pytest.approx(0.5)
