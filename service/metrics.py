@@ -127,6 +127,25 @@ class Drift:
         order = np.lexsort((candidates, -self.per_latent[candidates]))
         return candidates[order][:n]
 
+    def strength_shift(self) -> np.ndarray:
+        """Per latent, ``|ln(live / reference mean activation)|`` weighted by its live firing rate
+        (0 where either side is missing): a concept present as often as before but much more or
+        less strongly ranks high; a rare one cannot dominate."""
+        if self.live_mean_activation is None or self.reference_mean_activation is None:
+            return np.zeros_like(self.live_rate)
+        live, ref = self.live_mean_activation, self.reference_mean_activation
+        ok = np.isfinite(live) & (live > 0) & (ref > 0)
+        out = np.zeros_like(self.live_rate)
+        out[ok] = np.abs(np.log(live[ok] / ref[ok])) * self.live_rate[ok]
+        return out
+
+    def top_strength(self, n: int) -> np.ndarray:
+        """Ids of the ``n`` latents whose strength shifted most (:meth:`strength_shift`; ties by id)."""
+        shift = self.strength_shift()
+        candidates = np.flatnonzero(shift > 0)
+        order = np.lexsort((candidates, -shift[candidates]))
+        return candidates[order][:n]
+
 
 def drift_stats(
     live_counts: np.ndarray, n_live: int, reference_freq: np.ndarray, eps: float = 1e-4,
@@ -243,7 +262,8 @@ class DriftTracker:
             "# TYPE recsae_concept_mean_activation gauge",
         ]
         if d is not None:
-            for j in d.top(self.top_n):
+            # the most drifted by firing (PSI) and by strength: at most 2N series of each metric
+            for j in dict.fromkeys([*d.top(self.top_n).tolist(), *d.top_strength(self.top_n).tolist()]):
                 lines.append(f'recsae_concept_firing_rate{{kind="live",latent="{j}"}} {d.live_rate[j]:.6g}')
                 lines.append(
                     f'recsae_concept_firing_rate{{kind="reference",latent="{j}"}} {d.reference_rate[j]:.6g}'

@@ -424,6 +424,9 @@ class DriftQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     top: int = Field(15, ge=1, le=200, description="most drifted latents to return")
+    sort: Literal["psi", "strength"] = Field(
+        "psi", description="psi: by how their firing rate drifted (PSI term); strength: by how their mean "
+        "activation when firing drifted, |ln(live / reference)| x live firing rate")
 
 
 class DriftLatent(BaseModel):
@@ -431,7 +434,9 @@ class DriftLatent(BaseModel):
     description: str | None = None
     reference_rate: float = Field(description="share of the bundle's reference users in which it fires")
     live_rate: float = Field(description="share of this worker's recent requests in which it fires")
-    psi_term: float = Field(description="its share of the PSI (>= 0): the sort key")
+    psi_term: float = Field(description="its share of the PSI (>= 0): the default sort key")
+    strength_shift: float = Field(0.0, description="|ln(live / reference mean activation)| x live rate: the "
+                                  "sort key of sort=strength")
     reference_mean_activation: float | None = Field(
         None, description="its mean activation over the reference users it fires for")
     live_mean_activation: float | None = Field(

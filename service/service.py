@@ -449,7 +449,8 @@ async def drift(q: Annotated[DriftQuery, Query()], core: CoreDep, creds: AuditCr
             def act(values, j: int) -> float | None:
                 return round(float(values[j]), DECIMALS) if values is not None and math.isfinite(values[j]) else None
 
-            for j in d.top(q.top).tolist():
+            shift = d.strength_shift()
+            for j in (d.top_strength(q.top) if q.sort == "strength" else d.top(q.top)).tolist():
                 c = core.store.concepts.get(j)
                 report.latents.append(DriftLatent(
                     latent=j, description=c.description if c else None,
@@ -457,6 +458,7 @@ async def drift(q: Annotated[DriftQuery, Query()], core: CoreDep, creds: AuditCr
                     live_rate=round(float(d.live_rate[j]), DECIMALS), psi_term=round(float(d.per_latent[j]), DECIMALS),
                     reference_mean_activation=act(d.reference_mean_activation, j),
                     live_mean_activation=act(d.live_mean_activation, j),
+                    strength_shift=round(float(shift[j]), DECIMALS),
                 ))
         return _json(report)
 

@@ -240,7 +240,7 @@ async function loadDrift() {
   const summary = $("#drift-summary");
   setStatus(summary, "loading…", "loading");
   try {
-    const d = await api("/drift?top=15");
+    const d = await api("/drift?top=15&sort=" + $("#drift-sort").value);
     const max = Math.max(1e-9, ...d.latents.flatMap((l) => [l.reference_rate, l.live_rate]));
     $("#drift-table tbody").replaceChildren(...d.latents.map((l) => el("tr", { "data-latent": l.latent },
       el("td", { class: "num", text: "#" + l.latent }),
@@ -324,6 +324,7 @@ function init() {
   $("#dict-form").addEventListener("submit", (ev) => { ev.preventDefault(); loadDict(); });
   $("#dict-sort").addEventListener("change", loadDict);
   $("#drift-refresh").addEventListener("click", loadDrift);
+  $("#drift-sort").addEventListener("change", loadDrift);
   $("#recent-refresh").addEventListener("click", loadRecent);
   api("/bundle").then((b) => {
     state.bundle = b;

@@ -269,6 +269,12 @@ def test_toggle_reranks_exactly_like_the_api(server, browser):
     assert fired and all(x["live_mean_activation"] > 0 for x in fired)
     assert all(x["live_mean_activation"] is None for x in drift["latents"] if x["live_rate"] == 0)
     assert cdp.js("document.querySelectorAll('#drift-table tbody tr').length") == len(drift["latents"])
+    # ranked by drift in strength instead: the page lists what the API lists, in its order
+    cdp.js("(e => { e.value = 'strength'; e.dispatchEvent(new Event('change')); })(document.querySelector('#drift-sort'))")
+    cdp.wait("document.querySelector('#drift-summary').dataset.state === 'ready'")
+    _, by_strength = c.request("GET", "/drift", {"top": 15, "sort": "strength"}, headers=AUDIT)
+    cdp.wait(f"[...document.querySelectorAll('#drift-table tbody tr')].map(r => +r.dataset.latent).join(',') === "
+             f"{json.dumps(','.join(str(x['latent']) for x in by_strength['latents']))}")
     _, top_conf = c.request("GET", "/concepts", {"sort": "-confidence", "limit": 100})
     rows = cdp.js("[...document.querySelectorAll('#dict-table tbody tr')].map(r => +r.dataset.latent)")
     assert rows == [x["latent"] for x in top_conf["concepts"]]

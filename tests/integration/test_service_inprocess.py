@@ -593,7 +593,7 @@ def test_metrics(client, engine):
     assert re.search(r"^recsae_concept_drift_jsd \d", text, re.M)
     assert re.search(r"^recsae_concept_drift_psi \d", text, re.M)
     rates = re.findall(r'^recsae_concept_firing_rate\{kind="(live|reference)",latent="(\d+)"\}', text, re.M)
-    assert 0 < len(rates) <= 2 * 10 and len({j for _, j in rates}) == len(rates) // 2
+    assert 0 < len(rates) <= 2 * 2 * 10 and len({j for _, j in rates}) == len(rates) // 2  # top 10 by PSI and by strength
     # how strongly each listed concept is present: the reference's and, where it fired, the live mean
     acts = dict(((k, int(j)), float(v)) for k, j, v in re.findall(
         r'^recsae_concept_mean_activation\{kind="(live|reference)",latent="(\d+)"\} (\S+)', text, re.M))
@@ -603,6 +603,26 @@ def test_metrics(client, engine):
         if kind == "reference":
             assert v == pytest.approx(float(engine.bundle.mean_activation[j]), rel=1e-5)
         assert v > 0
+
+
+def test_drift_by_strength(client, engine):
+    """``/drift?sort=strength`` lists the concepts whose mean activation moved most against the
+    bundle's reference, with the figures that rank them."""
+    for uid in users(engine, 12):
+        client.get("/recommend", params={"user_id": uid})
+    d = client.get("/drift", params={"top": 20, "sort": "strength"}).json()
+    shifts = [x["strength_shift"] for x in d["latents"]]
+    assert d["latents"] and shifts == sorted(shifts, reverse=True) and shifts[0] > 0
+    for x in d["latents"]:
+        ref = float(engine.bundle.mean_activation[x["latent"]])
+        assert x["reference_mean_activation"] == pytest.approx(ref, rel=1e-5)
+        expected = abs(np.log(x["live_mean_activation"] / ref)) * x["live_rate"]
+        assert x["strength_shift"] == pytest.approx(expected, rel=1e-3, abs=1e-5)
+    by_psi = client.get("/drift", params={"top": 20}).json()["latents"]
+    terms = [x["psi_term"] for x in by_psi]
+    assert terms == sorted(terms, reverse=True)
+    r = client.get("/drift", params={"sort": "size"})
+    assert r.status_code == 422 and ["query", "sort"] in [e["loc"] for e in r.json()["detail"]]
 
 
 # -- no 500 for any client input ------------------------------------------------------------------

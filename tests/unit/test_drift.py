@@ -124,6 +124,7 @@ def test_tracker_keeps_live_mean_activations_over_the_window():
     d = t.snapshot()
     assert d.live_rate[0] == 1.0  # the firing rate says nothing changed ...
     assert d.live_mean_activation[0] == pytest.approx(3.0)  # ... the strength says it did
+    assert d.top_strength(3).tolist() == [0] and d.strength_shift()[0] == pytest.approx(np.log(1.5))
     assert d.live_mean_activation[1] == pytest.approx(1.0)
     text = t.exposition()
     assert 'recsae_concept_mean_activation{kind="live",latent="0"} 3' in text
