@@ -155,7 +155,7 @@ def train_sae(
             # and a latent's activation is never negative)
             q, r_ = torch.linalg.qr(reserved.to(torch.float32).t())
             basis = (q * torch.sign(torch.diagonal(r_))).t()
-            n_res = len(basis)
+            n_reserved = len(basis)
         if tcfg.init == "data":
             pick = torch.randperm(n, generator=torch.Generator().manual_seed(tcfg.seed + 1))
             # more latents than rows (user-based models on small data): rows are reused, the noise
@@ -240,9 +240,9 @@ def train_sae(
         if epoch + 1 < tcfg.epochs * tcfg.resample_until:
             dead_now = since_fired >= cfg.dead_after
             if reserved is not None:  # reserved latents are neither renewed nor split
-                dead_now[:n_res] = False
+                dead_now[:n_reserved] = False
             renewed = resample_dead(sae, opt, x_all, dead_now, gen, dist, tcfg.resample,
-                                    keep=n_res if reserved is not None else 0)
+                                    keep=n_reserved if reserved is not None else 0)
             if reserved is not None:
                 _keep_reserved(sae, basis)
             since_fired[renewed] = 0
