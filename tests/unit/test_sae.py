@@ -151,6 +151,25 @@ def test_split_resampling_starts_new_latents_where_busy_ones_were():
     assert after.fvu < 1.5 * before.fvu, (before.fvu, after.fvu)
 
 
+def test_split_resampling_never_splits_kept_latents():
+    """``keep=r``: the first r latents (reserved directions) are never a split's parent, however
+    busy: their encoder, bias and decoder come out of resampling untouched."""
+    x = torch.as_tensor(sparse_data(4000, 16, 48, 3, seed=6))
+    cfg = SAEConfig(d_in=16, expansion=8, k=4)
+    sae = train_sae(x.numpy(), cfg, SAETrainConfig(epochs=2, batch_size=256, progress=False)).sae
+    with torch.no_grad():
+        sae.b_enc[0] = 100.0  # latent 0 fires for every sample: the likeliest parent of all
+    dead = torch.zeros(cfg.n_latents, dtype=torch.bool)
+    dead[-40:] = True
+    before = [t.detach().clone() for t in (sae.W_enc[0], sae.b_enc[0], sae.W_dec[0])]
+    resample_dead(sae, torch.optim.Adam(sae.parameters()), x, dead, torch.Generator().manual_seed(2), keep=1)
+    after = (sae.W_enc[0], sae.b_enc[0], sae.W_dec[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    # without keep, the same call does split it (so the assertion above can fail)
+    resample_dead(sae, torch.optim.Adam(sae.parameters()), x, dead, torch.Generator().manual_seed(2))
+    assert not torch.equal(before[0], sae.W_enc[0])
+
+
 def test_save_load_and_numpy_kernel_agree_with_torch(tmp_path):
     x = sparse_data(3000, 16, 40, 3)
     sae = train_sae(x, SAEConfig(d_in=16, expansion=4, k=5), SAETrainConfig(epochs=2, batch_size=256, progress=False)).sae
