@@ -270,6 +270,9 @@ class SAEInfo(BaseModel):
     k: int
     n_latents: int
     expansion: int | None = None
+    encoder: Literal["topk", "pursuit"] = Field(
+        "topk", description="how activations are encoded: the trained TopK encoder, or matching pursuit "
+        "over the decoder (recsae train --sae-encoder)")
 
 
 class BundleInfo(BaseModel):

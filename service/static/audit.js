@@ -330,6 +330,7 @@ function init() {
     state.bundle = b;
     const keeps = b.metrics && b.metrics.sae_heldout_ndcg10_ratio;
     $("#bundle-info").textContent = `bundle ${b.version} · ${b.model.name} · SAE ${b.sae.n_latents} latents, k=${b.sae.k}` +
+      (b.sae.encoder && b.sae.encoder !== "topk" ? ` (${b.sae.encoder} encoder)` : "") +
       (typeof keeps === "number" ? ` · concepts alone keep ${(100 * keeps).toFixed(1)}% of NDCG@10` : "");
     $("#bundle-info").title = "NDCG@10 with the SAE's reconstruction in place of the model's activation, " +
       "over held-out activations, relative to the model: how much of the ranking the concepts capture";

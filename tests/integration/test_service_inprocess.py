@@ -136,7 +136,7 @@ def test_ready_and_bundle_summary(client, engine):
     b = client.get("/bundle").json()
     assert b["bundle_hash"] == engine.bundle.bundle_hash
     assert b["version"] == engine.bundle.version
-    assert b["sae"] == {"k": engine.sae.k, "n_latents": engine.sae.n_latents, "expansion": 8}
+    assert b["sae"] == {"k": engine.sae.k, "n_latents": engine.sae.n_latents, "expansion": 8, "encoder": "topk"}
     assert b["accepts_history"] is True and b["model"]["input_kind"] == "history"
     fid = engine.bundle.manifest["metrics"]["fidelity"]
     assert b["metrics"]["sae_heldout_ndcg10_ratio"] == round(fid["heldout_ndcg10_ratio_reconstruction"], 4)
