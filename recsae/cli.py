@@ -195,7 +195,9 @@ def cmd_debias(a: argparse.Namespace) -> int:
     say = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     data = D.load_data(a.bundle, a.data_dir or default_data_dir())
     result = D.run_experiment(
-        data, a.bias, counts=[int(c) for c in floats(a.counts, "counts")], strengths=floats(a.strengths, "strengths"),
+        data, a.bias, counts=[int(c) for c in floats(a.counts, "counts")],
+        strengths=floats(a.strengths, "strengths") if a.strengths else
+        list(D.RESERVED_STRENGTHS if data.source.get("sae_reserve") else D.DEFAULT_STRENGTHS),
         mode=a.mode, seeds=a.seeds, min_freq=a.min_freq, max_ndcg_loss=a.max_ndcg_loss, progress=say,
         baseline_strengths=floats(a.baseline_strengths, "baseline-strengths"),
         methods=D.METHODS if a.baseline_strengths.strip() else D.LATENT_METHODS,
@@ -296,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bias", default="popularity", choices=["popularity", "gender"])
     d.add_argument("--data-dir", default=None, help="folder holding the bundle's dataset (default: ../shared/data, $RECSAE_DATA_DIR, or the manifest's)")
     d.add_argument("--counts", default="1,2,4,8,16,32", help="numbers of suppressed latents to sweep")
-    d.add_argument("--strengths", default="0.5,1.0", help="suppression strengths to sweep, in [0, 1]")
+    d.add_argument("--strengths", default=None, help=(
+        "suppression strengths to sweep, in [0, 1] (default 0.5,1.0; 0.2,0.4,0.6,0.8,1.0 for a bundle "
+        "trained with --sae-reserve)"))
     d.add_argument("--baseline-strengths", default="0.1,0.2,0.3,0.4,0.5",
                    help="baseline (SAE decoder bias: what all users share, chiefly popularity) suppression "
                         "strengths to sweep, in (0, 1]; empty = latents only")

@@ -55,6 +55,9 @@ POLICY_METHODS = ("association", "greedy", "baseline", "baseline+greedy")
 """What ``choose_policy(result, "best")`` picks from (on the dev stage)."""
 DEFAULT_COUNTS = (1, 2, 4, 8, 16, 32)
 DEFAULT_STRENGTHS = (0.5, 1.0)
+RESERVED_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
+"""The default sweep for a bundle with a reserved latent: one broad concept, whose useful
+strengths lie between "a little" and "all of it" (README, "De-biasing")."""
 DEFAULT_BASELINE_STRENGTHS = (0.1, 0.2, 0.3, 0.4, 0.5)
 DEFAULT_RERANK_GRID = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5)
 """Re-ranking strengths, in units of std(scores) / std(penalty) (so one grid fits any model)."""
@@ -480,7 +483,8 @@ def data_from_engine(engine, split, user_features=None) -> DebiasData:
         gender=gender_of(user_features),
         concepts=b.concepts,
         source={"bundle": str(b.path), "version": b.version, "bundle_hash": b.bundle_hash,
-                "model": b.model.get("name"), "dataset": b.manifest.get("dataset", {}).get("dataset")},
+                "model": b.model.get("name"), "dataset": b.manifest.get("dataset", {}).get("dataset"),
+                "sae_reserve": b.manifest.get("settings", {}).get("sae_reserve")},
     )
 
 

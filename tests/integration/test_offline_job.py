@@ -156,6 +156,13 @@ def test_reserved_popularity_latent_is_found_described_and_suppressible(data_dir
     rand = [1 - D.evaluate_suppression(data, data.test, measure, [int(rng.choice(pool[pool != 0]))], 1.0)["bias"] / base
             for _ in range(5)]
     assert cut > 0.15 and cut > max(rand) + 0.1, (cut, rand)
+    # the CLI sweeps finer strengths by default for such a bundle (one broad concept)
+    from recsae.cli import main
+
+    assert main(["debias", str(bundle), "--bias", "popularity", "--data-dir", str(data_dir), "--counts", "1",
+                 "--seeds", "1", "--baseline-strengths", "0.2", "--out", str(tmp_path / "d"), "-q"]) == 0
+    swept = json.loads((tmp_path / "d" / "debias-popularity.json").read_text())["settings"]["strengths"]
+    assert swept == list(D.RESERVED_STRENGTHS)
     # re-describing the bundle (recsae interpret) keeps latent 0's popularity description
     import shutil
 
