@@ -516,6 +516,7 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
     serve_x = represent(model, split, serve_users, "serve")
     ref = measure(kernel, serve_x)
     concepts = interpret_concepts(cfg, ds, split, model, kernel, acts, work)
+    quality["warnings"] += concept_warnings(concepts.summary)
     t = lap("interpret", t)
 
     def fill(tmp: Path) -> dict:
@@ -627,6 +628,21 @@ def quality_report(sae_metrics: dict, fid: dict, n_latents: int) -> dict:
                         "one row per user): the SAE memorises rather than generalises, at any --expansion "
                         "on ml-100k; a sequential model (--model sasrec) gives a row per interaction")
     return {"ndcg10_ratio": float(ratio), "ndcg10_ratio_ci95": ci, "measured_on": on, "warnings": warnings}
+
+
+WARN_CONFIDENCE = 0.80
+
+
+def concept_warnings(summary: dict) -> list[str]:
+    """A warning when the described concepts are, on average, poorly confirmed on held-out data
+    (``mean_confidence``; absent when nothing was described)."""
+    conf = summary.get("mean_confidence")
+    if not isinstance(conf, (int, float)) or conf >= WARN_CONFIDENCE:
+        return []
+    share = summary.get("share_confidence_ge_0.8")
+    return [f"concepts are hard to describe: mean confidence {conf:.3f} < {WARN_CONFIDENCE}"
+            + (f", {share:.0%} of them at >= 0.8" if isinstance(share, (int, float)) else "")
+            + "; explanations will name concepts the held-out data confirms only loosely"]
 
 
 def interpret_concepts(cfg, ds, split, model, kernel, acts, work) -> ConceptDictionary:

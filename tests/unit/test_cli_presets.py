@@ -57,3 +57,12 @@ def test_quality_report_reads_the_larger_set_and_warns_at_each_threshold():
     assert len(dead) == 1 and "15% of latents" in dead[0]
     rows = quality_report(_sae(0.035, 0.0, 859), _fid(84, 0.5, 0.95), 2048)["warnings"]
     assert len(rows) == 1 and "2,048 latents for 859 training rows" in rows[0]
+
+
+def test_concept_warnings_only_below_the_confidence_bar():
+    from recsae.pipeline import WARN_CONFIDENCE, concept_warnings
+
+    assert concept_warnings({"mean_confidence": 0.887, "share_confidence_ge_0.8": 0.87}) == []
+    assert concept_warnings({"describer": "none"}) == []  # nothing described, nothing to say
+    w = concept_warnings({"mean_confidence": WARN_CONFIDENCE - 0.054, "share_confidence_ge_0.8": 0.328})
+    assert len(w) == 1 and "mean confidence 0.746" in w[0] and "33% of them" in w[0]
