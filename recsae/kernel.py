@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Mapping, NamedTuple
 
@@ -69,6 +70,11 @@ class SAEKernel:
         if self.encoder not in ENCODERS:
             raise ConfigError(f"unknown SAE encoder {self.encoder!r}; choose one of {list(ENCODERS)}")
 
+    @cached_property
+    def _W_dec64(self) -> np.ndarray:
+        """The decoder in float64 for ``pursuit``'s solves, converted once per kernel (not per request)."""
+        return self.W_dec.astype(np.float64)
+
     @property
     def n_latents(self) -> int:
         return self.W_dec.shape[0]
@@ -116,7 +122,7 @@ class SAEKernel:
         for it, and keeps more of the model (README: at k=8 on ml-100k, held-out FVU 0.036 -> 0.026,
         NDCG@10 kept 97.3% -> 98.5%) for k small solves per row."""
         B, k = len(x), self.k
-        W = self.W_dec.astype(np.float64)
+        W = self._W_dec64
         target = x.astype(np.float64) - self.b_dec
         resid = target.copy()
         idx = np.zeros((B, k), dtype=np.int64)

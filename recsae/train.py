@@ -150,6 +150,7 @@ def train_sae(
         if dist:
             torch.distributed.all_reduce(total)
         sae.b_dec.copy_(total[:-1] / total[-1])
+        n_reserved = 0
         if reserved is not None:
             # orthonormal rows (r, d), each pointing the way its direction does (QR may flip signs,
             # and a latent's activation is never negative)
@@ -239,10 +240,8 @@ def train_sae(
             step += 1
         if epoch + 1 < tcfg.epochs * tcfg.resample_until:
             dead_now = since_fired >= cfg.dead_after
-            if reserved is not None:  # reserved latents are neither renewed nor split
-                dead_now[:n_reserved] = False
-            renewed = resample_dead(sae, opt, x_all, dead_now, gen, dist, tcfg.resample,
-                                    keep=n_reserved if reserved is not None else 0)
+            dead_now[:n_reserved] = False  # reserved latents are neither renewed nor split
+            renewed = resample_dead(sae, opt, x_all, dead_now, gen, dist, tcfg.resample, keep=n_reserved)
             if reserved is not None:
                 _keep_reserved(sae, basis)
             since_fired[renewed] = 0

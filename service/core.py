@@ -280,7 +280,7 @@ class Core:
             active_out = self._explain(xs, codes, strengths, ids, items, baseline)
 
         if not self._warming:
-            self.drift.record(np.asarray(active, dtype=np.int64), codes.acts[0][codes.acts[0] > 0])
+            self.drift.record(np.asarray(active, dtype=np.int64), codes.acts[0][: len(active)])
             M.RECOMMENDATIONS.labels(source).inc()
             label = M.policy_label(pol.name if pol is not None else None) if strengths or baseline else None
             if label is not None:

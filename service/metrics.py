@@ -123,9 +123,7 @@ class Drift:
 
     def top(self, n: int) -> np.ndarray:
         """Ids of the ``n`` most drifted latents (largest PSI term first, ties by id)."""
-        candidates = np.flatnonzero((self.live_rate > 0) | (self.reference_rate > 0))
-        order = np.lexsort((candidates, -self.per_latent[candidates]))
-        return candidates[order][:n]
+        return _top_by(self.per_latent, np.flatnonzero((self.live_rate > 0) | (self.reference_rate > 0)), n)
 
     def strength_shift(self) -> np.ndarray:
         """Per latent, ``|ln(live / reference mean activation)|`` weighted by its live firing rate
@@ -142,9 +140,12 @@ class Drift:
     def top_strength(self, n: int) -> np.ndarray:
         """Ids of the ``n`` latents whose strength shifted most (:meth:`strength_shift`; ties by id)."""
         shift = self.strength_shift()
-        candidates = np.flatnonzero(shift > 0)
-        order = np.lexsort((candidates, -shift[candidates]))
-        return candidates[order][:n]
+        return _top_by(shift, np.flatnonzero(shift > 0), n)
+
+
+def _top_by(score: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` candidates with the largest ``score``, ties by id."""
+    return candidates[np.lexsort((candidates, -score[candidates]))][:n]
 
 
 def drift_stats(
