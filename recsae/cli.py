@@ -188,6 +188,8 @@ def cmd_debias(a: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--{what} expects comma-separated numbers, got {text!r}") from None
 
+    if a.target_cut is not None and not 0 < a.target_cut <= 1:
+        raise ConfigError(f"--target-cut {a.target_cut}: give the wanted relative cut in (0, 1], e.g. 0.33")
     if a.save_policy and not D.POLICY_NAME.match(a.save_policy):
         raise ConfigError(f"--save-policy {a.save_policy!r}: use letters, digits, '_.-' (at most 64)")
     if a.save_policy:
@@ -202,7 +204,7 @@ def cmd_debias(a: argparse.Namespace) -> int:
         baseline_strengths=floats(a.baseline_strengths, "baseline-strengths"),
         methods=D.METHODS if a.baseline_strengths.strip() else D.LATENT_METHODS,
     )
-    point = D.choose_policy(result, a.method, a.max_ndcg_loss)
+    point = D.choose_policy(result, a.method, a.max_ndcg_loss, a.target_cut)
     doc = D.policy_document(a.save_policy or f"debias-{a.bias}", point, result)
     paths = D.write_outputs(result, a.out, doc)
     print(D.sweep_table(result))
@@ -210,7 +212,9 @@ def cmd_debias(a: argparse.Namespace) -> int:
     print(D.targets_markdown(result))
     print()
     sel = result["settings"]["select_stage"]
-    print(f"chosen on the {sel} stage ({a.method} -> {point['method']}, dev NDCG loss <= {a.max_ndcg_loss:.0%}): "
+    rule = (f"least dev NDCG loss cutting the bias by >= {a.target_cut:.0%}" if a.target_cut is not None
+            else f"dev NDCG loss <= {a.max_ndcg_loss:.0%}")
+    print(f"chosen on the {sel} stage ({a.method} -> {point['method']}, {rule}): "
           f"{len(point['latents'])} latents at strength {point['strength']:g}: {point['latents']}; "
           f"baseline {point['baseline']:g}")
     if not point["improves"]:
@@ -299,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=None, help="folder holding the bundle's dataset (default: ../shared/data, $RECSAE_DATA_DIR, or the manifest's)")
     d.add_argument("--counts", default="1,2,4,8,16,32", help="numbers of suppressed latents to sweep")
     d.add_argument("--strengths", default=None, help=(
-        "suppression strengths to sweep, in [0, 1] (default 0.5,1.0; 0.2,0.4,0.6,0.8,1.0 for a bundle "
+        "suppression strengths to sweep, in [0, 1] (default 0.5,1.0; 0.1,0.2,...,1.0 for a bundle "
         "trained with --sae-reserve)"))
     d.add_argument("--baseline-strengths", default="0.1,0.2,0.3,0.4,0.5",
                    help="baseline (SAE decoder bias: what all users share, chiefly popularity) suppression "
@@ -311,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", default="best", choices=["best", "greedy", "association", "baseline", "baseline+greedy"],
                    help="method the saved policy uses; best = lowest dev-stage bias within the NDCG budget among "
                         "greedy, baseline, baseline+greedy")
+    d.add_argument("--target-cut", type=float, default=None, metavar="FRACTION",
+                   help="choose the policy as the dev point with the least NDCG loss that cuts the bias by at least "
+                        "FRACTION (e.g. 0.33) instead of the lowest bias within --max-ndcg-loss")
     d.add_argument("--out", default="debias-report", help="folder for report-<bias>.md, tradeoff-<bias>.png, debias-<bias>.json")
     d.add_argument("--save-policy", default=None, metavar="NAME", help="write the chosen suppression to <policy-dir>/NAME.json")
     d.add_argument("--policy-dir", default="policies", help="where policies go (not inside the bundle: bundles are hash-verified)")

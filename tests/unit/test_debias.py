@@ -320,3 +320,42 @@ def test_policies_never_go_into_a_bundle_and_names_are_checked(small_bundle, tmp
     rc = main(["debias", str(small_bundle), "--save-policy", "p", "--policy-dir", str(small_bundle / "policies")])
     assert rc == 2 and not (small_bundle / "policies").exists()
     assert main(["debias", str(small_bundle), "--save-policy", "bad name"]) == 2
+
+
+def test_crossfit_chooses_on_test_halves_where_the_dev_stage_misleads():
+    """Dev targets are each user's unsuppressed top item (suppression costs NDCG there), test
+    targets the top item with latent 0 suppressed (it helps there): a dev-chosen point keeps
+    the bias, the cross-fitted one (chosen on test halves) cuts it, and every number it pools is
+    what that half's users get under the point the other half chose."""
+    from dataclasses import replace
+
+    data, on = planted()
+    st = data.test
+    top = lambda xs: D._list_stats(data, st, xs)[0][:, 0]  # noqa: E731
+    dev = replace(data.select, targets=top(data.select.x))
+    test = replace(st, targets=top(data.kernel.steer(st.x, st.codes, {0: 1.0}, "error")))
+    data = replace(data, select=dev, test=test)
+    r = D.run_experiment(data, "popularity", counts=(1,), strengths=(0.5, 1.0), seeds=2, min_freq=0.01,
+                         methods=("association",))
+    t = r["targets"]["association"]
+    assert t["dev_choice"]["strength"] == 0.5 and t["dev_choice"]["test_cut"] < 0.2  # dev: full strength costs NDCG
+    cf = t["crossfit"]["max_cut"]
+    assert cf["cut"] > 0.5 and cf["ndcg_loss"] < 0 and cf["cut_target_met"]
+    assert all(p["strength"] == 1.0 for rec in cf["repeats"] for p in rec["points"])
+    measure = data.measure("popularity")
+    users = test.users
+    for rep, rec in zip(range(cf["splits"]), cf["repeats"]):
+        perm = np.random.default_rng(rep).permutation(len(users))
+        halves = (perm[: len(perm) // 2], perm[len(perm) // 2 :])
+        pu = np.zeros(len(users))
+        gain = np.zeros(len(users))
+        for out, point in zip(halves, rec["points"]):
+            lat = [0] if point and point["n"] else []
+            ids, ranks = D.steered_lists(data, test, lat, point["strength"] if point else 0.0)
+            pu[out], gain[out] = measure.per_user(ids)[out], D._gain(ranks, data.top_k)[out]
+        ids0, ranks0 = D._list_stats(data, test, test.x)
+        b0 = measure.value(measure.per_user(ids0), users)
+        assert rec["cut"] == pytest.approx(1 - measure.value(pu, users) / b0)
+        assert rec["ndcg_loss"] == pytest.approx(1 - gain.mean() / D._gain(ranks0, data.top_k).mean())
+    # the other rule: only full strength cuts a third on a half, so it is chosen everywhere too
+    assert [p["strength"] for p in t["crossfit"]["min_loss"]["repeats"][0]["points"]] == [1.0, 1.0]
