@@ -1393,7 +1393,7 @@ def plot_tradeoff(result: dict, path: str | Path) -> Path:
 
     k = result["settings"]["top_k"]
     b0, n0 = result["base"]["test"]["bias"], result["base"]["test"]["ndcg"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.4))
     styles = {"association": ("tab:blue", "o"), "greedy": ("tab:purple", "s"), "random": ("tab:red", "x")}
     seeds = result["settings"]["seeds"]
     base_styles = {  # method -> (colour, marker, label); lines start at the original model
@@ -1427,8 +1427,9 @@ def plot_tradeoff(result: dict, path: str | Path) -> Path:
             if comb and rows:
                 ax.plot([r["test"]["ndcg"] for r in rows], [r["test"]["bias"] for r in rows], "--", color=color,
                         marker="P", ms=5, label=label.format(b=comb["baseline"], s=top))
+        strengths = sorted(result["settings"]["strengths"])
         for method, (color, marker) in styles.items():
-            for s in result["settings"]["strengths"]:
+            for s in strengths:
                 rows = sorted([r for r in result["rows"] if r["method"] == method and r["strength"] == s],
                               key=lambda r: r["n"])
                 if not rows:
@@ -1437,17 +1438,24 @@ def plot_tradeoff(result: dict, path: str | Path) -> Path:
                 ys = [b0] + [r["test"]["bias"] for r in rows]
                 zoom_x += xs
                 zoom_y += ys
-                ls = "-" if s == max(result["settings"]["strengths"]) else "--"
+                strongest = s == strengths[-1]
                 extra = f" (mean of {result['settings']['seeds']})" if method == "random" else ""
-                ax.plot(xs, ys, ls, color=color, marker=marker, ms=5, alpha=0.9 if ls == "-" else 0.55,
-                        label=f"{method} latents, strength {s:g}{extra}")
+                # one legend entry for the strongest line and one for all weaker (dashed) ones
+                label = (f"{method} latents, strength {s:g}{extra}" if strongest else
+                         f"{method} latents, strength {s:g}{extra}" if len(strengths) == 2 else
+                         f"{method} latents, strengths {strengths[0]:g}–{strengths[-2]:g} (dashed){extra}"
+                         if s == strengths[0] else None)
+                ax.plot(xs, ys, "-" if strongest else "--", color=color, marker=marker, ms=5,
+                        alpha=0.9 if strongest else 0.55, label=label)
                 if method == "random":
                     ax.errorbar(xs[1:], ys[1:], yerr=[r["test"].get("bias_std", 0) for r in rows], fmt="none",
                                 ecolor=color, alpha=0.4)
                 else:
-                    for r in rows:
-                        if r["n"] in (1, 4, 32):
-                            ax.annotate(str(r["n"]), (r["test"]["ndcg"], r["test"]["bias"]), fontsize=7,
+                    for r in rows:  # counts along the strongest line, strengths at n=1 on the others
+                        text = str(r["n"]) if strongest and r["n"] in (1, 4, 32) else (
+                            f"s={s:g}" if not strongest and r["n"] == 1 and method == "association" else None)
+                        if text:
+                            ax.annotate(text, (r["test"]["ndcg"], r["test"]["bias"]), fontsize=7,
                                         textcoords="offset points", xytext=(3, 3), color=color)
         ax.plot([n0], [b0], "k*", ms=12, label="original model")
         if result["bias"] == "popularity":
@@ -1464,7 +1472,8 @@ def plot_tradeoff(result: dict, path: str | Path) -> Path:
         t = result["targets"]
         ax0.text(n0 * (1 - t["max_ndcg_loss"]), b0 * (1 - t["min_cut"]), " target: ≥1/3 cut, ≤10% NDCG loss",
                  fontsize=7, va="bottom")
-    ax0.legend(fontsize=7, loc="best")
+    handles, labels = ax0.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
     ax0.invert_xaxis()
     dx = max(1e-4, max(zoom_x) - min(zoom_x)) * 0.15
     dy = max(1e-3, max(zoom_y) - min(zoom_y)) * 0.15
@@ -1475,7 +1484,7 @@ def plot_tradeoff(result: dict, path: str | Path) -> Path:
     sae = f", SAE {src['sae']}" if src.get("sae") else ""
     ax0.set_title(f"{result['bias']} bias vs accuracy — {src.get('model', '?')} / {src.get('dataset', '?')}{sae}",
                   fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

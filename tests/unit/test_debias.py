@@ -320,6 +320,7 @@ def test_policies_never_go_into_a_bundle_and_names_are_checked(small_bundle, tmp
     rc = main(["debias", str(small_bundle), "--save-policy", "p", "--policy-dir", str(small_bundle / "policies")])
     assert rc == 2 and not (small_bundle / "policies").exists()
     assert main(["debias", str(small_bundle), "--save-policy", "bad name"]) == 2
+    assert main(["debias", str(small_bundle), "--target-cut", "1.5"]) == 2
 
 
 def test_crossfit_chooses_on_test_halves_where_the_dev_stage_misleads():
@@ -359,3 +360,9 @@ def test_crossfit_chooses_on_test_halves_where_the_dev_stage_misleads():
         assert rec["ndcg_loss"] == pytest.approx(1 - gain.mean() / D._gain(ranks0, data.top_k).mean())
     # the other rule: only full strength cuts a third on a half, so it is chosen everywhere too
     assert [p["strength"] for p in t["crossfit"]["min_loss"]["repeats"][0]["points"]] == [1.0, 1.0]
+    # --target-cut: the cheapest dev point reaching the cut, even at a dev NDCG cost; unreachable -> clear error
+    cheap = D.choose_policy(r, "association", target_cut=0.3)
+    assert cheap["strength"] == 1.0 and 1 - cheap["dev"]["bias"] / r["base"]["dev"]["bias"] >= 0.3
+    assert t["dev_choice_min_loss"]["strength"] == 1.0
+    with pytest.raises(ConfigError, match="no association point cuts the dev-stage bias by 100%"):
+        D.choose_policy(r, "association", target_cut=1.0)
