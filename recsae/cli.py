@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=None, help="folder holding the bundle's dataset (default: ../shared/data, $RECSAE_DATA_DIR, or the manifest's)")
     d.add_argument("--counts", default="1,2,4,8,16,32", help="numbers of suppressed latents to sweep")
     d.add_argument("--strengths", default=None, help=(
-        "suppression strengths to sweep, in [0, 1] (default 0.5,1.0; 0.1,0.2,...,1.0 for a bundle "
+        "suppression strengths to sweep, in [0, 1] (default 0.5,1.0; 0.1 to 1.0, in steps of 0.05 between 0.3 and 0.7, for a bundle "
         "trained with --sae-reserve)"))
     d.add_argument("--baseline-strengths", default="0.1,0.2,0.3,0.4,0.5",
                    help="baseline (SAE decoder bias: what all users share, chiefly popularity) suppression "

@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -206,15 +207,18 @@ class Core:
         source: str,
         k: int,
         explain: bool,
-        suppress: list[int],
+        suppress: Mapping[int, float] | Sequence[int],
         policy: str | None,
         exclude_seen: bool,
         mode: SteerMode | None,
         suppress_baseline: float = 0.0,
         suppress_strength: float = 1.0,
     ) -> dict[str, Any]:
-        """The response body (schema: ``service.schemas.RecommendResponse``)."""
+        """The response body (schema: ``service.schemas.RecommendResponse``). ``suppress``: latent ->
+        strength, or latent ids all at ``suppress_strength``."""
         sae = self.sae
+        if not isinstance(suppress, Mapping):
+            suppress = {int(j): float(suppress_strength) for j in suppress}
         bad = [j for j in suppress if not 0 <= j < sae.n_latents]
         if bad:
             raise ClientError(
@@ -230,14 +234,14 @@ class Core:
         try:
             return self._score(x, seen, where, codes, active, lookup, user_id=user_id, source=source, k=k,
                                explain=explain, suppress=suppress, exclude_seen=exclude_seen, mode=mode,
-                               suppress_baseline=suppress_baseline, suppress_strength=suppress_strength)
+                               suppress_baseline=suppress_baseline)
         finally:
             lookup.close()
 
     def _score(
         self, x: np.ndarray, seen: np.ndarray, where: str, codes: Codes, active: list[int], lookup: "_Lookup",
-        *, user_id: str | None, source: str, k: int, explain: bool, suppress: list[int], exclude_seen: bool,
-        mode: SteerMode | None, suppress_baseline: float, suppress_strength: float,
+        *, user_id: str | None, source: str, k: int, explain: bool, suppress: Mapping[int, float],
+        exclude_seen: bool, mode: SteerMode | None, suppress_baseline: float,
     ) -> dict[str, Any]:
         sae = self.sae
         policy = lookup.policy_name
@@ -250,9 +254,9 @@ class Core:
         if pol is not None:
             for j in self.policies.effective_latents(pol):
                 strengths[j], sources[j] = pol.strength, f"policy:{pol.name}"
-        for j in suppress:  # like the baseline: the stronger of the policy's and the request's
-            if suppress_strength >= strengths.get(j, 0.0):
-                strengths[j], sources[j] = float(suppress_strength), "request"
+        for j, s in suppress.items():  # like the baseline: the stronger of the policy's and the request's
+            if s >= strengths.get(j, 0.0):
+                strengths[j], sources[j] = float(s), "request"
         # the baseline (b_dec): the stronger of the policy's and the request's, like latents
         baseline, baseline_source = 0.0, None
         if pol is not None and pol.baseline > 0:

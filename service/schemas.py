@@ -28,7 +28,8 @@ MAX_K = 100
 MAX_HISTORY = 200
 MAX_SUPPRESS = 256
 POLICY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_LATENT_LIST = re.compile(r"^\s*\d{1,9}\s*(,\s*\d{1,9}\s*)*$")
+_LATENT_ITEM = r"\s*\d{1,9}\s*(?::\s*[0-9.eE+-]{1,24}\s*)?"
+_LATENT_LIST = re.compile(rf"^{_LATENT_ITEM}(,{_LATENT_ITEM})*$")
 
 
 def _blank_to_none(v: Any) -> Any:
@@ -70,16 +71,47 @@ def baseline_field(description: str) -> Any:
     return Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description=description, examples=[0.4])
 
 
-def parse_latent_list(raw: str | None) -> list[int]:
-    """'12, 57' -> [12, 57] (duplicates dropped, order kept); '' or None -> []."""
-    if raw is None or raw.strip() == "":
-        return []
-    if not _LATENT_LIST.match(raw):
-        raise ValueError("must be comma-separated latent ids, e.g. '12,57'")
-    out = list(dict.fromkeys(int(p) for p in raw.split(",")))
+def _strength(v: float, where: str) -> float:
+    if not (v == v and 0.0 < v <= 1.0):  # NaN fails the first test
+        raise ValueError(f"{where}: strength must be in (0, 1], got {v}")
+    return float(v)
+
+
+def merge_strengths(pairs: list[tuple[int, float]]) -> dict[int, float]:
+    """Latent -> strength, first-mention order; a latent named twice keeps the stronger."""
+    out: dict[int, float] = {}
+    for j, s in pairs:
+        out[j] = max(s, out.get(j, 0.0))
     if len(out) > MAX_SUPPRESS:
         raise ValueError(f"at most {MAX_SUPPRESS} latents may be suppressed per request")
     return out
+
+
+def parse_latent_list(raw: str | None, default: float = 1.0) -> dict[int, float]:
+    """'12, 57:0.5' -> {12: default, 57: 0.5}: latent ids, each with an optional ``:strength``
+    in (0, 1]; '' or None -> {}."""
+    if raw is None or raw.strip() == "":
+        return {}
+    if not _LATENT_LIST.match(raw):
+        raise ValueError("must be comma-separated latent ids, each optionally with ':strength', e.g. '12,57:0.5'")
+    pairs = []
+    for part in raw.split(","):
+        j, _, s = part.partition(":")
+        try:
+            strength = float(s) if s.strip() else default
+        except ValueError:
+            raise ValueError(f"{part.strip()!r}: strength must be a number in (0, 1]") from None
+        pairs.append((int(j), _strength(strength, part.strip())))
+    return merge_strengths(pairs)
+
+
+class LatentStrength(BaseModel):
+    """One latent suppressed at its own strength (``POST /recommend``'s ``suppress`` entries)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latent: int = Field(ge=0)
+    strength: float = Field(gt=0.0, le=1.0, allow_inf_nan=False, description="share of its contribution removed")
 
 
 # -- requests -------------------------------------------------------------------------------------
@@ -97,9 +129,9 @@ class _Options(BaseModel):
     )
     suppress_strength: float = Field(
         1.0, gt=0.0, le=1.0, allow_inf_nan=False, examples=[0.6],
-        description="strength in (0, 1] with which the request's `suppress` latents are removed: 1 = all "
-        "of each one's contribution, 0.6 = 60% of it. A latent that a policy also suppresses gets the "
-        "stronger of the two.",
+        description="strength in (0, 1] with which the request's `suppress` latents are removed when they "
+        "give none of their own: 1 = all of each one's contribution, 0.6 = 60% of it. A latent that a "
+        "policy also suppresses gets the stronger of the two.",
     )
 
 
@@ -110,8 +142,9 @@ class RecommendQuery(_Options):
     suppress: str | None = Field(
         None,
         max_length=4096,
-        description="comma-separated latent ids to switch off for this request, e.g. '12,57'",
-        examples=["12,57"],
+        description="comma-separated latent ids to switch off for this request, each optionally with its "
+        "own strength in (0, 1], e.g. '12,57:0.5' (12 at `suppress_strength`, 57 at half)",
+        examples=["12,57:0.5"],
     )
 
     @field_validator("suppress")
@@ -120,8 +153,9 @@ class RecommendQuery(_Options):
         parse_latent_list(v)
         return v
 
-    def suppress_list(self) -> list[int]:
-        return parse_latent_list(self.suppress)
+    def suppress_strengths(self) -> dict[int, float]:
+        """Latent -> strength of this request's suppression."""
+        return parse_latent_list(self.suppress, self.suppress_strength)
 
 
 class RecommendRequest(_Options):
@@ -135,12 +169,16 @@ class RecommendRequest(_Options):
         description=f"raw item ids, oldest first (1..{MAX_HISTORY}); numbers are read as ids",
         examples=[["50", "172", "181"]],
     )
-    suppress: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=list, max_length=MAX_SUPPRESS, description="latent ids to switch off"
+    suppress: list[Annotated[int, Field(ge=0)] | LatentStrength] = Field(
+        default_factory=list, max_length=MAX_SUPPRESS,
+        description="latents to switch off: ids (at `suppress_strength`) or {latent, strength} objects",
+        examples=[[12, {"latent": 57, "strength": 0.5}]],
     )
 
-    def suppress_list(self) -> list[int]:
-        return list(dict.fromkeys(self.suppress))
+    def suppress_strengths(self) -> dict[int, float]:
+        """Latent -> strength of this request's suppression."""
+        return merge_strengths([(e, self.suppress_strength) if isinstance(e, int) else (e.latent, e.strength)
+                                for e in self.suppress])
 
 
 # -- recommendation responses --------------------------------------------------------------------

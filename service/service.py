@@ -187,9 +187,8 @@ async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep) -> Res
     with _timed("GET /recommend", q.explain):
         return _body(
             core.recommend_user(
-                q.user_id, k=q.k, explain=q.explain, suppress=q.suppress_list(), policy=q.policy,
+                q.user_id, k=q.k, explain=q.explain, suppress=q.suppress_strengths(), policy=q.policy,
                 exclude_seen=q.exclude_seen, mode=q.mode, suppress_baseline=q.suppress_baseline,
-                suppress_strength=q.suppress_strength,
             )
         )
 
@@ -200,9 +199,9 @@ async def recommend_history(body: RecommendRequest, _: Annotated[NoParams, Query
     with _timed("POST /recommend", body.explain):
         return _body(
             core.recommend_history(
-                body.history, k=body.k, explain=body.explain, suppress=body.suppress_list(),
+                body.history, k=body.k, explain=body.explain, suppress=body.suppress_strengths(),
                 policy=body.policy, exclude_seen=body.exclude_seen, mode=body.mode,
-                suppress_baseline=body.suppress_baseline, suppress_strength=body.suppress_strength,
+                suppress_baseline=body.suppress_baseline,
             )
         )
 

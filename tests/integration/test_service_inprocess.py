@@ -253,6 +253,36 @@ def test_suppress_strength_removes_that_share_of_each_concept(client, engine):
         assert r.status_code == 422 and ["query", "suppress_strength"] in [d["loc"] for d in r.json()["detail"]], bad
 
 
+def test_each_suppressed_latent_can_carry_its_own_strength(client, engine):
+    """``suppress=12:0.7,57``: latent 12 at 0.7, 57 at ``suppress_strength``; the served ranking is
+    the offline kernel's with exactly those strengths, through GET and POST alike; bad strengths
+    are a 422 on ``suppress`` that says how to write one."""
+    uid = users(engine)[3]
+    before = client.get("/recommend", params={"user_id": uid, "explain": True, "k": 20}).json()
+    active = [a["latent"] for a in before["active_latents"]]
+    a, b = active[0], active[1]
+    got = client.get("/recommend", params={"user_id": uid, "explain": True, "k": 20,
+                                           "suppress": f"{a}:0.7,{b}", "suppress_strength": 0.3}).json()
+    check_decomposition(got)
+    assert got["suppressed"] == [{"latent": a, "strength": 0.7, "source": "request", "active": True},
+                                 {"latent": b, "strength": 0.3, "source": "request", "active": True}]
+    ids, scores = offline(engine, uid, k=20, suppress={a: 0.7, b: 0.3})
+    assert [it["item_id"] for it in got["items"]] == ids
+    assert [it["score"] for it in got["items"]] == pytest.approx(scores.tolist(), abs=1e-5)
+    assert [it["score"] for it in got["items"]] != pytest.approx(  # and not with the strengths swapped
+        offline(engine, uid, k=20, suppress={a: 0.3, b: 0.7})[1].tolist(), abs=1e-5)
+    hist = [engine.bundle.catalog.item_ids[i] for i in engine.bundle.users.history(engine.bundle.users.index_of(uid))]
+    body = {"history": hist[-20:], "k": 20, "suppress": [{"latent": a, "strength": 0.7}, b], "suppress_strength": 0.3}
+    post = client.post("/recommend", json=body).json()
+    plain = client.post("/recommend", json={"history": hist[-20:], "k": 20}).json()
+    assert post["suppressed"] == got["suppressed"] and post["items"] != plain["items"]
+    for bad in (f"{a}:0", f"{a}:1.5", f"{a}:x", f"{a}:"):
+        r = client.get("/recommend", params={"user_id": uid, "suppress": bad})
+        assert r.status_code == 422, bad
+        d = next(d for d in r.json()["detail"] if d["loc"] == ["query", "suppress"])
+        assert "strength" in d["msg"] or "'12,57:0.5'" in d["msg"], d
+
+
 def _mean_popularity(engine, body):
     pop = np.asarray(engine.bundle.catalog.popularity, dtype=float)
     return float(np.mean([pop[engine.bundle.catalog.index_of(it["item_id"])] for it in body["items"]]))

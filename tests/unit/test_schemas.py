@@ -33,13 +33,21 @@ def _loc(e: ValidationError) -> set[str]:
 
 @pytest.mark.parametrize(
     "raw, want",
-    [(None, []), ("", []), ("  ", []), ("12", [12]), ("12,57", [12, 57]), (" 3 , 1 ,3", [3, 1])],
+    [(None, {}), ("", {}), ("  ", {}), ("12", {12: 1.0}), ("12,57", {12: 1.0, 57: 1.0}),
+     (" 3 , 1 ,3", {3: 1.0, 1: 1.0}), ("12,57:0.5", {12: 1.0, 57: 0.5}), ("7: .25 ,7:0.75,7:0.5", {7: 0.75}),
+     ("4:1e-1", {4: 0.1})],
 )
 def test_parse_latent_list(raw, want):
-    assert parse_latent_list(raw) == want
+    got = parse_latent_list(raw)
+    assert got == want and list(got) == list(want)  # first-mention order; a repeated latent keeps the stronger
 
 
-@pytest.mark.parametrize("raw", ["a", "1,,2", "1,", "-1", "1.5", "1;2", "12345678901", ",1"])
+def test_parse_latent_list_default_strength_applies_only_where_none_is_given():
+    assert parse_latent_list("1,2:0.9", default=0.3) == {1: 0.3, 2: 0.9}
+
+
+@pytest.mark.parametrize("raw", ["a", "1,,2", "1,", "-1", "1.5", "1;2", "12345678901", ",1", "1:", "1:0",
+                                 "1:1.5", "1:-0.5", "1:nan", "1:x", "1:0.5:0.5", "1:inf", "1:1e3"])
 def test_parse_latent_list_rejects_malformed(raw):
     with pytest.raises(ValueError):
         parse_latent_list(raw)
@@ -48,7 +56,8 @@ def test_parse_latent_list_rejects_malformed(raw):
 def test_query_defaults_and_blank_options():
     q = RecommendQuery(user_id="7", policy="", mode="", suppress="")
     assert (q.k, q.explain, q.exclude_seen, q.policy, q.mode) == (10, False, True, None, None)
-    assert q.suppress_list() == []
+    assert q.suppress_strengths() == {}
+    assert RecommendQuery(user_id="7", suppress="4,5:0.5", suppress_strength=0.2).suppress_strengths() == {4: 0.2, 5: 0.5}
 
 
 @pytest.mark.parametrize(
@@ -74,11 +83,18 @@ def test_query_rejections_name_the_field(kwargs, field):
 def test_body_history_rules():
     r = RecommendRequest(history=[50, "172"], suppress=[3, 3, 1])
     assert r.history == ["50", "172"]  # numbers are read as raw ids
-    assert r.suppress_list() == [3, 1]
+    assert r.suppress_strengths() == {3: 1.0, 1: 1.0}
+    mixed = RecommendRequest(history=["1"], suppress=[3, {"latent": 9, "strength": 0.4}, {"latent": 3, "strength": 0.5}],
+                             suppress_strength=0.3)
+    assert mixed.suppress_strengths() == {3: 0.5, 9: 0.4}
     for bad, field in [
         ({"history": []}, "history"),
         ({"history": ["1"] * 201}, "history"),
         ({"history": ["1"], "suppress": [-1]}, "suppress"),
+        ({"history": ["1"], "suppress": [{"latent": 1, "strength": 0}]}, "suppress"),
+        ({"history": ["1"], "suppress": [{"latent": 1, "strength": 1.5}]}, "suppress"),
+        ({"history": ["1"], "suppress": [{"latent": 1}]}, "suppress"),
+        ({"history": ["1"], "suppress": [{"latent": 1, "strength": 0.5, "x": 1}]}, "suppress"),
         ({"history": ["1"], "user_id": "3"}, "user_id"),
         ({"history": [""]}, "history"),
     ]:
