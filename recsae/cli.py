@@ -212,9 +212,7 @@ def cmd_debias(a: argparse.Namespace) -> int:
     print(D.targets_markdown(result))
     print()
     sel = result["settings"]["select_stage"]
-    rule = (f"least dev NDCG loss cutting the bias by >= {a.target_cut:.0%}" if a.target_cut is not None
-            else f"dev NDCG loss <= {a.max_ndcg_loss:.0%}")
-    print(f"chosen on the {sel} stage ({a.method} -> {point['method']}, {rule}): "
+    print(f"chosen on the {sel} stage ({a.method} -> {point['method']}, {point['rule']}): "
           f"{len(point['latents'])} latents at strength {point['strength']:g}: {point['latents']}; "
           f"baseline {point['baseline']:g}")
     if not point["improves"]:

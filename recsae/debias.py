@@ -1196,12 +1196,14 @@ def choose_policy(result: dict, method: str | Sequence[str] = "greedy", max_ndcg
             raise ConfigError(f"no {'/'.join(methods)} point cuts the dev-stage bias by {target_cut:.0%}; "
                               "sweep higher strengths or more latents, or lower --target-cut")
         best = min(ok, key=lambda r: (-round(r[sel]["ndcg"], 12), *_key(r)))
+        rule = f"least dev NDCG loss cutting the bias by >= {target_cut:.0%}"
     else:
         ok = [r for r in rows if r[sel]["ndcg"] >= (1 - max_ndcg_loss) * base["ndcg"]]
         if not ok:
             raise ConfigError(f"no {'/'.join(methods)} point keeps dev NDCG within {max_ndcg_loss:.0%} of the original")
         best = min(ok, key=lambda r: (round(abs(r[sel]["bias"]), 12), *_key(r)))
-    return {**best, "improves": abs(best[sel]["bias"]) < abs(base["bias"])}
+        rule = f"lowest dev bias within {max_ndcg_loss:.0%} dev NDCG loss"
+    return {**best, "improves": abs(best[sel]["bias"]) < abs(base["bias"]), "rule": rule}
 
 
 def policy_document(name: str, point: dict, result: dict) -> dict:
@@ -1215,7 +1217,8 @@ def policy_document(name: str, point: dict, result: dict) -> dict:
     what = ([f"{len(point['latents'])} latents at strength {point['strength']:g}"] if point["latents"] else []) + (
         [f"the baseline (SAE decoder bias) at {beta:g}"] if beta else [])
     desc = (
-        f"{result['bias']} de-bias ({point['method']}, chosen on dev-stage users): suppress "
+        f"{result['bias']} de-bias ({point['method']}, chosen on dev-stage users: "
+        f"{point.get('rule', 'lowest dev bias within the NDCG budget')}): suppress "
         f"{' and '.join(what) or 'nothing'}; test "
         f"{result['measure']['label']} {t0['bias']:.3f}->{t1['bias']:.3f}, NDCG@{k} "
         f"{t0['ndcg']:.4f}->{t1['ndcg']:.4f}; bundle {src.get('version', '?')} "
