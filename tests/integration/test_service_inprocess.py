@@ -264,8 +264,9 @@ def test_each_suppressed_latent_can_carry_its_own_strength(client, engine):
     got = client.get("/recommend", params={"user_id": uid, "explain": True, "k": 20,
                                            "suppress": f"{a}:0.7,{b}", "suppress_strength": 0.3}).json()
     check_decomposition(got)
-    assert got["suppressed"] == [{"latent": a, "strength": 0.7, "source": "request", "active": True},
-                                 {"latent": b, "strength": 0.3, "source": "request", "active": True}]
+    assert got["suppressed"] == sorted([{"latent": a, "strength": 0.7, "source": "request", "active": True},
+                                        {"latent": b, "strength": 0.3, "source": "request", "active": True}],
+                                       key=lambda e: e["latent"])  # listed by latent id
     ids, scores = offline(engine, uid, k=20, suppress={a: 0.7, b: 0.3})
     assert [it["item_id"] for it in got["items"]] == ids
     assert [it["score"] for it in got["items"]] == pytest.approx(scores.tolist(), abs=1e-5)
