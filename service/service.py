@@ -436,6 +436,14 @@ def audit_recent(q: Annotated[RecentQuery, Query()], svc: ServiceDep, creds: Aud
         return _body({"entries": svc.core.recent.recent(q.limit)})
 
 
+@app.get("/audit/policies", response_model=PolicyList, responses=AUDIT_ERRORS, tags=["audit"],
+         summary="The stored suppression policies, read-only (for the audit page's policy picker)")
+def audit_policies(_: Annotated[NoParams, Query()], svc: ServiceDep, creds: AuditCreds) -> Response:
+    with _timed("GET /audit/policies"):
+        _audit_auth(creds)
+        return _json(PolicyList(policies=svc.core.policies.list()))
+
+
 @app.get("/drift", response_model=DriftReport, responses=AUDIT_ERRORS, tags=["audit"],
          summary="Reference vs live firing rates of the most drifted concepts (this worker)")
 async def drift(q: Annotated[DriftQuery, Query()], core: CoreDep, creds: AuditCreds) -> Response:

@@ -3,7 +3,8 @@
 
 const $ = (s) => document.querySelector(s);
 const TOKEN_KEY = "recsae-audit-token";
-const state = { bundle: null, who: null, base: null, current: null, suppress: new Set(), baseline: 0, seq: 0 };
+const state = { bundle: null, who: null, base: null, current: null, suppress: new Set(), baseline: 0, policy: "",
+                policies: new Map(), seq: 0 };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -69,7 +70,7 @@ function suppressStrength() {
   return s > 0 && s <= 1 ? s : 1;
 }
 
-function fetchRecs(suppress, baseline, strength) {
+function fetchRecs(suppress, baseline, strength, policy = "") {
   const k = Number($("#k").value);
   const who = state.who;
   if (who.kind === "user") {
@@ -77,20 +78,57 @@ function fetchRecs(suppress, baseline, strength) {
     if (suppress.length) p.set("suppress", suppress.join(","));
     if (suppress.length && strength !== 1) p.set("suppress_strength", String(strength));
     if (baseline) p.set("suppress_baseline", String(baseline));
+    if (policy) p.set("policy", policy);
     return api("/recommend?" + p.toString());
   }
   return api("/recommend", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ history: who.value, k, explain: true, suppress, suppress_strength: strength,
-                           suppress_baseline: baseline }),
+                           suppress_baseline: baseline, policy: policy || null }),
   });
 }
 
-// what is suppressed, in words: "#12, #57 at 0.6, baseline 0.4"
-function suppressionText(suppress, baseline, strength = 1) {
+// what is suppressed, in words: "#12, #57 at 0.6, baseline 0.4, policy no-popularity"
+function suppressionText(suppress, baseline, strength = 1, policy = "") {
   const latents = suppress.length ? suppress.map((j) => "#" + j).join(", ") + (strength !== 1 ? ` at ${strength}` : "") : null;
-  return [latents, baseline ? `baseline ${baseline}` : null].filter(Boolean).join(", ");
+  return [latents, baseline ? `baseline ${baseline}` : null, policy ? `policy ${policy}` : null].filter(Boolean).join(", ");
+}
+
+// the stored policies (read-only with the audit token) for the picker; the choice survives a reload
+async function loadPolicies() {
+  const select = $("#policy");
+  try {
+    const r = await api("/audit/policies");
+    state.policies = new Map(r.policies.map((p) => [p.name, p]));
+    select.replaceChildren(el("option", { value: "", text: "none" }),
+      ...r.policies.map((p) => el("option", { value: p.name, text: p.name, title: p.description || "" })));
+    if (!state.policies.has(state.policy)) state.policy = "";
+    select.value = state.policy;
+    select.dataset.state = "ready";
+  } catch (e) {
+    select.dataset.state = "error";
+    select.title = e.message;
+  }
+  showPolicy();
+}
+
+function policySummary(p) {
+  const parts = [];
+  if (p.latents && p.latents.length) parts.push(`${p.latents.length} concept${p.latents.length > 1 ? "s" : ""} at ${p.strength}`);
+  if (p.baseline) parts.push(`baseline ${p.baseline}`);
+  return parts.join(" + ") + (p.description ? ` — ${p.description}` : "");
+}
+
+function showPolicy() {
+  const p = state.policies.get(state.policy);
+  $("#policy-desc").textContent = p ? policySummary(p) : "";
+}
+
+function choosePolicy() {
+  state.policy = $("#policy").value;
+  showPolicy();
+  return rerank();
 }
 
 async function load(who) {
@@ -105,9 +143,11 @@ async function load(who) {
     const base = await fetchRecs([], 0);
     if (seq !== state.seq) return;
     state.base = state.current = base;
+    if (state.policy) return rerank();  // the chosen policy stays on for the next user
     render();
     status.dataset.suppress = "";
     status.dataset.baseline = "0";
+    status.dataset.policy = "";
     setStatus(status, `${who.label}: ${base.items.length} items, ${base.active_latents.length} active concepts`, "ready");
   } catch (e) {
     if (seq !== state.seq) return;
@@ -134,22 +174,26 @@ async function rerank() {
   const suppress = [...state.suppress].sort((a, b) => a - b);
   const baseline = state.baseline;
   const strength = suppressStrength();
+  const policy = state.policy;
+  const any = suppress.length || baseline || policy;
   const seq = ++state.seq;
   const status = $("#rec-status");
   setStatus(status, "re-ranking…", "loading");
   try {
-    const cur = suppress.length || baseline ? await fetchRecs(suppress, baseline, strength) : state.base;
+    const cur = any ? await fetchRecs(suppress, baseline, strength, policy) : state.base;
     if (seq !== state.seq) return;
     state.current = cur;
     render();
     status.dataset.suppress = suppress.join(",");
     status.dataset.baseline = String(baseline);
     status.dataset.strength = String(strength);
-    setStatus(status, suppress.length || baseline ? `suppressed ${suppressionText(suppress, baseline, strength)}` : "no suppression", "ready");
+    status.dataset.policy = policy;
+    setStatus(status, any ? `suppressed ${suppressionText(suppress, baseline, strength, policy)}` : "no suppression", "ready");
   } catch (e) {
     if (seq !== state.seq) return;
     status.dataset.suppress = suppress.join(",");
     status.dataset.baseline = String(baseline);
+    status.dataset.policy = policy;
     setStatus(status, e.message, "error", true);
   }
 }
@@ -162,18 +206,23 @@ function render() {
   $("#left-list").replaceChildren(); $("#entered-list").replaceChildren();
   $("#diff").hidden = true;
   $("#supp-label").textContent = "";
-  $("#baseline-row").classList.toggle("suppressed", state.baseline > 0);
   const base = state.base, cur = state.current;
+  const policyBaseline = cur && cur.baseline && cur.baseline.source.startsWith("policy:") ? cur.baseline.strength : 0;
+  $("#baseline-row").classList.toggle("suppressed", state.baseline > 0 || policyBaseline > 0);
+  $("#baseline-row").classList.toggle("by-policy", policyBaseline > 0);
+  $("#baseline-row").dataset.policyStrength = String(policyBaseline);
   if (!base) return;
   const byLatent = new Map(base.active_latents.map((a) => [a.latent, a]));
+  const byPolicy = new Map((cur.suppressed || []).filter((x) => x.source.startsWith("policy:")).map((x) => [x.latent, x]));
   // active concepts as a bar chart, strongest first, each with a suppression toggle
   const active = [...base.active_latents].sort((a, b) => b.activation - a.activation);
   const max = Math.max(1e-9, ...active.map((a) => a.activation));
   for (const a of active) {
-    const off = state.suppress.has(a.latent);
-    const label = conceptName(a) || "(no description)";
-    bars.append(el("div", { class: "bar-row" + (off ? " suppressed" : ""), "data-latent": a.latent },
-      el("input", { type: "checkbox", class: "suppress-toggle", "data-latent": a.latent, checked: off,
+    const pol = byPolicy.get(a.latent);
+    const off = state.suppress.has(a.latent) || !!pol;
+    const label = (pol ? `[policy, strength ${pol.strength}] ` : "") + (conceptName(a) || "(no description)");
+    bars.append(el("div", { class: "bar-row" + (off ? " suppressed" : "") + (pol ? " by-policy" : ""), "data-latent": a.latent },
+      el("input", { type: "checkbox", class: "suppress-toggle", "data-latent": a.latent, checked: state.suppress.has(a.latent),
         title: `suppress concept #${a.latent}`, onchange: (ev) => toggle(a.latent, ev.target.checked) }),
       el("span", { class: "muted", text: "#" + a.latent }),
       el("div", {},
@@ -200,8 +249,8 @@ function render() {
       el("span", { class: "muted", text: `id ${it.item_id} · score ${fmt(it.score)}` + (baseIds.has(it.item_id) ? "" : " · new") }),
       el("div", {}, chips)));
   }
-  if (state.suppress.size || state.baseline) {
-    $("#supp-label").textContent = `with ${suppressionText([...state.suppress], state.baseline, suppressStrength())} suppressed`;
+  if (state.suppress.size || state.baseline || state.policy) {
+    $("#supp-label").textContent = `with ${suppressionText([...state.suppress], state.baseline, suppressStrength(), state.policy)} suppressed`;
     $("#diff").hidden = false;
     for (const it of base.items) if (!curIds.has(it.item_id))
       $("#left-list").append(el("li", { "data-item-id": it.item_id, text: `${it.title} (id ${it.item_id}, was #${it.rank})` }));
@@ -310,6 +359,7 @@ function init() {
   $("#baseline-toggle").addEventListener("change", toggleBaseline);
   $("#baseline-strength").addEventListener("change", () => { if ($("#baseline-toggle").checked) toggleBaseline(); });
   $("#suppress-strength").addEventListener("change", () => { if (state.suppress.size) rerank(); });
+  $("#policy").addEventListener("change", choosePolicy);
   $("#token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const t = $("#token").value.trim();
@@ -318,6 +368,7 @@ function init() {
     $("#token-state").textContent = t ? "token set (this tab only)" : "no token";
     const active = document.querySelector(".tab.active").dataset.view;
     if (active !== "recs") show(active);
+    loadPolicies();
   });
   $("#token-state").textContent = token() ? "token set (this tab only)" : "no token";
   $("#dict-q").addEventListener("input", () => { clearTimeout(dictTimer); dictTimer = setTimeout(loadDict, 250); });
@@ -342,6 +393,7 @@ function init() {
       $("#history-choice").hidden = true;
     }
   }).catch((e) => { $("#bundle-info").textContent = e.message; });
+  loadPolicies();
   const params = new URLSearchParams(location.search);
   if (params.get("user_id")) openUser(params.get("user_id"));
 }

@@ -27,6 +27,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
 TOKEN = "audit-" + uuid.uuid4().hex[:12]
 AUDIT = {"Authorization": f"Bearer {TOKEN}"}
+ADMIN_TOKEN = "admin-" + uuid.uuid4().hex[:12]
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 pytestmark = [
     pytest.mark.e2e,
@@ -120,6 +122,7 @@ def server(small_bundle, tmp_path_factory):
             "REDIS_URL": redis_server.url,
             "RECSAE_REDIS_PREFIX": "audit-test",
             "RECSAE_AUDIT_TOKEN": TOKEN,
+            "RECSAE_ADMIN_TOKEN": ADMIN_TOKEN,
             "RECSAE_AUDIT_SAMPLE": "1",
             "RECSAE_STATE_DIR": str(tmp_path_factory.mktemp("state")),
         }
@@ -168,7 +171,7 @@ def test_audit_routes_need_the_audit_token(server):
     proc, _ = server
     c = Client(proc.port)
     try:
-        for path in ("/audit/recent", "/drift"):
+        for path in ("/audit/recent", "/drift", "/audit/policies"):
             assert c.request("GET", path)[0] == 401
             assert c.request("GET", path, headers={"Authorization": "Bearer wrong"})[0] == 401
             assert c.request("GET", path, headers=AUDIT)[0] == 200
@@ -295,3 +298,58 @@ def test_toggle_reranks_exactly_like_the_api(server, browser):
     assert redis_server.client().xlen("audit-test:recent") >= 3
     assert cdp.js("document.querySelectorAll('#recent-table tbody tr').length") >= 3
     c.close()
+
+
+def test_policy_picker_applies_a_stored_policy_exactly_like_the_api(server, browser):
+    """A stored policy (what ``recsae debias --save-policy`` writes) is listed read-only with the
+    audit token, picked on the page, and the page's list, left/entered items and policy-marked
+    concepts are what ``/recommend?policy=`` answers; the choice stays on for the next user."""
+    proc, _ = server
+    c = Client(proc.port)
+    user = "3"
+    _, base = c.request("GET", "/recommend", {"user_id": user, "k": 10, "explain": "true"})
+    latent = next(a["latent"] for a in sorted(base["active_latents"], key=lambda a: -a["activation"])
+                  if set(_ids(c.request("GET", "/recommend", {"user_id": user, "k": 10, "suppress": str(a["latent"])})[1]))
+                  != set(_ids(base)))
+    body = {"latents": [latent], "strength": 0.8, "baseline": 0.2, "description": "browser-test policy"}
+    status, stored = c.request("PUT", "/admin/policies/audit-pick", body=body, headers=ADMIN)
+    assert status == 200, stored
+    try:
+        assert c.request("PUT", "/admin/policies/x", body=body, headers=AUDIT)[0] == 401  # the audit token can't write
+        status, listed = c.request("GET", "/audit/policies", headers=AUDIT)
+        assert status == 200 and "audit-pick" in [p["name"] for p in listed["policies"]]
+        _, want = c.request("GET", "/recommend", {"user_id": user, "k": 10, "explain": "true", "policy": "audit-pick"})
+        assert {"latent": latent, "strength": 0.8, "source": "policy:audit-pick", "active": True} in want["suppressed"]
+
+        cdp = browser
+        cdp.call("Page.navigate", url=f"{proc.base}/audit")
+        cdp.wait("document.readyState === 'complete' && !!document.querySelector('#policy')")
+        cdp.js(f"document.querySelector('#token').value = {json.dumps(TOKEN)}; document.querySelector('#token-save').click()")
+        cdp.wait("document.querySelector('#policy').dataset.state === 'ready' && "
+                 "[...document.querySelector('#policy').options].some(o => o.value === 'audit-pick')")
+        cdp.js(f"document.querySelector('#user-id').value = {json.dumps(user)}; document.querySelector('#show').click()")
+        cdp.wait("(s => s.dataset.state === 'ready' && s.dataset.policy === '')(document.querySelector('#rec-status'))")
+        assert cdp.js("[...document.querySelectorAll('#rec-list li')].map(li => li.dataset.itemId)") == _ids(base)
+        cdp.js("(e => { e.value = 'audit-pick'; e.dispatchEvent(new Event('change')); })(document.querySelector('#policy'))")
+        cdp.wait("(s => s.dataset.state === 'ready' && s.dataset.policy === 'audit-pick')(document.querySelector('#rec-status'))")
+        assert cdp.js("[...document.querySelectorAll('#rec-list li')].map(li => li.dataset.itemId)") == _ids(want)
+        left = cdp.js("[...document.querySelectorAll('#left-list li[data-item-id]')].map(li => li.dataset.itemId)")
+        assert left == [i for i in _ids(base) if i not in _ids(want)] and left
+        assert cdp.js("[...document.querySelectorAll('#concept-bars .bar-row.by-policy')].map(r => +r.dataset.latent)") == [latent]
+        # marked as the policy's, not ticked as the request's; the policy's baseline shows on its row
+        assert cdp.js(f"document.querySelector('input.suppress-toggle[data-latent=\"{latent}\"]').checked") is False
+        assert cdp.js("document.querySelector('#baseline-row').dataset.policyStrength") == "0.2"
+        assert "browser-test policy" in cdp.js("document.querySelector('#policy-desc').textContent")
+        assert "policy audit-pick" in cdp.js("document.querySelector('#rec-status').textContent")
+        (ARTIFACTS / "audit-policy.png").write_bytes(
+            base64.b64decode(cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]))
+        # the next user is shown with the policy still on, as the API answers for them
+        _, other = c.request("GET", "/recommend", {"user_id": "4", "k": 10, "explain": "true", "policy": "audit-pick"})
+        cdp.js("document.querySelector('#user-id').value = '4'; document.querySelector('#show').click()")
+        cdp.wait("(s => s.dataset.state === 'ready' && s.dataset.policy === 'audit-pick' && "
+                 "s.textContent.includes('policy'))(document.querySelector('#rec-status'))")
+        cdp.wait(f"[...document.querySelectorAll('#rec-list li')].map(li => li.dataset.itemId).join(',') === "
+                 f"{json.dumps(','.join(_ids(other)))}")
+    finally:
+        c.request("DELETE", "/admin/policies/audit-pick", headers=ADMIN)
+        c.close()
