@@ -702,3 +702,40 @@ def test_a_policy_stored_for_another_bundle_does_not_apply_its_latent_ids(client
         assert [i["item_id"] for i in body["items"]] == [i["item_id"] for i in plain["items"]]
     finally:
         svc.core.link.client.hdel(f"{redis_prefix}:policies", "foreign")
+
+
+
+def test_a_saved_debias_policy_serves_exactly_the_lists_the_report_measured(client, engine, bundle, data_dir):
+    """``recsae debias``'s saved policy, PUT as written (minus its name), makes the service answer
+    each test-stage history with the very top-10 list the de-bias report evaluated: the report's
+    head share is what users of the service get."""
+    from recsae import debias as D
+
+    data = D.load_data(bundle, data_dir)
+    result = D.run_experiment(data, "popularity", counts=(1, 4), strengths=(1.0,), seeds=1,
+                              methods=("association", "baseline"), baseline_strengths=(0.4,))
+    point = D.choose_policy(result, ("association", "baseline"), max_ndcg_loss=0.5)
+    doc = D.policy_document("debias-e2e", point, result)
+    assert doc["latents"] or doc["baseline"]
+    r = client.put("/admin/policies/debias-e2e", json={k: v for k, v in doc.items() if k != "name"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    try:
+        st = data.test
+        offline, _ = D.steered_lists(data, st, doc["latents"], doc["strength"], doc["mode"], doc["baseline"])
+        plain, _ = D.steered_lists(data, st, [], 1.0)
+        cat = engine.bundle.catalog.item_ids
+        rows = [i for i in range(len(st.users)) if 0 < len(st.exclude[i]) <= 200][::15]  # POST takes <= 200 items
+        assert len(rows) >= 40
+        served = []
+        for i in rows:
+            body = {"history": [cat[j] for j in st.exclude[i]], "k": data.top_k, "policy": "debias-e2e"}
+            got = client.post("/recommend", json=body)
+            assert got.status_code == 200, got.text
+            served.append([engine.bundle.catalog.index_of(x["item_id"]) for x in got.json()["items"]])
+        served = np.asarray(served)
+        assert np.array_equal(served, offline[rows])  # the same items in the same order, user by user
+        measure = data.measure("popularity")
+        assert measure.per_user(served).mean() == pytest.approx(measure.per_user(offline[rows]).mean())
+        assert not np.array_equal(served, plain[rows])  # and the policy did change the lists
+    finally:
+        client.delete("/admin/policies/debias-e2e", headers=AUTH)
