@@ -166,10 +166,12 @@ def reserved_summary(reserved, max_loss: float, plain: dict) -> str:
         f"{max_loss:.0%} loss: on dev {pt(dev, dev['test_cut'], dev['test_ndcg_loss']) if dev else 'none'}, on half the "
         f"test users {cf('max_cut')}; the least loss cutting {t['min_cut']:.0%}: on dev "
         f"{pt(dev2, dev2['test_cut'], dev2['test_ndcg_loss'], dev2.get('test_ndcg_loss_ci95')) if dev2 else 'none'}"
-        f", on half the test users {cf('min_loss')}. The first rule chosen on dev under-shoots because the "
-        f"stages differ: {heads.get('dev', float('nan')):.0%} of dev targets are head items against "
-        f"{heads.get('test', float('nan')):.0%} of test targets (and SASRec was early-stopped on dev), so suppression "
-        f"costs more on dev. Servable policy (second rule): `docs/debias-reserved/policies/{doc['name']}.json` "
+        f", on half the test users {cf('min_loss')}. "
+        + (f"The first rule chosen on dev under-shoots: the stages differ ({heads.get('dev', float('nan')):.0%} of dev "
+           f"targets are head items against {heads.get('test', float('nan')):.0%} of test targets, and SASRec was "
+           "early-stopped on dev), so suppression costs more on dev. "
+           if dev and dev["test_cut"] < t["min_cut"] and heads.get("dev", 0) > heads.get("test", 0) else "")
+        + f"Servable policy (second rule): `docs/debias-reserved/policies/{doc['name']}.json` "
         f"({D._point_text(point)}; test {point['test']['bias'] / b0 - 1:+.1%} share at NDCG "
         f"{point['test']['ndcg'] / n0 - 1:+.1%})."
     )
