@@ -252,8 +252,8 @@ class Core:
         strengths: dict[int, float] = {}
         sources: dict[int, str] = {}
         if pol is not None:
-            for j in self.policies.effective_latents(pol):
-                strengths[j], sources[j] = pol.strength, f"policy:{pol.name}"
+            for j, s in self.policies.effective_latents(pol).items():
+                strengths[j], sources[j] = s, f"policy:{pol.name}"
         for j, s in suppress.items():  # like the baseline: the stronger of the policy's and the request's
             if s >= strengths.get(j, 0.0):
                 strengths[j], sources[j] = float(s), "request"

@@ -275,15 +275,16 @@ class PolicyStore:
         with self._lock:
             return [self._mirror[n] for n in sorted(self._mirror)]
 
-    def effective_latents(self, policy: Policy) -> list[int]:
-        """The latents this replica suppresses for ``policy``.
+    def effective_latents(self, policy: Policy) -> dict[int, float]:
+        """The latents this replica suppresses for ``policy``, with their strengths.
 
         Latent ids are only meaningful for the bundle they were resolved against. During a
         rolling upgrade a policy stored by a replica with another bundle is re-resolved here
-        from its text query (memoised per version of the policy); its explicit ids are ignored.
+        from its text query (memoised per version of the policy), at the policy's strength; its
+        explicit ids and their own strengths are ignored.
         """
         if policy.bundle_hash is None or policy.bundle_hash == self.bundle_hash:
-            return [j for j in policy.latents if j < self.n_latents]
+            return {j: policy.strength_of(j) for j in policy.latents if j < self.n_latents}
         key = (policy.name, policy.updated_at)
         found = self._foreign.get(key)
         if found is None:
@@ -296,16 +297,16 @@ class PolicyStore:
                 "(%d latents), not its %d explicit latent ids",
                 policy.name, policy.bundle_hash[:8], (self.bundle_hash or "?")[:8], len(found), len(policy.explicit),
             )
-        return found
+        return {j: policy.strength for j in found}
 
     # -- changes (admin) --------------------------------------------------------------------------
     def resolve_latents(self, body: PolicyIn) -> list[int]:
-        bad = [j for j in body.latents if j >= self.n_latents]
+        bad = [j for j in body.latent_ids() if j >= self.n_latents]
         if bad:
             raise PolicyInputError(
                 "latents", f"unknown latent ids {bad[:10]}: this bundle has latents 0..{self.n_latents - 1}"
             )
-        latents = set(body.latents)
+        latents = set(body.latent_ids())
         if body.query:
             found = resolve_query(self.concepts, body.query)
             if not found:
@@ -322,13 +323,14 @@ class PolicyStore:
         with self._lock:
             old = self._mirror.get(name)
             policy = Policy(
-                name=name, latents=latents, explicit=sorted(set(body.latents)), query=body.query,
-                bundle_hash=self.bundle_hash, strength=body.strength, mode=body.mode, baseline=body.baseline,
+                name=name, latents=latents, explicit=body.latent_ids(), query=body.query,
+                bundle_hash=self.bundle_hash, strength=body.strength, strengths=body.own_strengths(),
+                mode=body.mode, baseline=body.baseline,
                 description=body.description, created_at=old.created_at if old else now,
                 updated_at=now, updated_by=who,
             )
-            detail = json.dumps({"latents": latents, "query": body.query, "strength": body.strength, "mode": body.mode,
-                                 "baseline": body.baseline})
+            detail = json.dumps({"latents": latents, "query": body.query, "strength": body.strength,
+                                 "strengths": body.own_strengths(), "mode": body.mode, "baseline": body.baseline})
             self._commit("put", name, policy, who, detail)
         return policy
 

@@ -339,7 +339,11 @@ class PolicyIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    latents: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=MAX_SUPPRESS)
+    latents: list[Annotated[int, Field(ge=0)] | LatentStrength] = Field(
+        default_factory=list, max_length=MAX_SUPPRESS,
+        description="latent ids (at `strength`) or {latent, strength} objects with their own strength",
+        examples=[[12, {"latent": 57, "strength": 0.5}]],
+    )
     query: str | None = Field(
         None,
         min_length=1,
@@ -361,6 +365,14 @@ class PolicyIn(BaseModel):
             raise ValueError("give 'latents', 'query' and/or a 'baseline' > 0")
         return self
 
+    def latent_ids(self) -> list[int]:
+        """The explicit latent ids, sorted, without duplicates."""
+        return sorted({e if isinstance(e, int) else e.latent for e in self.latents})
+
+    def own_strengths(self) -> dict[int, float]:
+        """Explicit latents that carry their own strength (a latent given twice keeps the stronger)."""
+        return merge_strengths([(e.latent, e.strength) for e in self.latents if not isinstance(e, int)])
+
 
 class Policy(BaseModel):
     name: str
@@ -373,8 +385,14 @@ class Policy(BaseModel):
         "against its own concepts and ignores the explicit latents (ids differ between SAEs)",
     )
     strength: float
+    strengths: dict[int, float] = Field(
+        default_factory=dict, description="explicit latents with their own strength (the others get `strength`)"
+    )
     mode: SteerMode
     baseline: float = Field(0.0, description="baseline (SAE decoder bias) suppression strength; 0 = none")
+
+    def strength_of(self, latent: int) -> float:
+        return self.strengths.get(latent, self.strength)
     description: str | None = None
     created_at: float
     updated_at: float

@@ -530,6 +530,22 @@ def test_policy_lifecycle_application_and_audit(client, engine):
     forced = client.get("/recommend", params={"user_id": uid, "policy": "half", "mode": "error"}).json()
     assert forced["mode"] == "error"
 
+    # per-latent strengths: {latent, strength} entries keep theirs, plain ids get the policy's;
+    # stored (Redis JSON, keys as strings) and applied as the offline kernel steers
+    body = {"latents": [{"latent": active[0], "strength": 0.3}, active[1]], "strength": 0.8}
+    r = client.put("/admin/policies/mixed", json=body, headers=AUTH)
+    assert r.status_code == 200 and r.json()["strengths"] == {str(active[0]): 0.3}, r.text
+    assert client.get("/admin/policies/mixed", headers=AUTH).json()["strengths"] == {str(active[0]): 0.3}
+    mixed = client.get("/recommend", params={"user_id": uid, "explain": True, "k": 20, "policy": "mixed"}).json()
+    got = {x["latent"]: x["strength"] for x in mixed["suppressed"]}
+    assert got == {active[0]: 0.3, active[1]: 0.8}
+    ids, scores = offline(engine, uid, k=20, suppress={active[0]: 0.3, active[1]: 0.8})
+    assert [it["item_id"] for it in mixed["items"]] == ids
+    assert [it["score"] for it in mixed["items"]] == pytest.approx(scores.tolist(), abs=1e-5)
+    r = client.put("/admin/policies/mixed", json={"latents": [{"latent": active[0], "strength": 1.5}]}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "latents"]
+    assert client.delete("/admin/policies/mixed", headers=AUTH).status_code == 204
+
     # the policy shows in the POST body form too
     r = client.post("/recommend", json={"history": ["1", "2"], "policy": "half"})
     assert r.status_code == 200 and r.json()["policy"] == "half"
@@ -542,7 +558,7 @@ def test_policy_lifecycle_application_and_audit(client, engine):
 
     audit = client.get("/admin/audit", headers=AUTH, params={"limit": 10}).json()["entries"]
     actions = [(e["action"], e["policy"]) for e in audit]
-    assert actions[:3] == [("delete", "no-top2"), ("put", "half"), ("put", "no-top2")]
+    assert actions[:5] == [("delete", "no-top2"), ("delete", "mixed"), ("put", "mixed"), ("put", "half"), ("put", "no-top2")]
     assert all(e["who"].startswith("token:") and e["who"].endswith("/pytest") for e in audit[:3])
     assert TOKEN not in str(audit)
     assert client.get("/admin/audit", headers=AUTH, params={"limit": 0}).status_code == 422
@@ -692,7 +708,8 @@ def test_a_policy_stored_for_another_bundle_does_not_apply_its_latent_ids(client
     uid = users(engine)[5]
     active = [a["latent"] for a in client.get("/recommend", params={"user_id": uid, "explain": True}).json()["active_latents"]]
     foreign = {"name": "foreign", "latents": active[:2], "explicit": active[:2], "query": None,
-               "bundle_hash": "0" * 64, "strength": 1.0, "mode": "error", "description": None,
+               "bundle_hash": "0" * 64, "strength": 1.0, "strengths": {str(active[0]): 0.5}, "mode": "error",
+               "description": None,
                "created_at": time.time(), "updated_at": time.time(), "updated_by": "other-replica"}
     svc.core.link.client.hset(f"{redis_prefix}:policies", "foreign", json.dumps(foreign))
     try:
