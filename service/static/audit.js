@@ -115,7 +115,10 @@ async function loadPolicies() {
 
 function policySummary(p) {
   const parts = [];
-  if (p.latents && p.latents.length) parts.push(`${p.latents.length} concept${p.latents.length > 1 ? "s" : ""} at ${p.strength}`);
+  if (p.latents && p.latents.length) {
+    const own = Object.entries(p.strengths || {}).map(([j, s]) => `#${j} at ${s}`);
+    parts.push(`${p.latents.length} concept${p.latents.length > 1 ? "s" : ""} at ${p.strength}` + (own.length ? ` (${own.join(", ")})` : ""));
+  }
   if (p.baseline) parts.push(`baseline ${p.baseline}`);
   return parts.join(" + ") + (p.description ? ` — ${p.description}` : "");
 }
