@@ -370,8 +370,11 @@ class PolicyIn(BaseModel):
         return sorted({e if isinstance(e, int) else e.latent for e in self.latents})
 
     def own_strengths(self) -> dict[int, float]:
-        """Explicit latents that carry their own strength (a latent given twice keeps the stronger)."""
-        return merge_strengths([(e.latent, e.strength) for e in self.latents if not isinstance(e, int)])
+        """Explicit latents whose strength is not the policy's: given with their own, where a latent
+        named twice (plain ids count at ``strength``) keeps the stronger, as in a request."""
+        merged = merge_strengths([(e, self.strength) if isinstance(e, int) else (e.latent, e.strength)
+                                  for e in self.latents])
+        return {j: v for j, v in merged.items() if v != self.strength}
 
 
 class Policy(BaseModel):

@@ -108,6 +108,7 @@ def test_policy_needs_latents_or_query_and_bounded_strength():
     assert PolicyIn(latents=[1]).strength == 1.0
     mixed = PolicyIn(latents=[5, {"latent": 2, "strength": 0.3}, {"latent": 2, "strength": 0.6}], strength=0.9)
     assert mixed.latent_ids() == [2, 5] and mixed.own_strengths() == {2: 0.6}
+    assert PolicyIn(latents=[2, {"latent": 2, "strength": 0.5}], strength=0.9).own_strengths() == {}  # 0.9 is stronger
     for bad in ({"latent": 2, "strength": 0}, {"latent": 2, "strength": 2}, {"latent": -1, "strength": 0.5}, {"latent": 2}):
         with pytest.raises(ValidationError):
             PolicyIn(latents=[bad])
