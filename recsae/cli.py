@@ -215,6 +215,8 @@ def cmd_debias(a: argparse.Namespace) -> int:
     print(f"chosen on the {sel} stage ({a.method} -> {point['method']}, {point['rule']}): "
           f"{len(point['latents'])} latents at strength {point['strength']:g}: {point['latents']}; "
           f"baseline {point['baseline']:g}")
+    if a.target_cut is None and (warn := D.budget_edge_warning(result, point, a.max_ndcg_loss)):
+        print(f"warning: {warn}", file=sys.stderr)
     if not point["improves"]:
         print(f"warning: no {a.method} point lowers the {sel}-stage bias within the NDCG budget", file=sys.stderr)
     if a.save_policy:

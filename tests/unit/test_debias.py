@@ -366,3 +366,14 @@ def test_crossfit_chooses_on_test_halves_where_the_dev_stage_misleads():
     assert t["dev_choice_min_loss"]["strength"] == 1.0
     with pytest.raises(ConfigError, match="no association point cuts the dev-stage bias by 100%"):
         D.choose_policy(r, "association", target_cut=1.0)
+
+
+
+def test_budget_edge_warning_flags_a_policy_that_used_most_of_the_ndcg_budget():
+    result = {"settings": {"select_stage": "dev", "top_k": 10}, "base": {"dev": {"ndcg": 0.10}}}
+    near = {"dev": {"ndcg": 0.0915}}  # 8.5% of a 10% budget
+    far = {"dev": {"ndcg": 0.0960}}  # 4%
+    assert "at the edge of the 10% budget" in D.budget_edge_warning(result, near, 0.10)
+    assert "--target-cut" in D.budget_edge_warning(result, near, 0.10)
+    assert D.budget_edge_warning(result, far, 0.10) is None
+    assert D.budget_edge_warning(result, near, 0.20) is None
