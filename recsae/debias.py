@@ -888,7 +888,8 @@ def run_experiment(
         )
 
     stages = (data.select, data.test)
-    base = {st.stage: _summarise(data, st, measure, *_list_stats(data, st, st.x)) for st in stages}
+    base_lists = {st.stage: _list_stats(data, st, st.x) for st in stages}
+    base = {st.stage: _summarise(data, st, measure, *base_lists[st.stage]) for st in stages}
     say(f"{bias}: re-ranking baseline")
     rerank = rerank_curve(data, data.test, measure, rerank_grid)
     rows: list[dict] = []
@@ -981,41 +982,39 @@ def run_experiment(
     if isinstance(measure, PopularityBias):
         result["target_head_share"] = {st.stage: float(measure.head[st.targets].mean()) for st in stages}
     result["targets"] = check_targets(result, max_loss=max_ndcg_loss)
-    add_ndcg_loss_intervals(data, result)
-    add_crossfit_choices(data, measure, result, test_lists)
+    ids0, ranks0 = base_lists[data.test.stage]
+    test_base = (measure.per_user(ids0), _gain(ranks0, data.top_k))
+    add_ndcg_loss_intervals(result, test_lists, test_base[1])
+    add_crossfit_choices(measure, result, test_lists, test_base, data.test.users)
     return result
 
 
-def add_crossfit_choices(data: DebiasData, measure: BiasMeasure, result: dict,
-                         test_lists: dict[tuple, tuple[np.ndarray, np.ndarray]], splits: int = 5) -> None:
+def add_crossfit_choices(measure: BiasMeasure, result: dict, test_lists: dict[tuple, tuple[np.ndarray, np.ndarray]],
+                         test_base: tuple[np.ndarray, np.ndarray], users: np.ndarray, splits: int = 5) -> None:
     """Each method's point chosen on half of the test users and reported on the other half.
 
     Why: the dev stage is a different distribution from the test stage (on ml-100k 55% of dev
     targets are head items against 46% of test targets, and SASRec was early-stopped on dev), so
     a point chosen on dev misjudges what it costs on test. Choosing on one half of the test users
     and applying the choice to the other, both ways, pools an honest "choose, then deploy"
-    estimate over all users; repeated over ``splits`` random halvings. Two rules, as a product
-    team would state them: ``max_cut`` = the lowest |bias| whose NDCG loss stays within the
-    limit; ``min_loss`` = the highest NDCG among points that cut |bias| by at least the target.
+    estimate over all users; repeated over ``splits`` random halvings. The two rules of
+    :func:`pick_point`: ``max_cut`` (lowest |bias| within the NDCG-loss limit) and ``min_loss``
+    (highest NDCG among points cutting |bias| by the target). ``test_lists`` / ``test_base``: per
+    test user, the bias statistic and NDCG gain of each sweep point / of the unsuppressed lists.
     Where a half has no admissible point, nothing is suppressed there."""
-    st, t = data.test, result["targets"]
+    t = result["targets"]
     max_loss, min_cut = t["max_ndcg_loss"], t["min_cut"]
-    ids0, ranks0 = _list_stats(data, st, st.x)
-    pu0, g0 = measure.per_user(ids0), _gain(ranks0, data.top_k)
-    users = st.users
+    pu0, g0 = test_base
     b0, n0 = abs(measure.value(pu0, users)), float(g0.mean())
     if b0 == 0 or n0 == 0:
         return
     halvings = [np.random.default_rng(rep).permutation(len(users)) for rep in range(splits)]
 
     def choose(keys: list[tuple], sel: np.ndarray, rule: str) -> tuple | None:
-        bias0, gain0 = abs(measure.value(pu0[sel], users[sel])), g0[sel].mean()
-        stats = {k: (abs(measure.value(test_lists[k][0][sel], users[sel])), test_lists[k][1][sel].mean()) for k in keys}
-        if rule == "max_cut":
-            ok = [k for k in keys if stats[k][1] >= (1 - max_loss) * gain0]
-            return min(ok, key=lambda k: (round(stats[k][0], 12), *k[1:]), default=None)
-        ok = [k for k in keys if bias0 > 0 and 1 - stats[k][0] / bias0 >= min_cut]
-        return min(ok, key=lambda k: (-round(stats[k][1], 12), *k[1:]), default=None)
+        cands = {k: (abs(measure.value(test_lists[k][0][sel], users[sel])), float(test_lists[k][1][sel].mean()))
+                 for k in keys}
+        return pick_point(cands, abs(measure.value(pu0[sel], users[sel])), float(g0[sel].mean()), max_loss,
+                          min_cut if rule == "min_loss" else None)
 
     for method, target in t.items():
         keys = [k for k in test_lists if k[0] == method]
@@ -1047,35 +1046,22 @@ def add_crossfit_choices(data: DebiasData, measure: BiasMeasure, result: dict,
             }
 
 
-def ndcg_loss_interval(data: DebiasData, latents: Sequence[int], strength: float, mode: SteerMode,
-                       baseline: float, base_gain: np.ndarray | None = None) -> list[float]:
-    """95% paired-bootstrap interval of the test-stage relative NDCG@k loss of one sweep point.
+def add_ndcg_loss_intervals(result: dict, test_lists: dict[tuple, tuple[np.ndarray, np.ndarray]],
+                            base_gain: np.ndarray) -> None:
+    """Give each method's best point and dev-chosen points a 95% paired-bootstrap interval of the
+    test NDCG@k loss (in ``targets``), from the per-user gains the sweep kept.
 
     Why: with ~1k test users, the loss of a single point moves by several points from sampling
     alone (on ml-100k the same suppression cost 7.5% on test users and 17.7% on dev users), so
     "within 10% loss" needs its interval to be read."""
-    st, k = data.test, data.top_k
-    if base_gain is None:
-        base_gain = _gain(_list_stats(data, st, st.x)[1], k)
-    xs = data.kernel.steer(st.x, st.codes, {int(j): float(strength) for j in latents}, mode, baseline)
-    _, ranks = _list_stats(data, st, xs)
-    lo, hi = paired_ratio_ci(_gain(ranks, k), base_gain)
-    return [round(1 - hi, 4), round(1 - lo, 4)]
-
-
-def add_ndcg_loss_intervals(data: DebiasData, result: dict) -> None:
-    """Give each method's best point and dev-chosen point an NDCG-loss interval (in ``targets``)."""
-    mode = result["settings"]["mode"]
-    rows = {(r["method"], *_key(r)): r for r in result["rows"]}
-    base_gain = _gain(_list_stats(data, data.test, data.test.x)[1], data.top_k)  # shared by every interval
     for method, t in result["targets"].items():
         if not isinstance(t, dict) or "best_point" not in t:
             continue
         for where, point in (("best", t["best_point"]), ("dev", t["dev_choice"]), ("dev", t["dev_choice_min_loss"])):
             if not point:
                 continue
-            row = rows[(method, point["n"], point["strength"], point["baseline"])]
-            ci = ndcg_loss_interval(data, row["latents"], row["strength"], mode, row["baseline"], base_gain)
+            lo, hi = paired_ratio_ci(test_lists[(method, point["n"], point["strength"], point["baseline"])][1], base_gain)
+            ci = [round(1 - hi, 4), round(1 - lo, 4)]
             if where == "best":
                 t["best_ndcg_loss_ci95"] = ci
             else:
@@ -1189,21 +1175,31 @@ def choose_policy(result: dict, method: str | Sequence[str] = "greedy", max_ndcg
         raise ConfigError(f"the sweep has no {'/'.join(methods)} rows; run it with that method")
     sel = result["settings"]["select_stage"]
     base = result["base"][sel]
-    if target_cut is not None:
-        b0 = abs(base["bias"])
-        ok = [r for r in rows if b0 > 0 and 1 - abs(r[sel]["bias"]) / b0 >= target_cut]
-        if not ok:
-            raise ConfigError(f"no {'/'.join(methods)} point cuts the dev-stage bias by {target_cut:.0%}; "
-                              "sweep higher strengths or more latents, or lower --target-cut")
-        best = min(ok, key=lambda r: (-round(r[sel]["ndcg"], 12), *_key(r)))
-        rule = f"least dev NDCG loss cutting the bias by >= {target_cut:.0%}"
-    else:
-        ok = [r for r in rows if r[sel]["ndcg"] >= (1 - max_ndcg_loss) * base["ndcg"]]
-        if not ok:
-            raise ConfigError(f"no {'/'.join(methods)} point keeps dev NDCG within {max_ndcg_loss:.0%} of the original")
-        best = min(ok, key=lambda r: (round(abs(r[sel]["bias"]), 12), *_key(r)))
-        rule = f"lowest dev bias within {max_ndcg_loss:.0%} dev NDCG loss"
+    cands = {(*_key(r), i): (abs(r[sel]["bias"]), r[sel]["ndcg"]) for i, r in enumerate(rows)}
+    key = pick_point(cands, abs(base["bias"]), base["ndcg"], max_ndcg_loss, target_cut)
+    if key is None:
+        raise ConfigError(
+            f"no {'/'.join(methods)} point cuts the dev-stage bias by {target_cut:.0%}; sweep higher strengths or "
+            "more latents, or lower --target-cut" if target_cut is not None else
+            f"no {'/'.join(methods)} point keeps dev NDCG within {max_ndcg_loss:.0%} of the original")
+    best = rows[key[-1]]
+    rule = (f"least dev NDCG loss cutting the bias by >= {target_cut:.0%}" if target_cut is not None
+            else f"lowest dev bias within {max_ndcg_loss:.0%} dev NDCG loss")
     return {**best, "improves": abs(best[sel]["bias"]) < abs(base["bias"]), "rule": rule}
+
+
+def pick_point(cands: dict[tuple, tuple[float, float]], bias0: float, ndcg0: float, max_ndcg_loss: float,
+               target_cut: float | None = None) -> tuple | None:
+    """The policy rules over candidate points ``key -> (|bias|, NDCG)`` measured on some users
+    whose unsuppressed |bias| and NDCG are ``bias0``, ``ndcg0``. Without ``target_cut``: the lowest
+    |bias| whose NDCG lost at most ``max_ndcg_loss`` (relative); with it: the highest NDCG among
+    points cutting |bias| by at least ``target_cut``. Ties -> the smaller key. None: no point
+    qualifies."""
+    if target_cut is None:
+        ok = [k for k, (_, n) in cands.items() if n >= (1 - max_ndcg_loss) * ndcg0]
+        return min(ok, key=lambda k: (round(cands[k][0], 12), k), default=None)
+    ok = [k for k, (b, _) in cands.items() if bias0 > 0 and 1 - b / bias0 >= target_cut]
+    return min(ok, key=lambda k: (-round(cands[k][1], 12), k), default=None)
 
 
 def budget_edge_warning(result: dict, point: dict, max_ndcg_loss: float, edge: float = 0.8) -> str | None:
