@@ -154,7 +154,7 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
                     t["redis"].append(t6 - t5)
                     t["explain"].append(t7 - t6)
                 t8 = time.perf_counter()
-                core.recommend_user(uid, k=10, explain=explain, suppress=[], policy=None, exclude_seen=True, mode=None)
+                core.recommend_user(uid, k=10, explain=explain, suppress={}, policy=None, exclude_seen=True, mode=None)
                 t["core_total"].append(time.perf_counter() - t8)
             out[explain] = t
     finally:

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Mapping, NamedTuple
+from typing import Literal, Mapping, NamedTuple, get_args
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from recsae import BundleError, ConfigError
 
 SteerMode = Literal["error", "reconstruction"]
 Encoder = Literal["topk", "pursuit"]
-ENCODERS = ("topk", "pursuit")
+ENCODERS = get_args(Encoder)
 
 
 class Codes(NamedTuple):

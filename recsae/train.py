@@ -98,9 +98,8 @@ def measure(sae: "TopKSAE | SAEKernel", acts: np.ndarray | torch.Tensor, batch_s
             codes = sae.encode(x)
             a, idx, recon = codes.acts, codes.idx, sae.decode(codes)
         else:
-            with torch.no_grad():
-                at, it = sae.encode(torch.from_numpy(np.array(x, dtype=np.float32)))
-                recon = sae.decode(at, it).numpy()
+            at, it = sae.encode(torch.from_numpy(np.array(x, dtype=np.float32)))  # under the decorator's no_grad
+            recon = sae.decode(at, it).numpy()
             a, idx = at.numpy(), it.numpy()
         sq_err += float(((recon - x).astype(np.float64) ** 2).sum())
         fired = a > 0

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -151,10 +151,10 @@ class Core:
             if len(self.bundle.users.user_ids):
                 uid = str(self.bundle.users.user_ids[0])
                 for explain in (False, True):
-                    self.recommend_user(uid, k=10, explain=explain, suppress=[], policy=None,
+                    self.recommend_user(uid, k=10, explain=explain, suppress={}, policy=None,
                                         exclude_seen=True, mode=None)
             if self.engine.accepts_history and self.item_ids:
-                self.recommend_history(self.item_ids[:3], k=10, explain=True, suppress=[], policy=None,
+                self.recommend_history(self.item_ids[:3], k=10, explain=True, suppress={}, policy=None,
                                        exclude_seen=True, mode=None)
         finally:
             self._warming = False
@@ -207,18 +207,15 @@ class Core:
         source: str,
         k: int,
         explain: bool,
-        suppress: Mapping[int, float] | Sequence[int],
+        suppress: Mapping[int, float],
         policy: str | None,
         exclude_seen: bool,
         mode: SteerMode | None,
         suppress_baseline: float = 0.0,
-        suppress_strength: float = 1.0,
     ) -> dict[str, Any]:
         """The response body (schema: ``service.schemas.RecommendResponse``). ``suppress``: latent ->
-        strength, or latent ids all at ``suppress_strength``."""
+        strength of this request's suppression."""
         sae = self.sae
-        if not isinstance(suppress, Mapping):
-            suppress = {int(j): float(suppress_strength) for j in suppress}
         bad = [j for j in suppress if not 0 <= j < sae.n_latents]
         if bad:
             raise ClientError(

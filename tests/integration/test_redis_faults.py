@@ -59,7 +59,7 @@ def make_core(bundle, url, state_dir, prefix=None, **kw):
 
 
 def rec(core, uid="1", **kw):
-    opts = {"k": 10, "explain": True, "suppress": [], "policy": None, "exclude_seen": True, "mode": None, **kw}
+    opts = {"k": 10, "explain": True, "suppress": {}, "policy": None, "exclude_seen": True, "mode": None, **kw}
     return core.recommend_user(uid, **opts)
 
 
