@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recsae.bundle import load_bundle  # noqa: E402
+from recsae.engine import CUDA_PROVIDER  # noqa: E402
 from recsae.kernel import SAEKernel, history_windows, recommend  # noqa: E402
 
 
@@ -55,6 +56,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--tf32", action="store_true", help="leave TF32 on (ONNX Runtime's default) to see what it changes")
     ap.add_argument("--dry-run-on-cpu", action="store_true",
                     help="run both sides on the CPU provider (checks this script on a machine without a GPU)")
     args = ap.parse_args()
@@ -66,8 +68,9 @@ def main() -> int:
             ort.preload_dlls()
         except Exception as e:  # noqa: BLE001 - report and go on: the provider check below decides
             print(f"preload_dlls: {e}")
-    want = ["CPUExecutionProvider"] if args.dry_run_on_cpu else ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if want[0] not in ort.get_available_providers():
+    cuda = ("CUDAExecutionProvider", {"use_tf32": "1"}) if args.tf32 else CUDA_PROVIDER
+    want = ["CPUExecutionProvider"] if args.dry_run_on_cpu else [cuda, "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers() and not args.dry_run_on_cpu:
         print(f"no CUDAExecutionProvider (providers: {ort.get_available_providers()})")
         return 2
 
@@ -77,8 +80,8 @@ def main() -> int:
     item_emb = np.asfortranarray(bundle.item_emb, dtype=np.float32)
     enc = str(bundle.encoder_path)
     cpu = session(enc, ["CPUExecutionProvider"])
-    gpu = session(enc, want)
-    if gpu.get_providers()[0] != want[0]:
+    gpu = session(enc, want)  # the service's provider list (engine.make_session)
+    if not args.dry_run_on_cpu and gpu.get_providers()[0] != "CUDAExecutionProvider":
         print(f"CUDA provider did not load: session providers {gpu.get_providers()}")
         return 2
     name = cpu.get_inputs()[0].name
@@ -133,6 +136,7 @@ def main() -> int:
         "n_items": int(model["n_items"]),
         "onnxruntime": ort.__version__,
         "providers": gpu.get_providers(),
+        "tf32": bool(args.tf32),
         "python": platform.python_version(),
         "encoder_max_abs_diff": enc_diff,
         "encoder_max_abs_value": enc_scale,

@@ -19,6 +19,12 @@ from recsae.kernel import Codes, SAEKernel, SteerMode, history_windows, recommen
 log = logging.getLogger(__name__)
 
 
+CUDA_PROVIDER = ("CUDAExecutionProvider", {"use_tf32": "0"})
+"""TF32 off: with it (ONNX Runtime's default on Ampere and later) an H200's encoder outputs differ
+from the CPU's by up to 1.3e-3 and 0.8% of ml-100k top-10 lists change order; without it by
+1.4e-6 (benchmarks/gpu_onnx.py), so a GPU replica serves the answer the offline job measured."""
+
+
 def make_session(path: str, threads: int = 1):
     """An ONNX Runtime session: CUDA provider first when onnxruntime-gpu sees a GPU."""
     import onnxruntime as ort
@@ -28,7 +34,8 @@ def make_session(path: str, threads: int = 1):
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     available = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    providers = [CUDA_PROVIDER if p == "CUDAExecutionProvider" else p
+                 for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
         return ort.InferenceSession(path, sess_options=opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types
