@@ -6,8 +6,8 @@ Trains the default SAE shape (k=8 x 1,024 latents, d=64) on random activations f
 each setting in a fresh interpreter, with 1 thread (the default of `recsae train`), one per CPU
 this process may use, torch's own default, and `--threads auto` (CPUs less the load average,
 measured at start). First with no load added, then with ``--busy`` (default: 2 per CPU) spinning
-processes started by this script: each spins for at most 10 minutes and all are killed when the
-measurement ends. Prints seconds per epoch and whether the weights equal the 1-thread run's.
+processes started by this script: each spins for at most ``--busy-max-s`` (30 min) and all are
+killed when the measurement ends. Prints seconds per epoch and whether the weights equal the 1-thread run's.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="runs per setting; the median is reported")
     ap.add_argument("--busy", type=int, default=None, help="busy processes for the loaded run (default 2 per CPU)")
+    ap.add_argument("--busy-max-s", type=float, default=1800, help="life of a busy process at most")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -94,7 +95,7 @@ def main() -> None:
           f"{a.rows:,} rows, {a.epochs} epochs, median of {a.repeats}")
     load0 = os.getloadavg()[0]
     rows = run_all(f"no added load (load {load0:.1f})", settings, a)
-    stop_at = time.monotonic() + 600
+    stop_at = time.monotonic() + a.busy_max_s
     procs = [mp.Process(target=spin, args=(stop_at,), daemon=True) for _ in range(busy)]
     for p in procs:
         p.start()
