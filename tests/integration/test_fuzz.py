@@ -56,7 +56,7 @@ def server(tmp_path_factory):
         env.update(REDIS_URL=SHARED_REDIS, RECSAE_REDIS_PREFIX=prefix)
     except redis.RedisError:
         r = None
-    proc = ServeProcess(env, log_dir=str(tmp_path_factory.mktemp("fuzz-log"))).start(90)
+    proc = ServeProcess(env, log_dir=str(tmp_path_factory.mktemp("fuzz-log"))).start(300)
     try:
         yield proc
     finally:

@@ -144,7 +144,7 @@ def test_bad_bundles_refuse_to_start_with_one_clear_message(bundle, tmp_path):
         ))
     for kind, (expect, p) in procs.items():
         try:
-            out, err = p.communicate(timeout=90)
+            out, err = p.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             pytest.fail(f"{kind}: bentoml serve did not stop")
