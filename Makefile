@@ -9,13 +9,19 @@ PORT ?= 3000
 
 .PHONY: serve test install bundle openapi bench clean
 
+# One line before each long step instead of pip's silence; torch first, pinned: a looser spec
+# pulls a multi-GB CUDA build. The editable install's "Editable installation" notice is only
+# information (setuptools has no quieter channel for it), so it is filtered.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned: a looser spec pulls a multi-GB CUDA build
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[train,cpu,llm,test]' uv
-	touch $(STAMP)
+	@echo "installing into $(VENV) (about 3 min the first time, 1.4 GB; skipped while pyproject.toml is unchanged)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@echo "  torch 2.13.0 (CPU build) ..."
+	@$(BIN)/python -m pip install -q torch==2.13.0
+	@echo "  recsae, BentoML, ONNX Runtime and the test tools ..."
+	@PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q -e '.[train,cpu,llm,test]' uv
+	@touch $(STAMP)
+	@echo "installed: $(BIN)/recsae"
 
 install: $(STAMP)
 
@@ -28,8 +34,11 @@ bundle: $(STAMP)
 	$(BIN)/recsae train --out $(BUNDLE)
 
 # The whole test suite: starts Redis if none answers, installs Debian chromium if missing.
+# The first run (and the first after a change under recsae/ or models/) builds small test bundles
+# before the tests that need them; each build prints a line when it starts and ends.
 test: $(STAMP)
-	bash scripts/ensure-services.sh
+	@bash scripts/ensure-services.sh
+	@echo "running the test suite: test bundles are built on first use (minutes, announced), then cached in .pytest-bundles/"
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m pytest -q
 
 openapi: $(STAMP)

@@ -21,3 +21,29 @@ class ConfigError(RecSAEError):
 
 class BundleError(RecSAEError):
     """A model bundle is missing a file, has an altered file, or does not fit the service."""
+
+
+def cpu_share() -> int:
+    """CPUs this process can expect to get now (``--threads auto``), at least 1.
+
+    The CPUs it may run on (affinity mask, cgroup v2 quota) less the 1-minute load average: on a
+    busy machine, threads beyond that wait for a core and spin, so they slow a job down instead
+    of speeding it up (benchmarks/threads.py).
+    """
+    import os
+
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, round(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return max(1, min(n, round(n - load)))

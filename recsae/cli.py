@@ -1,6 +1,8 @@
-"""``recsae`` command line: train, interpret, fetch, info, serve.
+"""``recsae`` command line: train, interpret, fetch, info, serve, debias.
 
 Errors a user can act on (``RecSAEError``) print one line and exit 2; nothing else is caught.
+Input that can be checked without torch (dataset name and folder, option ranges) is checked
+before the heavy imports, so a typo fails in a fraction of a second and writes nothing.
 """
 
 from __future__ import annotations
@@ -12,16 +14,37 @@ import os
 import sys
 from pathlib import Path
 
-from recsae import RecSAEError
+from recsae import ConfigError, RecSAEError, cpu_share
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DESCRIPTION = """\
+Train a TopK sparse autoencoder (SAE) on a recommender's user representation, describe each
+latent as a concept, and serve recommendations with explanations and run-time suppression.
+
+Datasets are read from the data folder: $RECSAE_DATA_DIR if set, else ../shared/data next to the
+repository if it exists, else ~/.cache/recsae/data (where `recsae fetch` writes). Run
+`recsae COMMAND --help` for a command's options and an example."""
+
+EXAMPLES = """\
+examples:
+  recsae fetch ml-100k                      # download MovieLens-100k into the data folder
+  recsae train --dataset ml-100k --out bundles/ml100k
+  recsae serve --bundle bundles/ml100k      # http://127.0.0.1:3000/recommend?user_id=1&explain=true"""
 
 
-def default_data_dir() -> str | None:
-    env = os.environ.get("RECSAE_DATA_DIR")
-    if env:
-        return env
-    return str(DEFAULT_DATA_DIR) if DEFAULT_DATA_DIR.is_dir() else None
+def default_data_dir() -> str:
+    """The data folder when ``--data-dir`` is not given (see :func:`recsae.data.loaders.default_data_dir`)."""
+    from recsae.data.loaders import default_data_dir as _default
+
+    return str(_default())
+
+
+def _bundle_data_dir(given: str | None) -> str | None:
+    """For commands that re-read a bundle's dataset: the flag, else the default folder if it
+    exists, else None (the folder recorded in the bundle's manifest)."""
+    if given:
+        return given
+    d = default_data_dir()
+    return d if Path(d).is_dir() else None
 
 
 def resolve_dataset(name: str, data_dir: str | None) -> str:
@@ -64,13 +87,33 @@ def sae_shape(a: argparse.Namespace) -> tuple[int, int, int]:
     )
 
 
-def cmd_train(a: argparse.Namespace) -> int:
-    from recsae.pipeline import JobConfig, run_job
+def check_train_input(a: argparse.Namespace) -> tuple[str, str]:
+    """(dataset, data folder) after checking what can be checked without torch; raises the
+    ``RecSAEError`` that the job would raise later, before any folder is created."""
+    from recsae.data.loaders import locate_dataset
 
     data_dir = a.data_dir or default_data_dir()
+    dataset = resolve_dataset(a.dataset, data_dir)
+    locate_dataset(dataset, data_dir, a.min_rating, a.kcore)
+    if a.min_fidelity is not None and not 0 < a.min_fidelity <= 1:
+        raise ConfigError(f"--min-fidelity {a.min_fidelity:g} must be in (0, 1]: the share of NDCG@10 the SAE must keep")
+    for flag, value in (("--expansion", a.expansion), ("-k", a.k), ("--sae-epochs", a.sae_epochs)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: give a whole number >= 1")
+    _parse_kv(a.model_param), _parse_kv(a.train_param), _parse_kv(a.llm)
+    return dataset, data_dir
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    dataset, data_dir = check_train_input(a)
+    from recsae.pipeline import JobConfig, run_job
+
     k, expansion, sae_epochs = sae_shape(a)
+    threads = cpu_share() if a.threads == "auto" else a.threads
+    if a.threads == "auto":
+        print(f"--threads auto: {threads} (CPUs usable now, less the load average)", file=sys.stderr)
     cfg = JobConfig(
-        dataset=resolve_dataset(a.dataset, data_dir),
+        dataset=dataset,
         data_dir=data_dir,
         min_rating=a.min_rating,
         kcore=a.kcore,
@@ -83,7 +126,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         describer=a.describer,
         llm=_parse_kv(a.llm),
         seed=a.seed,
-        threads=a.threads,
+        threads=threads,
         progress=not a.quiet,
         min_fidelity=a.min_fidelity,
         sae_reserve=a.sae_reserve,
@@ -146,7 +189,8 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_fetch(a: argparse.Namespace) -> int:
     from recsae.data.fetch import fetch_movielens
 
-    path = fetch_movielens(a.name, a.dest, base_url=a.base_url) if a.base_url else fetch_movielens(a.name, a.dest)
+    kw = {"base_url": a.base_url} if a.base_url else {}
+    path = fetch_movielens(a.name, a.dest or default_data_dir(), force=a.force, progress=not a.quiet, **kw)
     print(path)
     return 0
 
@@ -155,7 +199,7 @@ def cmd_interpret(a: argparse.Namespace) -> int:
     from recsae.interpret import reinterpret_bundle
 
     summary = reinterpret_bundle(
-        a.bundle, describer=a.describer, data_dir=a.data_dir or default_data_dir(), llm=_parse_kv(a.llm) or None
+        a.bundle, describer=a.describer, data_dir=_bundle_data_dir(a.data_dir), llm=_parse_kv(a.llm) or None
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -195,7 +239,7 @@ def cmd_debias(a: argparse.Namespace) -> int:
     if a.save_policy:
         D.check_policy_dir(a.policy_dir)
     say = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    data = D.load_data(a.bundle, a.data_dir or default_data_dir())
+    data = D.load_data(a.bundle, _bundle_data_dir(a.data_dir))
     result = D.run_experiment(
         data, a.bias, counts=[int(c) for c in floats(a.counts, "counts")],
         strengths=floats(a.strengths, "strengths") if a.strengths else
@@ -226,19 +270,70 @@ def cmd_debias(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recsae", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="cmd", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks and appends each option's default unless its help names one."""
 
-    t = sub.add_parser("train", help="dataset -> recommender -> SAE -> concepts -> bundle")
-    t.add_argument("--dataset", default="auto", help="ml-100k, ml-1m, ml-latest-small, grocery, synthetic, a folder, or auto")
-    t.add_argument("--data-dir", default=None, help="folder holding the datasets (default: ../shared/data or $RECSAE_DATA_DIR)")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if "default" in text or d is None or d is False or d == [] or d == argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _threads(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1, or auto")
+    return n
+
+
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 < n < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a TCP port in 1-65535")
+    return n
+
+
+def _sub(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                          epilog=f"example:\n  {example}", formatter_class=_HelpFormatter)
+
+
+LLM_HELP = (
+    "LLM describer setting, repeatable: base_url=http://host:8000/v1, model=NAME, concurrency=N, "
+    "temperature=0, api_key_env=VAR, price_input_per_1m=USD ... (the API key itself is read from $OPENAI_API_KEY "
+    "or the variable named by api_key_env, never from the command line)")
+DATA_DIR_HELP = ("folder holding the datasets (default: $RECSAE_DATA_DIR, else ../shared/data next to the "
+                 "repository if present, else ~/.cache/recsae/data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recsae", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=_HelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log what each stage does (INFO level)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    t = _sub(sub, "train", "dataset -> recommender -> SAE -> concepts -> bundle",
+             "recsae train --dataset ml-100k --model sasrec --sae-preset balanced --out bundles/ml100k")
+    t.add_argument("--dataset", default="auto", help=(
+        "ml-100k, ml-1m, ml-latest-small, grocery, synthetic, a dataset folder, or auto = ml-100k when "
+        "the data folder has it, else synthetic (default: auto)"))
+    t.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     t.add_argument("--min-rating", type=float, default=None, help="keep ratings >= this as interactions (default: all)")
-    t.add_argument("--kcore", type=int, default=0)
-    t.add_argument("--model", default="sasrec", choices=["sasrec", "bprmf", "lightgcn"])
-    t.add_argument("--model-param", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--train-param", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--kcore", type=int, default=0, help="drop users and items with fewer interactions than this, repeatedly (0 = keep all)")
+    t.add_argument("--model", default="sasrec", choices=["sasrec", "bprmf", "lightgcn"], help="recommender to train")
+    t.add_argument("--model-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="recommender setting, repeatable, e.g. dim=64 (see models/)")
+    t.add_argument("--train-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="recommender training setting, repeatable, e.g. epochs=50 or lr=1e-3 (see models/training.py)")
     t.add_argument("--sae-preset", default="paper", choices=sorted(SAE_PRESETS), help=(
         "SAE shape: paper = k 8 of 1,024 latents, 60 epochs (default); balanced = k 16 of 1,024, "
         "60 epochs, >= 98%% of NDCG@10 with the reconstruction in the path; fidelity = k 32 of "
@@ -253,16 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sae-reserve", default=None, choices=["popularity"], help=(
         "reserve latent 0 for this direction and keep it out of every other latent and of the "
         "decoder bias, so suppressing latent 0 removes it (popularity: the direction that raises "
-        "the 20%% most popular items' scores)"))
-    t.add_argument("--describer", default="stats", choices=["stats", "llm", "none"])
-    t.add_argument("--llm", action="append", default=[], metavar="KEY=VALUE", help=(
-        "LLM describer setting, repeatable: base_url=http://host:8000/v1, model=NAME, concurrency=N, "
-        "temperature=0, api_key_env=VAR, price_input_per_1m=USD ... (the API key itself is read from $OPENAI_API_KEY "
-        "or the variable named by api_key_env, never from the command line)"))
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=None)
-    t.add_argument("--out", default="bundles/default")
-    t.add_argument("--work-dir", default=None, help="cache of finished stages (default: next to --out)")
+        "the 20%% most popular items' scores; default: none)"))
+    t.add_argument("--describer", default="stats", choices=["stats", "llm", "none"],
+                   help="how latents get names: stats = from item features, llm = an OpenAI-compatible model, none")
+    t.add_argument("--llm", action="append", default=[], metavar="KEY=VALUE", help=LLM_HELP)
+    t.add_argument("--seed", type=int, default=0, help="random seed of the recommender and the SAE")
+    t.add_argument("--threads", type=_threads, default=1, metavar="N|auto", help=(
+        "torch intra-op threads for training; more than the CPUs this job really gets slows it down "
+        "on a busy machine; auto = the CPUs it may use less the current load average (at least 1)"))
+    t.add_argument("--out", default="bundles/default", help="bundle folder to write")
+    t.add_argument("--work-dir", default=None, help="cache of finished stages (default: .recsae-work next to --out)")
     t.add_argument("--json", default=None, help="also write the summary here")
     t.add_argument("--min-fidelity", type=float, default=None, metavar="RATIO", help=(
         "fail (exit 2, no bundle) when NDCG@10 with the SAE's reconstruction in the path is below "
@@ -270,37 +365,48 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
-    i = sub.add_parser("info", help="verify a bundle and print its manifest summary")
-    i.add_argument("bundle")
+    i = _sub(sub, "info", "verify a bundle and print its manifest summary", "recsae info bundles/default")
+    i.add_argument("bundle", help="bundle folder (holds manifest.json)")
     i.set_defaults(func=cmd_info)
 
-    f = sub.add_parser("fetch", help="download a MovieLens dataset (checksum-verified)")
-    f.add_argument("name", choices=["ml-100k", "ml-1m", "ml-latest-small"])
-    f.add_argument("--dest", default="data")
-    f.add_argument("--base-url", default=None)
+    f = _sub(sub, "fetch", "download a MovieLens dataset (checksum-verified) into the data folder",
+             "recsae fetch ml-100k && recsae train --dataset ml-100k")
+    f.add_argument("name", choices=["ml-100k", "ml-1m", "ml-latest-small"], help="dataset to download")
+    f.add_argument("--dest", default=None, help=(
+        "folder to unpack into (default: the data folder `recsae train` reads: $RECSAE_DATA_DIR, else "
+        "../shared/data next to the repository if present, else ~/.cache/recsae/data)"))
+    f.add_argument("--base-url", default=None, help="mirror to download from (default: files.grouplens.org)")
+    f.add_argument("--force", action="store_true", help="replace a folder of that name not fetched by recsae")
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_fetch)
 
-    it = sub.add_parser("interpret", help="(re)describe the latents of a bundle")
-    it.add_argument("bundle")
-    it.add_argument("--describer", default="stats", choices=["stats", "llm"])
-    it.add_argument("--llm", action="append", default=[], metavar="KEY=VALUE", help=(
-        "LLM describer setting, repeatable: base_url=http://host:8000/v1, model=NAME, concurrency=N, "
-        "temperature=0, api_key_env=VAR, price_input_per_1m=USD ... (the API key itself is read from $OPENAI_API_KEY "
-        "or the variable named by api_key_env, never from the command line)"))
-    it.add_argument("--data-dir", default=None)
+    it = _sub(sub, "interpret", "(re)describe the latents of a bundle", "recsae interpret bundles/default --describer stats")
+    it.add_argument("bundle", help="bundle folder (holds manifest.json)")
+    it.add_argument("--describer", default="stats", choices=["stats", "llm"],
+                    help="stats = from item features, llm = an OpenAI-compatible model (see --llm)")
+    it.add_argument("--llm", action="append", default=[], metavar="KEY=VALUE", help=LLM_HELP)
+    it.add_argument("--data-dir", default=None, help=(
+        "folder holding the bundle's dataset (default: the data folder if it exists, else the one the "
+        "bundle was trained from)"))
     it.set_defaults(func=cmd_interpret)
 
-    s = sub.add_parser("serve", help="serve a bundle with BentoML (building one if missing)")
-    s.add_argument("--bundle", default="bundles/default")
-    s.add_argument("--dataset", default="auto")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=3000)
+    s = _sub(sub, "serve", "serve a bundle with BentoML (building one if missing)",
+             "recsae serve --bundle bundles/default --port 3000")
+    s.add_argument("--bundle", default="bundles/default", help="bundle folder; built with `recsae train` first if absent")
+    s.add_argument("--dataset", default="auto", help="dataset for a bundle built because none exists (see `recsae train --dataset`)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=_port, default=3000, help="TCP port to listen on")
     s.set_defaults(func=cmd_serve)
 
-    d = sub.add_parser("debias", help="find latents carrying a bias, sweep their (and the baseline's) suppression, save a policy")
-    d.add_argument("bundle")
-    d.add_argument("--bias", default="popularity", choices=["popularity", "gender"])
-    d.add_argument("--data-dir", default=None, help="folder holding the bundle's dataset (default: ../shared/data, $RECSAE_DATA_DIR, or the manifest's)")
+    d = _sub(sub, "debias", "find latents carrying a bias, sweep their (and the baseline's) suppression, save a policy",
+             "recsae debias bundles/default --bias popularity --save-policy less-popular")
+    d.add_argument("bundle", help="bundle folder (holds manifest.json)")
+    d.add_argument("--bias", default="popularity", choices=["popularity", "gender"],
+                   help="popularity = head items' share of the top 10; gender = the gap between female and male users' "
+                        "lists (needs user gender features, e.g. ml-100k)")
+    d.add_argument("--data-dir", default=None, help=(
+        "folder holding the bundle's dataset (default: the data folder if it exists, else the one the "
+        "bundle was trained from)"))
     d.add_argument("--counts", default="1,2,4,8,16,32", help="numbers of suppressed latents to sweep")
     d.add_argument("--strengths", default=None, help=(
         "suppression strengths to sweep, in [0, 1] (default 0.5,1.0; 0.1 to 1.0, in steps of 0.05 between 0.3 and 0.7, for a bundle "
@@ -308,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--baseline-strengths", default="0.1,0.2,0.3,0.4,0.5",
                    help="baseline (SAE decoder bias: what all users share, chiefly popularity) suppression "
                         "strengths to sweep, in (0, 1]; empty = latents only")
-    d.add_argument("--mode", default="error", choices=["error", "reconstruction"])
+    d.add_argument("--mode", default="error", choices=["error", "reconstruction"], help=(
+        "error = subtract the suppressed latents' share from the representation, keeping the SAE's "
+        "error (nothing suppressed: unchanged); reconstruction = decode the scaled latents, dropping "
+        "the error (the paper's)"))
     d.add_argument("--seeds", type=int, default=5, help="random-latent draws per sweep point")
     d.add_argument("--min-freq", type=float, default=0.005, help="candidates fire for at least this share of dev-stage users")
     d.add_argument("--max-ndcg-loss", type=float, default=0.10, help="relative dev NDCG@10 loss allowed (greedy selection and policy choice)")

@@ -62,7 +62,9 @@ class JobConfig:
     describer: str = "stats"  # "stats" | "llm" | "none"
     llm: dict = field(default_factory=dict)
     seed: int = 0
-    threads: int | None = None
+    # torch intra-op threads: 1 by default, so a job never spins threads for cores a busy machine
+    # does not give it (README, "Threads"); `recsae train --threads auto` measures the share
+    threads: int = 1
     progress: bool = True
     # "popularity": latent 0 is reserved for the direction that raises the head items' scores, and
     # that direction is kept out of every other latent and of b_dec, so popularity becomes one
@@ -472,11 +474,12 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
         raise ConfigError(f"unknown --sae-encoder {cfg.sae_encoder!r}; choose one of {list(ENCODERS)}")
     if cfg.min_fidelity is not None and not 0 < cfg.min_fidelity <= 1:
         raise ConfigError(f"--min-fidelity {cfg.min_fidelity:g} must be in (0, 1]: the share of NDCG@10 the SAE must keep")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads {cfg.threads}: give a whole number >= 1")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     retain_freed_memory()
     out = Path(out)
-    work = work_dir_for(cfg, Path(work_dir) if work_dir else out.parent / ".recsae-work")
 
     def lap(name: str, t: float) -> float:
         now = time.perf_counter()
@@ -484,8 +487,9 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
         return now
 
     t = time.perf_counter()
-    ds = load_data(cfg)
+    ds = load_data(cfg)  # before the work folder exists: refused data leaves nothing behind
     split = leave_one_out(ds)
+    work = work_dir_for(cfg, Path(work_dir) if work_dir else out.parent / ".recsae-work")
     t = lap("data", t)
     model, rec_metrics = train_recommender(cfg, split, work)
     t = lap("recommender", t)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Before anything imports prometheus_client/bentoml: in-process service tests need a multiprocess
@@ -16,6 +18,24 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_CONFIG: pytest.Config | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _CONFIG
+    _CONFIG = config
+
+
+def announce(message: str) -> None:
+    """One line on the terminal past pytest's output capture: a fixture that takes minutes says
+    what it is doing instead of leaving a silent row of dots."""
+    cap = _CONFIG.pluginmanager.getplugin("capturemanager") if _CONFIG else None
+    reporter = _CONFIG.pluginmanager.getplugin("terminalreporter") if _CONFIG else None
+    if cap is None or reporter is None:
+        print(message, file=sys.stderr, flush=True)
+        return
+    with cap.global_and_fixture_disabled():
+        reporter.write_line(message)
 
 
 def shared_data_dir() -> Path:
@@ -64,7 +84,11 @@ def build_small_bundle(data_dir: Path, name: str = "ml100k-sasrec", describer: s
         setattr(cfg, k, v)
     out = BUNDLE_CACHE / f"{name}-{cfg.key(*cfg.__dataclass_fields__)}-{_source_digest()}"
     if not (out / "manifest.json").exists():
+        announce(f"building test bundle {name} (first run, or after a change under recsae/ or models/; "
+                 f"a few minutes, cached in .pytest-bundles/) ...")
+        t0 = time.monotonic()
         run_job(cfg, out, BUNDLE_CACHE / "work")
+        announce(f"built test bundle {name} in {time.monotonic() - t0:.0f} s; running the tests")
     return out
 
 

@@ -119,6 +119,7 @@ def fetch_movielens(
             f"{target} already exists but was not fetched with checksum {expected[:12]}...: "
             "remove it or fetch with force=True (CLI: --force) to replace it"
         )
+    created = [d for d in (dest, *dest.parents) if not d.exists()]  # removed again if the fetch fails
     dest.mkdir(parents=True, exist_ok=True)
     url = base_url.rstrip("/") + f"/{name}.zip"
 
@@ -145,8 +146,14 @@ def fetch_movielens(
         if target.exists():
             shutil.rmtree(target)
         os.replace(root, target)
+        created = []
         return target
     finally:
         part.unlink(missing_ok=True)
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        for d in created:  # a refused fetch leaves no empty data folder behind
+            try:
+                d.rmdir()
+            except OSError:
+                break

@@ -46,6 +46,7 @@ __all__ = [
     "load_ml1m",
     "load_movielens_latest",
     "load_rechorus",
+    "locate_dataset",
 ]
 
 PathLike = str | os.PathLike
@@ -88,10 +89,24 @@ _TITLE_YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*\d{0,4})?\)\s*$")
 _DATE_YEAR = re.compile(r"(\d{4})\s*$")
 
 
+#: ``shared/data`` next to the repository checkout (licensed copies read in place, never copied in).
+SHARED_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
 def default_data_dir() -> Path:
-    """``$RECSAE_DATA_DIR`` if set, else ``~/.cache/recsae/data`` (where fetch writes)."""
+    """The one folder ``recsae train``, ``recsae fetch`` and the loaders use when given none.
+
+    ``$RECSAE_DATA_DIR`` if set; else ``../shared/data`` next to the repository if it exists
+    (a shared copy of the licensed data); else the user cache, ``$XDG_CACHE_HOME/recsae/data``
+    (``~/.cache/recsae/data``). Fetch writes where train reads, so neither needs a flag.
+    """
     env = os.environ.get("RECSAE_DATA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "recsae" / "data"
+    if env:
+        return Path(env).expanduser()
+    if SHARED_DATA_DIR.is_dir():
+        return SHARED_DATA_DIR
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "recsae" / "data"
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,6 +661,12 @@ def kcore_filter(ds: Dataset, k: int) -> Dataset:
     return subset(ds, keep, {"kcore": k})
 
 
+_OWN_LOG_HINT = (
+    "For your own interaction log, save it in a folder as a tab-separated train.csv with a header "
+    "user_id, item_id, time (one interaction a line; the ReChorus format) and pass that folder"
+)
+
+
 def _detect(root: Path) -> str:
     if (root / "u.data").is_file():
         return "ml-100k"
@@ -660,22 +681,26 @@ def _detect(root: Path) -> str:
             f"{root} has movies.dat but no ratings.dat (an ML-1M metadata-only copy): "
             "run `recsae fetch ml-1m` or pass --data-dir pointing at a full copy"
         )
+    if not any(root.iterdir()):
+        raise DataError(
+            f"{root} is empty: put a dataset's files in it (u.data for ML-100K, ratings.dat for "
+            "ML-1M, ratings.csv for ML-latest, train.csv for ReChorus), or run `recsae fetch "
+            "ml-100k` and use --dataset ml-100k"
+        )
     raise DataError(
         f"cannot tell the format of {root}: expected u.data (ML-100K), ratings.dat (ML-1M), "
-        "ratings.csv (ML-latest) or train.csv (ReChorus); for another CSV use load_csv"
+        f"ratings.csv (ML-latest) or train.csv (ReChorus). {_OWN_LOG_HINT}"
     )
 
 
-def load_dataset(
-    name_or_path: PathLike,
-    data_dir: PathLike | None = None,
-    min_rating: float | None = None,
-    kcore: int = 0,
-) -> Dataset:
-    """Load a dataset by name (see :data:`DATASET_NAMES`) or from a folder, then k-core filter it.
+def locate_dataset(
+    name_or_path: PathLike, data_dir: PathLike | None = None, min_rating: float | None = None, kcore: int = 0
+) -> tuple[Path | None, str]:
+    """``(folder, format)`` of a dataset name or folder, checked without reading it.
 
-    ``min_rating`` keeps ratings >= the threshold (implicit feedback); it is a ConfigError for
-    data without ratings (ReChorus, synthetic).
+    Raises the ``DataError``/``ConfigError`` that :func:`load_dataset` would raise for a wrong
+    name, a missing folder or an unknown format, so a command can refuse bad input before it
+    imports torch or creates a work folder. The synthetic dataset has no folder (``None``).
     """
     if kcore < 0:
         raise ConfigError(f"kcore must be >= 0, not {kcore}")
@@ -685,9 +710,7 @@ def load_dataset(
         if text == "synthetic":
             if min_rating is not None:
                 raise ConfigError("the synthetic dataset has no ratings: drop min_rating")
-            from recsae.data.synthetic import make_synthetic
-
-            return kcore_filter(make_synthetic()[0], kcore)
+            return None, "synthetic"
         root = base / str(DATASET_NAMES[text])
         if text == "grocery" and not root.is_dir() and (base / "Grocery_and_Gourmet_Food").is_dir():
             root = base / "Grocery_and_Gourmet_Food"
@@ -706,12 +729,31 @@ def load_dataset(
             what = f"no such folder {root}" if looks_like_path else f"unknown dataset {text!r}"
             raise DataError(f"{what}: known names are {known}, or pass a path to a dataset folder")
         if root.is_file():
-            raise DataError(f"{root} is a file: pass its folder, or use load_csv for a plain CSV")
+            raise DataError(f"{root} is a file: pass the folder that holds the dataset. {_OWN_LOG_HINT}")
         fmt = _detect(root)
+    if fmt == "rechorus" and min_rating is not None:
+        raise ConfigError(f"{root} (ReChorus format) has no ratings: drop min_rating")
+    return root, fmt
 
+
+def load_dataset(
+    name_or_path: PathLike,
+    data_dir: PathLike | None = None,
+    min_rating: float | None = None,
+    kcore: int = 0,
+) -> Dataset:
+    """Load a dataset by name (see :data:`DATASET_NAMES`) or from a folder, then k-core filter it.
+
+    ``min_rating`` keeps ratings >= the threshold (implicit feedback); it is a ConfigError for
+    data without ratings (ReChorus, synthetic).
+    """
+    text = os.fspath(name_or_path)
+    root, fmt = locate_dataset(text, data_dir, min_rating, kcore)
+    if fmt == "synthetic":
+        from recsae.data.synthetic import make_synthetic
+
+        return kcore_filter(make_synthetic()[0], kcore)
     if fmt == "rechorus":
-        if min_rating is not None:
-            raise ConfigError(f"{root} (ReChorus format) has no ratings: drop min_rating")
         ds = load_rechorus(root)
     elif fmt == "ml-100k":
         ds = load_ml100k(root, min_rating)

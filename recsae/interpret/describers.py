@@ -304,7 +304,8 @@ class RateLimiter:
         self.blocked_until = 0.0
         self.lock = threading.Lock()
 
-    def acquire(self, n: float = 1.0) -> None:
+    def acquire(self, n: float = 1.0) -> float:
+        """Block until granted; returns the ``time.monotonic()`` of the grant."""
         need = min(float(n), self.burst)
         while True:
             with self.lock:
@@ -315,10 +316,10 @@ class RateLimiter:
                 wait = self.blocked_until - now
                 if wait <= 0:
                     if self.rate is None:
-                        return
+                        return now
                     if self.tokens >= need:
                         self.tokens -= n
-                        return
+                        return now
                     wait = (need - self.tokens) / self.rate
             time.sleep(max(wait, 0.001))
 

@@ -31,7 +31,7 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
              "--virtual-time-budget=5000"]  # fmt: skip
-    r = subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     return r
 

@@ -39,7 +39,7 @@ pytestmark = [
 
 # -- a minimal Chrome DevTools Protocol client (RFC 6455 client frames, text only) -------------
 class CDP:
-    def __init__(self, ws_url: str, timeout: float = 20.0):
+    def __init__(self, ws_url: str, timeout: float = 60.0):
         u = urlparse(ws_url)
         self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
@@ -101,7 +101,7 @@ class CDP:
             raise RuntimeError(f"{expr}: {r['exceptionDetails']}")
         return r["result"].get("value")
 
-    def wait(self, expr: str, timeout: float = 15.0):
+    def wait(self, expr: str, timeout: float = 60.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             v = self.js(expr)
@@ -126,7 +126,7 @@ def server(small_bundle, tmp_path_factory):
             "RECSAE_AUDIT_SAMPLE": "1",
             "RECSAE_STATE_DIR": str(tmp_path_factory.mktemp("state")),
         }
-        proc = ServeProcess(env, log_dir=str(tmp_path_factory.mktemp("log"))).start(60)
+        proc = ServeProcess(env, log_dir=str(tmp_path_factory.mktemp("log"))).start(300)
         try:
             yield proc, redis_server
         finally:
@@ -145,7 +145,7 @@ def browser(tmp_path_factory):
     )  # fmt: skip
     try:
         port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not (port_file.exists() and port_file.read_text().strip()):
             assert proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
             time.sleep(0.05)

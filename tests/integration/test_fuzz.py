@@ -26,8 +26,11 @@ pytestmark = pytest.mark.e2e
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 TOKEN = "fuzz-token-" + uuid.uuid4().hex
+# A case count, never a time budget: a slow machine takes longer but sends the same cases. A few
+# generated cases are not sent (see ``run``: 16-21 of 1,100 in three draws), so the floor is
+# 10/11 of the cases (1,000 of the default 1,100).
 CASES = int(os.environ.get("RECSAE_FUZZ_CASES", "1100"))
-BUDGET_S = 90.0
+FLOOR = CASES * 10 // 11
 
 
 def _bundle() -> Path:
@@ -53,7 +56,7 @@ def server(tmp_path_factory):
         env.update(REDIS_URL=SHARED_REDIS, RECSAE_REDIS_PREFIX=prefix)
     except redis.RedisError:
         r = None
-    proc = ServeProcess(env, log_dir=str(tmp_path_factory.mktemp("fuzz-log"))).start(90)
+    proc = ServeProcess(env, log_dir=str(tmp_path_factory.mktemp("fuzz-log"))).start(300)
     try:
         yield proc
     finally:
@@ -105,8 +108,6 @@ def test_every_operation_passes_all_checks_for_1000_generated_requests(server):
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(st.one_of(strategies), st.booleans())
     def run(case, with_token):
-        if time.monotonic() - t0 > BUDGET_S:
-            return
         headers = None
         if with_token:
             headers = {"Authorization": f"Bearer {TOKEN}", "X-Admin-Label": "fuzz"}
@@ -133,8 +134,7 @@ def test_every_operation_passes_all_checks_for_1000_generated_requests(server):
     elapsed = time.monotonic() - t0
     sent = sum(per_op.values())
     assert not failures, "\n\n".join(f"{k}: {v}" for k, v in failures.items())
-    assert sent >= 1000 or elapsed > BUDGET_S, (sent, elapsed)
-    assert sent >= 1000, f"only {sent} cases in {elapsed:.0f} s"
+    assert sent >= FLOOR, f"only {sent} of {CASES} generated cases sent"
     assert set(per_op) == {f"{o.method.upper()} {o.path}" for o in ops}, per_op
     assert statuses[500] == 0
     print(f"\n{sent} fuzzed requests in {elapsed:.1f} s, status classes {dict(statuses)}, per operation {dict(per_op)}")

@@ -25,14 +25,19 @@ def world():
 @pytest.fixture
 def stub(monkeypatch):
     monkeypatch.setenv("STUB_LLM_KEY", KEY)
-    with StubLLM() as s:
+    with StubLLM(timeout_sleep=TIMEOUT_S + 1.0) as s:
         yield s
+
+
+# The client's request timeout: generous, so a loaded machine never turns a slow stub answer into
+# a spurious "timeout" fault (the stub's injected timeouts sleep past it).
+TIMEOUT_S = 2.0
 
 
 def settings(stub: StubLLM, tmp_path: Path, **kw) -> dict:
     return {
         "base_url": stub.base_url, "model": "stub-model", "api_key_env": "STUB_LLM_KEY",
-        "timeout_s": 0.5, "backoff_s": 0.01, "max_attempts": 4, "concurrency": 4, "repeats": 2,
+        "timeout_s": TIMEOUT_S, "backoff_s": 0.01, "max_attempts": 4, "concurrency": 4, "repeats": 2,
         "detection_per_class": 20, "chunk": 20, "cache": str(tmp_path / "llm-cache.jsonl"),
         "price_input_per_1m": 0.15, "price_output_per_1m": 0.6, **kw,
     }  # fmt: skip
@@ -180,7 +185,7 @@ def test_cli_reinterprets_a_bundle_through_an_openai_compatible_server(stub, sma
     assert all(c["description"].startswith(f"Stub {c['latent']}:") for c in described)
     assert any(r["kind"] == "describe" for r in stub.requests)
 
-    bad = subprocess.run([*args[:9], "--llm", "temprature=0"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*args[:9], "--llm", "temprature=0"], capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "temprature" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -188,7 +193,8 @@ def test_cli_reinterprets_a_bundle_through_an_openai_compatible_server(stub, sma
 def test_requests_per_minute_is_never_exceeded_and_the_job_finishes(world, stub, tmp_path):
     """Token bucket: bucket size (the allowed initial burst) = one second's worth of requests.
     Over any window of W seconds the stub sees at most burst + rate * W requests, W widened by
-    0.2 s for the jitter between leaving the client and arriving at the stub (connection setup)."""
+    1 s for the jitter between leaving the client and arriving at the stub (connection setup,
+    scheduling on a loaded machine); the long-run rate is checked without any allowance."""
     rpm = 600.0
     rate, burst = rpm / 60, rpm / 60
     kw = dict(requests_per_minute=rpm, concurrency=8, repeats=1, detection_per_class=10)
@@ -199,12 +205,13 @@ def test_requests_per_minute_is_never_exceeded_and_the_job_finishes(world, stub,
     assert n > 2 * burst  # the limit must actually bite
     for i in range(n):
         for j in range(i, n):
-            assert j - i + 1 <= burst + rate * (t[j] - t[i] + 0.2), (i, j, t[j] - t[i])
+            assert j - i + 1 <= burst + rate * (t[j] - t[i] + 1.0), (i, j, t[j] - t[i])
     assert t[-1] - t[0] >= (n - burst - 1) / rate * 0.9
 
 
 def test_the_token_bucket_is_exact_under_concurrency():
-    """Acquire times at the client, 8 threads: never more than burst + rate * W in any window."""
+    """Grant times (as the limiter returns them, so thread scheduling cannot blur them), 8 threads:
+    never more than burst + rate * W in any window."""
     import threading
     import time
 
@@ -215,9 +222,9 @@ def test_the_token_bucket_is_exact_under_concurrency():
 
     def worker():
         for _ in range(8):
-            lim.acquire()
+            granted = lim.acquire()
             with lock:
-                times.append(time.monotonic())
+                times.append(granted)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for th in threads:
@@ -227,7 +234,7 @@ def test_the_token_bucket_is_exact_under_concurrency():
     t = sorted(times)
     for i in range(len(t)):
         for j in range(i, len(t)):
-            assert j - i + 1 <= 20 + 20 * (t[j] - t[i] + 0.02)  # 20 ms: acquire -> timestamp
+            assert j - i + 1 <= 20 + 20 * (t[j] - t[i]) + 1e-6
     assert t[-1] - t[0] >= (64 - 20) / 20 * 0.95
 
 

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "recsae.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "recsae.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=3600,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(cwd)},
     )
 

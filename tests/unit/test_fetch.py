@@ -120,21 +120,21 @@ def test_checksum_mismatch_removes_partial_file(server: _Server, tmp_path: Path)
         fetch_movielens(
             "ml-100k", dest, base_url=server.url, expected_sha256="0" * 64, progress=False
         )
-    assert list(dest.iterdir()) == []  # neither the partial download nor a dataset folder
+    assert not dest.exists()  # neither the partial download nor a dataset folder, nor the folder itself
 
 
 def test_default_checksum_is_the_known_one(server: _Server, tmp_path: Path) -> None:
     _build_zip(tmp_path / "srv")  # our zip is not the GroupLens one, so the known sha256 rejects it
     with pytest.raises(DataError, match=KNOWN_SHA256["ml-100k"]):
         fetch_movielens("ml-100k", tmp_path / "data", base_url=server.url, progress=False)
-    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # nothing left behind, not even the folder
 
 
 def test_http_404(server: _Server, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"ml-1m\.zip failed: HTTP 404"):
         fetch_movielens("ml-1m", tmp_path / "data", base_url=server.url, progress=False)
     assert server.requests == ["/datasets/ml-1m.zip"]
-    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # nothing left behind, not even the folder
 
 
 def test_unreachable_server_suggests_manual_download(
@@ -162,7 +162,7 @@ def test_not_a_zip(server: _Server, tmp_path: Path) -> None:
             expected_sha256=sha,
             progress=False,
         )
-    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # nothing left behind, not even the folder
 
 
 def test_unknown_name_needs_a_checksum(tmp_path: Path) -> None:
