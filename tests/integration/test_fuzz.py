@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devserver import ServeProcess
+from tests.devserver import ServeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -31,9 +31,9 @@ BUDGET_S = 90.0
 
 
 def _bundle() -> Path:
-    from tests.conftest import small_bundle_or_skip
+    from tests.conftest import serving_bundle
 
-    return small_bundle_or_skip()
+    return serving_bundle()
 
 
 @pytest.fixture(scope="module")

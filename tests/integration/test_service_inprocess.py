@@ -16,21 +16,16 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.conftest import build_small_bundle  # noqa: E402
+from tests.conftest import serving_bundle  # noqa: E402
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 TOKEN = "test-admin-token-" + uuid.uuid4().hex[:8]
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Admin-Label": "pytest"}
 
 
-def serving_bundle(data_dir: Path) -> Path:
-    """The small real bundle with `stats` concepts (RECSAE_TEST_DESCRIBER=none: without)."""
-    return build_small_bundle(data_dir, describer=os.environ.get("RECSAE_TEST_DESCRIBER", "stats"))
-
-
 @pytest.fixture(scope="module")
-def bundle(data_dir) -> Path:
-    return serving_bundle(data_dir)
+def bundle() -> Path:
+    return serving_bundle()
 
 
 @pytest.fixture(scope="module")
@@ -722,13 +717,13 @@ def test_a_policy_stored_for_another_bundle_does_not_apply_its_latent_ids(client
 
 
 
-def test_a_saved_debias_policy_serves_exactly_the_lists_the_report_measured(client, engine, bundle, data_dir):
+def test_a_saved_debias_policy_serves_exactly_the_lists_the_report_measured(client, engine, bundle):
     """``recsae debias``'s saved policy, PUT as written (minus its name), makes the service answer
     each test-stage history with the very top-10 list the de-bias report evaluated: the report's
     head share is what users of the service get."""
     from recsae import debias as D
 
-    data = D.load_data(bundle, data_dir)
+    data = D.load_data(bundle)
     result = D.run_experiment(data, "popularity", counts=(1, 4), strengths=(1.0,), seeds=1,
                               methods=("association", "baseline"), baseline_strengths=(0.4,))
     point = D.choose_policy(result, ("association", "baseline"), max_ndcg_loss=0.5)
