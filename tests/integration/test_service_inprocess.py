@@ -16,7 +16,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.conftest import serving_bundle  # noqa: E402
+from tests.conftest import SYNTHETIC_SETTINGS, serving_bundle  # noqa: E402
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 TOKEN = "test-admin-token-" + uuid.uuid4().hex[:8]
@@ -131,7 +131,8 @@ def test_ready_and_bundle_summary(client, engine):
     b = client.get("/bundle").json()
     assert b["bundle_hash"] == engine.bundle.bundle_hash
     assert b["version"] == engine.bundle.version
-    assert b["sae"] == {"k": engine.sae.k, "n_latents": engine.sae.n_latents, "expansion": 8, "encoder": "topk"}
+    assert b["sae"] == {"k": engine.sae.k, "n_latents": engine.sae.n_latents,
+                       "expansion": SYNTHETIC_SETTINGS["expansion"], "encoder": "topk"}
     assert b["accepts_history"] is True and b["model"]["input_kind"] == "history"
     fid = engine.bundle.manifest["metrics"]["fidelity"]
     assert b["metrics"]["sae_heldout_ndcg10_ratio"] == round(fid["heldout_ndcg10_ratio_reconstruction"], 4)
