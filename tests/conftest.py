@@ -100,9 +100,9 @@ def build_test_bundle(name: str, dataset: str, data_dir: Path | None, **settings
 
 # SASRec on ml-100k, few epochs: a small but real bundle.
 SMALL_SETTINGS = dict(model="sasrec", train_params={"epochs": 4, "patience": 4}, expansion=8, k=8, sae_epochs=6)
-# SASRec on the synthetic planted concepts (600 users, 400 items): the same recipe, fewer
-# latents (256) because 400 items leave most of 512 dead.
-SYNTHETIC_SETTINGS = dict(model="sasrec", train_params={"epochs": 4, "patience": 4}, expansion=4, k=8, sae_epochs=6)
+# SASRec on the synthetic planted concepts (600 users, 400 items): the same recipe with the
+# 128 latents `recsae train` sizes its SAE to there (more are mostly dead).
+SYNTHETIC_SETTINGS = dict(model="sasrec", train_params={"epochs": 4, "patience": 4}, expansion=2, k=8, sae_epochs=6)
 
 
 def build_small_bundle(data_dir: Path, name: str = "ml100k-sasrec", describer: str = "stats", **overrides) -> Path:
@@ -121,7 +121,7 @@ def small_bundle(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_bundle() -> Path:
-    """Path of a verified bundle on the embedded synthetic data: SASRec, SAE k=8 x 256, stats concepts."""
+    """Path of a verified bundle on the embedded synthetic data: SASRec, SAE k=8 x 128, stats concepts."""
     return build_synthetic_bundle()
 
 

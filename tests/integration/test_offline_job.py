@@ -60,6 +60,23 @@ def test_synthetic_job_builds_a_bundle_and_a_rerun_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def test_auto_without_ml100k_says_so_and_sizes_the_synthetic_sae_to_its_data(tmp_path):
+    """`recsae train` as `make serve` runs it, where ml-100k is absent: the log names the dataset
+    and why, and the SAE is retrained with fewer latents (the default 1,024 leave ~80% dead on
+    the synthetic data) until at most 10% are dead."""
+    out = tmp_path / "b"
+    r = run_cli("train", "--data-dir", str(tmp_path), "--out", str(out), "-q", "--describer", "none",
+                "--train-param", "epochs=3", "--json", str(tmp_path / "s.json"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"dataset auto: {tmp_path / 'ml-100k'} not found" in r.stderr and ": synthetic" in r.stderr, r.stderr
+    assert "retraining the SAE with expansion 16 ->" in r.stderr, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["dataset"]["dataset"] == "synthetic"
+    assert m["sae"]["n_latents"] < 1024 and m["sae"]["expansion"] == m["settings"]["expansion"] < 16
+    assert json.loads((tmp_path / "s.json").read_text())["sae"]["heldout"]["dead_ratio"] <= 0.10
+
+
+@pytest.mark.slow
 def test_min_fidelity_refuses_a_weak_sae_and_writes_no_bundle(tmp_path):
     """A one-latent SAE trained for one epoch cannot keep 99% of NDCG@10: the gate stops the job
     before anything is written, and says what to change."""
