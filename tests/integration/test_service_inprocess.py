@@ -752,3 +752,23 @@ def test_a_saved_debias_policy_serves_exactly_the_lists_the_report_measured(clie
         assert not np.array_equal(served, plain[rows])  # and the policy did change the lists
     finally:
         client.delete("/admin/policies/debias-e2e", headers=AUTH)
+
+
+def test_the_example_requests_printed_at_start_show_an_effect_on_this_bundle(client, svc):
+    """The "try: curl ..." lines (printed when `bentoml serve` starts) are picked from the loaded
+    bundle: the explained request names active latents, suppressing the two it prints changes
+    the list, and the concept query finds concepts. The README's fixed ml-100k ids did none of
+    that on the synthetic default."""
+    from urllib.parse import urlsplit
+
+    lines = svc.core.examples("http://127.0.0.1:3000")
+    urls = [urlsplit(line.split("'")[1]) for line in lines]
+    assert [u.path for u in urls] == ["/recommend", "/recommend", "/concepts"], lines
+    assert all(line.startswith("curl 'http://127.0.0.1:3000/") for line in lines)
+    explained, suppressed, concepts = (client.get(f"{u.path}?{u.query}") for u in urls)
+    assert explained.status_code == suppressed.status_code == concepts.status_code == 200
+    assert explained.json()["active_latents"]
+    named = {s["latent"] for s in suppressed.json()["suppressed"]}
+    assert len(named) == 2 and named <= {a["latent"] for a in explained.json()["active_latents"]}
+    assert [i["item_id"] for i in suppressed.json()["items"]] != [i["item_id"] for i in explained.json()["items"]]
+    assert concepts.json()["total"] > 0
