@@ -48,36 +48,43 @@ def build(name: str, args: list[str], work: Path, threads: int | None) -> dict:
 
 
 def figures(s: dict[str, dict]) -> list[dict]:
-    """Each figure: a name, its value, and the README text that states it (whitespace-normalised)."""
-    d, p, y = s["ml100k"], s["ml100k-pursuit"], s["synthetic"]
-    c, pc, yc = d["concepts"], p["concepts"], y["concepts"]
-    q = d["quality"]
-    warn = "no warnings" if not q["warnings"] else f"{len(q['warnings'])} warning(s)"
-    held = d["sae"]["heldout"]
-    n_lat = c["n_latents"]
-    out = [
-        ("ml100k_ndcg10_ratio", q["ndcg10_ratio"],
-         f"On ml-100k the default bundle keeps {q['ndcg10_ratio']:.1%} of NDCG@10 over {q['measured_on']} "
-         f"(held-out FVU {held['fvu']:.4f}, {held['dead_ratio']:.1%} dead latents; {warn})"),
-        ("ml100k_mean_confidence", c["mean_confidence"],
-         f"| mean confidence, paper protocol, SASRec/ml-100k, `stats` | {c['mean_confidence']:.3f} | ≥ 0.80 |"),
-        ("ml100k_share_confidence_ge_0.8", c["share_confidence_ge_0.8"],
-         f"| alive latents with confidence ≥ 0.8 | {c['share_confidence_ge_0.8']:.1%} | ≥ 60% |"),
-        ("ml100k_detection", [c["mean_balanced_accuracy"], c["mean_auc"]],
-         f"| strict detection: balanced accuracy / AUC | {c['mean_balanced_accuracy']:.3f} / {c['mean_auc']:.3f} |"),
-        ("ml100k_interpret_seconds", c["seconds"],
-         f"| describe + score all {n_lat:,} latents | {c['seconds']:.0f} s | < 60 s |"),
-        ("pursuit_confidence", [c["mean_confidence"], pc["mean_confidence"],
-                                c["share_confidence_ge_0.8"], pc["share_confidence_ge_0.8"]],
-         f"mean confidence falls from {c['mean_confidence']:.3f} to {pc['mean_confidence']:.3f} and the share of "
-         f"concepts at ≥ 0.8 from {c['share_confidence_ge_0.8']:.0%} to {pc['share_confidence_ge_0.8']:.0%}"),
-        ("pursuit_heldout_fvu", p["sae"]["heldout"]["fvu"],
-         f"on the same build its held-out FVU is {p['sae']['heldout']['fvu']:.4f} against the TopK encoder's "
-         f"{held['fvu']:.4f}"),
-        ("synthetic_sae", [y["sae"]["heldout"]["dead_ratio"], y["sae"]["heldout"]["fvu"]],
-         f"on the synthetic default that is {yc['n_latents']:,} latents, {y['sae']['heldout']['dead_ratio']:.1%} "
-         f"dead, held-out FVU {y['sae']['heldout']['fvu']:.4f}"),
-    ]
+    """Each figure: a name, its value, and the README text that states it (whitespace-normalised);
+    only those of the builds in ``s``."""
+    out = []
+    d = s.get("ml100k")
+    if d:
+        c, q, held = d["concepts"], d["quality"], d["sae"]["heldout"]
+        warn = "no warnings" if not q["warnings"] else f"{len(q['warnings'])} warning(s)"
+        out += [
+            ("ml100k_ndcg10_ratio", q["ndcg10_ratio"],
+             f"On ml-100k the default bundle keeps {q['ndcg10_ratio']:.1%} of NDCG@10 over {q['measured_on']} "
+             f"(held-out FVU {held['fvu']:.4f}, {held['dead_ratio']:.1%} dead latents; {warn})"),
+            ("ml100k_mean_confidence", c["mean_confidence"],
+             f"| mean confidence, paper protocol, SASRec/ml-100k, `stats` | {c['mean_confidence']:.3f} | ≥ 0.80 |"),
+            ("ml100k_share_confidence_ge_0.8", c["share_confidence_ge_0.8"],
+             f"| alive latents with confidence ≥ 0.8 | {c['share_confidence_ge_0.8']:.1%} | ≥ 60% |"),
+            ("ml100k_detection", [c["mean_balanced_accuracy"], c["mean_auc"]],
+             f"| strict detection: balanced accuracy / AUC | {c['mean_balanced_accuracy']:.3f} / {c['mean_auc']:.3f} |"),
+            ("ml100k_interpret_seconds", c["seconds"],
+             f"| describe + score all {c['n_latents']:,} latents | {c['seconds']:.0f} s | < 60 s |"),
+        ]
+    p = s.get("ml100k-pursuit")
+    if d and p:
+        c, pc = d["concepts"], p["concepts"]
+        out += [
+            ("pursuit_confidence", [c["mean_confidence"], pc["mean_confidence"],
+                                    c["share_confidence_ge_0.8"], pc["share_confidence_ge_0.8"]],
+             f"mean confidence falls from {c['mean_confidence']:.3f} to {pc['mean_confidence']:.3f} and the share of "
+             f"concepts at ≥ 0.8 from {c['share_confidence_ge_0.8']:.0%} to {pc['share_confidence_ge_0.8']:.0%}"),
+            ("pursuit_heldout_fvu", p["sae"]["heldout"]["fvu"],
+             f"on the same build its held-out FVU is {p['sae']['heldout']['fvu']:.4f} against the TopK encoder's "
+             f"{d['sae']['heldout']['fvu']:.4f}"),
+        ]
+    y = s.get("synthetic")
+    if y:
+        out.append(("synthetic_sae", [y["concepts"]["n_latents"], y["sae"]["heldout"]["dead_ratio"], y["sae"]["heldout"]["fvu"]],
+                    f"on the synthetic default that is {y['concepts']['n_latents']:,} latents, "
+                    f"{y['sae']['heldout']['dead_ratio']:.1%} dead, held-out FVU {y['sae']['heldout']['fvu']:.4f}"))
     return [{"name": n, "value": v, "readme": t} for n, v, t in out]
 
 
@@ -86,12 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", default="bundles/.readme-figures-work", help="emptied first: a fresh build")
     ap.add_argument("--threads", type=int, default=None, help="passed to recsae train")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--only", default=",".join(BUILDS), help="builds to run, comma separated")
+    ap.add_argument("--render", action="store_true",
+                    help="build nothing: write the figures of the summaries the last run left in --work-dir")
     a = ap.parse_args(argv)
     work = REPO / a.work_dir
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    names = [n for n in a.only.split(",") if n]
     load_before = os.getloadavg()[0]
-    summaries = {name: build(name, args, work, a.threads) for name, args in BUILDS.items()}
+    if a.render:
+        summaries = {n: json.loads((work / f"{n}.json").read_text()) for n in names if (work / f"{n}.json").exists()}
+        for n in summaries:
+            summaries[n].setdefault("wall_s", None)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        summaries = {name: build(name, BUILDS[name], work, a.threads) for name in names}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     doc = {
         "generated": time.strftime("%Y-%m-%d"),
