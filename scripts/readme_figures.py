@@ -76,9 +76,6 @@ def figures(s: dict[str, dict]) -> list[dict]:
                                     c["share_confidence_ge_0.8"], pc["share_confidence_ge_0.8"]],
              f"mean confidence falls from {c['mean_confidence']:.3f} to {pc['mean_confidence']:.3f} and the share of "
              f"concepts at ≥ 0.8 from {c['share_confidence_ge_0.8']:.0%} to {pc['share_confidence_ge_0.8']:.0%}"),
-            ("pursuit_heldout_fvu", p["sae"]["heldout"]["fvu"],
-             f"on the same build its held-out FVU is {p['sae']['heldout']['fvu']:.4f} against the TopK encoder's "
-             f"{d['sae']['heldout']['fvu']:.4f}"),
         ]
     y = s.get("synthetic")
     if y:
