@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from recsae.bundle import UserTable, load_bundle, write_bundle  # noqa: E402
-from service.devserver import Client, ServeProcess  # noqa: E402
+from tests.devserver import Client, ServeProcess  # noqa: E402
 
 BASE = Path(__file__).resolve().parents[1] / "bundles" / "ml100k"
 SHARED_REDIS = "redis://127.0.0.1:6379/0"

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.devserver import Client, RedisServer, ServeProcess  # noqa: E402
+from tests.devserver import Client, RedisServer, ServeProcess  # noqa: E402
 
 
 def user_ids(bundle: str) -> list[str]:

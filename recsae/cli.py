@@ -51,9 +51,11 @@ def resolve_dataset(name: str, data_dir: str | None) -> str:
     """``auto``: the real ml-100k when it is on disk, else the embedded synthetic dataset."""
     if name != "auto":
         return name
-    if data_dir and (Path(data_dir) / "ml-100k" / "u.data").is_file():
-        return "ml-100k"
-    return "synthetic"
+    where = Path(data_dir or DEFAULT_DATA_DIR) / "ml-100k"
+    chosen = "ml-100k" if data_dir and (where / "u.data").is_file() else "synthetic"
+    why = "found" if chosen == "ml-100k" else "not found (set --data-dir or RECSAE_DATA_DIR)"
+    print(f"dataset auto: {where} {why}: {chosen}", file=sys.stderr, flush=True)
+    return chosen
 
 
 def _parse_kv(items: list[str]) -> dict:
@@ -129,6 +131,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         threads=threads,
         progress=not a.quiet,
         min_fidelity=a.min_fidelity,
+        fit_latents=a.expansion is None,
         sae_reserve=a.sae_reserve,
         sae_encoder=a.sae_encoder,
     )
@@ -212,7 +215,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         print(f"no bundle at {bundle}: building one (dataset {a.dataset})", file=sys.stderr)
         ns = build_parser().parse_args(["train", "--dataset", a.dataset, "--out", str(bundle)])
         cmd_train(ns)
-    env = dict(os.environ, RECSAE_BUNDLE=str(bundle.resolve()), BENTOML_DO_NOT_TRACK="True")
+    env = dict(os.environ, RECSAE_BUNDLE=str(bundle.resolve()), BENTOML_DO_NOT_TRACK="True", RECSAE_PORT=str(a.port))
     args = [sys.executable, "-m", "bentoml", "serve", "service.service:RecSAEService",
             "--host", a.host, "--port", str(a.port)]
     root = Path(__file__).resolve().parents[1]

@@ -159,6 +159,36 @@ class Core:
         finally:
             self._warming = False
 
+    def examples(self, base_url: str) -> list[str]:
+        """``curl`` lines that show an effect on *this* bundle, printed at start (the README's
+        examples name ml-100k latents; the synthetic default has others): its first user, the two
+        latents that contribute most to that user's top 5 (suppressing them changes the list) and
+        a word of the best-confirmed concept's name (``/concepts?q=`` finds it)."""
+        if not len(self.bundle.users.user_ids):
+            return [f"curl '{base_url}/concepts?limit=5'"]
+        uid = str(self.bundle.users.user_ids[0])
+        opts = dict(k=5, policy=None, exclude_seen=True, mode=None)
+        self._warming, warming = True, self._warming  # not a user's request: no metrics, drift, log
+        try:
+            body = self.recommend_user(uid, explain=True, suppress={}, **opts)
+            weight: dict[int, float] = {}
+            for item in body["items"]:
+                for c in item["explanation"]["contributions"]:
+                    weight[c["latent"]] = weight.get(c["latent"], 0.0) + max(c["contribution"], 0.0)
+            top = sorted(weight, key=lambda j: -weight[j])[:2]
+        finally:
+            self._warming = warming
+        lines = [f"curl '{base_url}/recommend?user_id={uid}&k=5&explain=true'"]
+        if top:
+            lines.append(f"curl '{base_url}/recommend?user_id={uid}&k=5&suppress={','.join(map(str, sorted(top)))}'")
+        described = sorted((c for c in self.concepts if c.status == "described" and c.description),
+                           key=lambda c: (-(c.confidence or 0.0), c.latent))
+        words = [w for c in described for w in (_label(c.description) or "").replace(",", " ").split()
+                 if len(w) > 3 and w.isalpha()]
+        if words:
+            lines.append(f"curl '{base_url}/concepts?q={words[0]}'")
+        return lines
+
     def close(self) -> None:
         self.recent.close()
         self.policies.close()

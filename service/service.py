@@ -495,10 +495,28 @@ class RecSAEService:
         """Runs once in the `bentoml serve` main process before any worker starts: a bad bundle
         or setting stops the server with one clear message instead of a worker restart loop."""
         try:
-            Core(Settings.from_env()).close()
+            settings = Settings.from_env()
+            core = Core(settings)
         except (BundleError, ConfigError) as e:
             print(f"RecSAE service cannot start: {e}", file=sys.stderr, flush=True)
             raise SystemExit(3) from None
+        try:  # what to try on this bundle (whichever dataset `make serve` built it on)
+            ds = core.bundle.manifest.get("dataset", {})
+            print(f"RecSAE: serving bundle {core.bundle.version} ({ds.get('dataset', '?')}, "
+                  f"{core.sae.n_latents} latents, {len(core.bundle.users.user_ids)} users)", file=sys.stderr)
+            try:
+                lines = core.examples(f"http://127.0.0.1:{os.environ.get('RECSAE_PORT', '3000')}")
+            except Exception as e:  # a cosmetic hint must not stop the server; say why it is missing
+                lines = []
+                print(f"(no example requests: {type(e).__name__}: {e})", file=sys.stderr)
+            for line in lines:
+                print(f"try: {line}", file=sys.stderr)
+            if not settings.admin_token:
+                print("admin routes (/admin/policies, /admin/reload) are off: set RECSAE_ADMIN_TOKEN=<token> "
+                      "to turn them on", file=sys.stderr)
+            sys.stderr.flush()
+        finally:
+            core.close()
 
     @bentoml.on_shutdown
     def _close(self) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from service.devserver import REPO, Client, RedisServer, ServeProcess
+from tests.devserver import REPO, Client, RedisServer, ServeProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
@@ -115,10 +115,10 @@ class CDP:
 
 
 @pytest.fixture(scope="module")
-def server(small_bundle, tmp_path_factory):
+def server(synthetic_bundle, tmp_path_factory):
     with RedisServer() as redis_server:
         env = {
-            "RECSAE_BUNDLE": str(small_bundle),
+            "RECSAE_BUNDLE": str(synthetic_bundle),
             "REDIS_URL": redis_server.url,
             "RECSAE_REDIS_PREFIX": "audit-test",
             "RECSAE_AUDIT_TOKEN": TOKEN,

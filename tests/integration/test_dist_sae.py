@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from recsae.sae import SAEConfig
 from recsae.train import SAETrainConfig, measure, train_sae
@@ -25,6 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_single_process_quality(tmp_path):
     x = sparse_data(12000, 16, 48, 3, seed=7)
     train, held = x[:10000], x[10000:]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devserver import ServeProcess
+from tests.devserver import ServeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -34,9 +34,9 @@ FLOOR = CASES * 10 // 11
 
 
 def _bundle() -> Path:
-    from tests.conftest import small_bundle_or_skip
+    from tests.conftest import serving_bundle
 
-    return small_bundle_or_skip()
+    return serving_bundle()
 
 
 @pytest.fixture(scope="module")

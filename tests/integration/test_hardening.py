@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.devserver import REPO, Client, RedisServer, ServeProcess
+from tests.devserver import REPO, Client, RedisServer, ServeProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -45,9 +45,9 @@ PREFIX = f"hard-{uuid.uuid4().hex[:8]}"
 
 @pytest.fixture(scope="module")
 def bundle() -> Path:
-    from tests.conftest import small_bundle_or_skip
+    from tests.conftest import serving_bundle
 
-    return small_bundle_or_skip()
+    return serving_bundle()
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ def test_a_wrong_key_fails_fast_with_one_clear_error(world, stub, tmp_path, monk
         describe(world, {"no_such_option": 1})
 
 
-def test_cli_reinterprets_a_bundle_through_an_openai_compatible_server(stub, small_bundle, data_dir, tmp_path):
+def test_cli_reinterprets_a_bundle_through_an_openai_compatible_server(stub, synthetic_bundle, tmp_path):
     """`recsae interpret BUNDLE --describer llm --llm KEY=VALUE ...`: the real CLI, the real
     ``openai`` client, a real bundle; the rewritten bundle verifies and names the model used."""
     import shutil
@@ -169,10 +169,10 @@ def test_cli_reinterprets_a_bundle_through_an_openai_compatible_server(stub, sma
     from recsae.bundle import verify_bundle
 
     bundle = tmp_path / "bundle"
-    shutil.copytree(small_bundle, bundle)
+    shutil.copytree(synthetic_bundle, bundle)
     args = [
         sys.executable, "-m", "recsae.cli", "interpret", str(bundle), "--describer", "llm",
-        "--data-dir", str(data_dir), "--llm", f"base_url={stub.base_url}", "--llm", "model=stub-model",
+        "--data-dir", str(tmp_path), "--llm", f"base_url={stub.base_url}", "--llm", "model=stub-model",
         "--llm", "api_key_env=STUB_LLM_KEY", "--llm", "repeats=1", "--llm", "detection_per_class=5",
         "--llm", "chunk=10", "--llm", "concurrency=8", "--llm", f"cache={tmp_path / 'cache.jsonl'}",
     ]  # fmt: skip

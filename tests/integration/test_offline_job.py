@@ -38,6 +38,7 @@ def test_bad_input_is_one_clear_line_and_leaves_no_bundle(tmp_path, args, messag
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_synthetic_job_builds_a_bundle_and_a_rerun_resumes(tmp_path):
     out = tmp_path / "b"
     args = ["train", "--dataset", "synthetic", "--out", str(out), "-q", "--sae-epochs", "4",
@@ -58,6 +59,24 @@ def test_synthetic_job_builds_a_bundle_and_a_rerun_resumes(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["model"]["name"] == "sasrec"
 
 
+@pytest.mark.slow
+def test_auto_without_ml100k_says_so_and_sizes_the_synthetic_sae_to_its_data(tmp_path):
+    """`recsae train` as `make serve` runs it, where ml-100k is absent: the log names the dataset
+    and why, and the SAE is retrained with fewer latents (the default 1,024 leave ~80% dead on
+    the synthetic data) until at most 10% are dead."""
+    out = tmp_path / "b"
+    r = run_cli("train", "--data-dir", str(tmp_path), "--out", str(out), "-q", "--describer", "none",
+                "--train-param", "epochs=3", "--json", str(tmp_path / "s.json"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"dataset auto: {tmp_path / 'ml-100k'} not found" in r.stderr and ": synthetic" in r.stderr, r.stderr
+    assert "retraining the SAE with expansion 16 ->" in r.stderr, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["dataset"]["dataset"] == "synthetic"
+    assert m["sae"]["n_latents"] < 1024 and m["sae"]["expansion"] == m["settings"]["expansion"] < 16
+    assert json.loads((tmp_path / "s.json").read_text())["sae"]["heldout"]["dead_ratio"] <= 0.10
+
+
+@pytest.mark.slow
 def test_min_fidelity_refuses_a_weak_sae_and_writes_no_bundle(tmp_path):
     """A one-latent SAE trained for one epoch cannot keep 99% of NDCG@10: the gate stops the job
     before anything is written, and says what to change."""
@@ -72,6 +91,7 @@ def test_min_fidelity_refuses_a_weak_sae_and_writes_no_bundle(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_small_ml100k_bundle_fidelity(small_bundle):
     m = json.loads((small_bundle / "manifest.json").read_text())
     fid = m["metrics"]["fidelity"]
@@ -97,6 +117,7 @@ def test_small_ml100k_bundle_fidelity(small_bundle):
     assert all(isinstance(w, str) for w in q["warnings"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["bprmf", "lightgcn"])
 def test_user_based_recommenders_build_a_bundle_on_ml100k(data_dir, tmp_path, model):
     """The whole job for the general and graph recommenders on real data: one activation row per
@@ -122,6 +143,7 @@ def test_user_based_recommenders_build_a_bundle_on_ml100k(data_dir, tmp_path, mo
     assert any("training rows" in w and "--model sasrec" in w for w in q["warnings"]), q["warnings"]
 
 
+@pytest.mark.slow
 def test_reserved_popularity_latent_is_found_described_and_suppressible(data_dir, tmp_path):
     """``--sae-reserve popularity`` on real data: latent 0 is pinned to the direction that raises
     the 20% most popular items (recomputed here from the bundle's own files), it is described as
@@ -177,6 +199,7 @@ def test_reserved_popularity_latent_is_found_described_and_suppressible(data_dir
     assert again["status"] == "described" and again["detection"]["auc"] == pytest.approx(c0["detection"]["auc"], abs=0.01)
 
 
+@pytest.mark.slow
 def test_pursuit_encoder_bundle_keeps_more_of_the_model_and_serves(data_dir):
     """``--sae-encoder pursuit``: the same trained SAE, encoded by matching pursuit in the bundle.
     Its held-out FVU beats the trained encoder's on the same weights, the bundle's kernel (what

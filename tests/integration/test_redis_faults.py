@@ -22,8 +22,8 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
 import pytest  # noqa: E402
 
-from service.devserver import Client, RedisServer, ServeProcess  # noqa: E402
-from tests.conftest import build_small_bundle  # noqa: E402
+from tests.devserver import Client, RedisServer, ServeProcess  # noqa: E402
+from tests.conftest import serving_bundle  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -37,8 +37,8 @@ IGNORED_COMMANDS = {"info", "config|resetstat", "client|setinfo", "hello", "ping
 
 
 @pytest.fixture(scope="module")
-def bundle(data_dir) -> Path:
-    return build_small_bundle(data_dir, describer=DESCRIBER)
+def bundle() -> Path:
+    return serving_bundle(DESCRIBER)
 
 
 @pytest.fixture()

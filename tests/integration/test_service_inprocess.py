@@ -16,21 +16,16 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.conftest import build_small_bundle  # noqa: E402
+from tests.conftest import SYNTHETIC_SETTINGS, serving_bundle  # noqa: E402
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 TOKEN = "test-admin-token-" + uuid.uuid4().hex[:8]
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Admin-Label": "pytest"}
 
 
-def serving_bundle(data_dir: Path) -> Path:
-    """The small real bundle with `stats` concepts (RECSAE_TEST_DESCRIBER=none: without)."""
-    return build_small_bundle(data_dir, describer=os.environ.get("RECSAE_TEST_DESCRIBER", "stats"))
-
-
 @pytest.fixture(scope="module")
-def bundle(data_dir) -> Path:
-    return serving_bundle(data_dir)
+def bundle() -> Path:
+    return serving_bundle()
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +131,8 @@ def test_ready_and_bundle_summary(client, engine):
     b = client.get("/bundle").json()
     assert b["bundle_hash"] == engine.bundle.bundle_hash
     assert b["version"] == engine.bundle.version
-    assert b["sae"] == {"k": engine.sae.k, "n_latents": engine.sae.n_latents, "expansion": 8, "encoder": "topk"}
+    assert b["sae"] == {"k": engine.sae.k, "n_latents": engine.sae.n_latents,
+                       "expansion": SYNTHETIC_SETTINGS["expansion"], "encoder": "topk"}
     assert b["accepts_history"] is True and b["model"]["input_kind"] == "history"
     fid = engine.bundle.manifest["metrics"]["fidelity"]
     assert b["metrics"]["sae_heldout_ndcg10_ratio"] == round(fid["heldout_ndcg10_ratio_reconstruction"], 4)
@@ -722,13 +718,13 @@ def test_a_policy_stored_for_another_bundle_does_not_apply_its_latent_ids(client
 
 
 
-def test_a_saved_debias_policy_serves_exactly_the_lists_the_report_measured(client, engine, bundle, data_dir):
+def test_a_saved_debias_policy_serves_exactly_the_lists_the_report_measured(client, engine, bundle):
     """``recsae debias``'s saved policy, PUT as written (minus its name), makes the service answer
     each test-stage history with the very top-10 list the de-bias report evaluated: the report's
     head share is what users of the service get."""
     from recsae import debias as D
 
-    data = D.load_data(bundle, data_dir)
+    data = D.load_data(bundle)
     result = D.run_experiment(data, "popularity", counts=(1, 4), strengths=(1.0,), seeds=1,
                               methods=("association", "baseline"), baseline_strengths=(0.4,))
     point = D.choose_policy(result, ("association", "baseline"), max_ndcg_loss=0.5)
@@ -756,3 +752,23 @@ def test_a_saved_debias_policy_serves_exactly_the_lists_the_report_measured(clie
         assert not np.array_equal(served, plain[rows])  # and the policy did change the lists
     finally:
         client.delete("/admin/policies/debias-e2e", headers=AUTH)
+
+
+def test_the_example_requests_printed_at_start_show_an_effect_on_this_bundle(client, svc):
+    """The "try: curl ..." lines (printed when `bentoml serve` starts) are picked from the loaded
+    bundle: the explained request names active latents, suppressing the two it prints changes
+    the list, and the concept query finds concepts. The README's fixed ml-100k ids did none of
+    that on the synthetic default."""
+    from urllib.parse import urlsplit
+
+    lines = svc.core.examples("http://127.0.0.1:3000")
+    urls = [urlsplit(line.split("'")[1]) for line in lines]
+    assert [u.path for u in urls] == ["/recommend", "/recommend", "/concepts"], lines
+    assert all(line.startswith("curl 'http://127.0.0.1:3000/") for line in lines)
+    explained, suppressed, concepts = (client.get(f"{u.path}?{u.query}") for u in urls)
+    assert explained.status_code == suppressed.status_code == concepts.status_code == 200
+    assert explained.json()["active_latents"]
+    named = {s["latent"] for s in suppressed.json()["suppressed"]}
+    assert len(named) == 2 and named <= {a["latent"] for a in explained.json()["active_latents"]}
+    assert [i["item_id"] for i in suppressed.json()["items"]] != [i["item_id"] for i in explained.json()["items"]]
+    assert concepts.json()["total"] > 0

@@ -66,3 +66,13 @@ def test_concept_warnings_only_below_the_confidence_bar():
     assert concept_warnings({"describer": "none"}) == []  # nothing described, nothing to say
     w = concept_warnings({"mean_confidence": WARN_CONFIDENCE - 0.054, "share_confidence_ge_0.8": 0.328})
     assert len(w) == 1 and "mean confidence 0.746" in w[0] and "33% of them" in w[0]
+
+
+def test_refit_expansion_sizes_to_the_latents_the_data_kept_alive():
+    from recsae.pipeline import refit_expansion
+
+    # the synthetic default: ~20% of 1,024 latents alive -> 128 (2% dead measured), not 512
+    assert refit_expansion(16, 64, 0.80) == 2
+    assert refit_expansion(4, 64, 0.31) == 2  # 177 alive of 256 -> 128
+    assert refit_expansion(16, 64, 0.12) == 8  # at most half, even when most are alive
+    assert refit_expansion(2, 64, 0.99) == 1 and refit_expansion(1, 64, 0.5) == 1

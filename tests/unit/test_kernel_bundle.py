@@ -183,10 +183,10 @@ def test_altered_or_missing_file_is_named(tmp_path):
         verify_bundle(out)
 
 
-def test_real_bundle_loads_and_onnx_matches_engine(small_bundle, tmp_path):
+def test_real_bundle_loads_and_onnx_matches_engine(synthetic_bundle, tmp_path):
     from recsae.engine import Engine
 
-    b = load_bundle(small_bundle)
+    b = load_bundle(synthetic_bundle)
     assert b.item_emb.shape == (b.model["n_items"], b.model["d"])
     assert len(b.concepts) == b.manifest["sae"]["n_latents"]
     eng = Engine(b)
@@ -197,11 +197,11 @@ def test_real_bundle_loads_and_onnx_matches_engine(small_bundle, tmp_path):
         assert not set(ids[u]) & set(b.users.history(u).tolist())
     # a bundle whose ONNX file was swapped is refused by name
     bad = tmp_path / "bad"
-    shutil.copytree(small_bundle, bad)
+    shutil.copytree(synthetic_bundle, bad)
     (bad / "encoder.onnx").write_bytes(b"garbage")
     with pytest.raises(BundleError, match="encoder.onnx"):
         load_bundle(bad)
-    m = json.loads((small_bundle / "manifest.json").read_text())
+    m = json.loads((synthetic_bundle / "manifest.json").read_text())
     assert m["metrics"]["onnx_max_abs_diff"] <= 1e-4
 
 

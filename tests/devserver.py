@@ -1,7 +1,7 @@
 """Start and stop local processes for tests and benchmarks: a private ``redis-server`` and
 ``bentoml serve service.service:RecSAEService``. Standard library + redis only.
 
-Not used by the service itself.
+Harness only (tests and ``benchmarks/`` import it; the service never does), so it lives here.
 """
 
 from __future__ import annotations
