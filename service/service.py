@@ -247,7 +247,7 @@ def _digits(v: Any) -> Any:
 
 
 @app.get("/concepts/{latent}", response_model=Concept, responses={404: E404, 422: E422}, summary="One concept")
-async def concept(latent: Annotated[int, BeforeValidator(_digits), Path(ge=0)], _: Annotated[NoParams, Query()], core: CoreDep) -> Response:
+async def concept(latent: Annotated[int, Path(ge=0), BeforeValidator(_digits)], _: Annotated[NoParams, Query()], core: CoreDep) -> Response:
     with _timed("GET /concepts/{latent}"):
         return _json(core.concept(latent))
 
