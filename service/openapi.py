@@ -36,8 +36,9 @@ def to_openapi_30(doc: Any) -> Any:
             out[flag], out[bound] = out[bound], True
     for key in ("anyOf", "oneOf"):
         alts = out.get(key)
-        if isinstance(alts, list) and any(a == {"type": "null"} for a in alts):
-            rest = [a for a in alts if a != {"type": "null"}]
+        nulls = ({"type": "null"}, {"nullable": True})  # (children are converted already)
+        if isinstance(alts, list) and any(a in nulls for a in alts):
+            rest = [a for a in alts if a not in nulls]
             out.pop(key)
             if len(rest) == 1 and "$ref" not in rest[0]:
                 out.update(rest[0])

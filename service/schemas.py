@@ -183,7 +183,7 @@ class RecommendRequest(_Options):
         description=f"raw item ids, oldest first (1..{MAX_HISTORY}); numbers are read as ids",
         examples=[["50", "172", "181"]],
     )
-    suppress: list[Annotated[int, NoBool, Field(ge=0)] | LatentStrength] = Field(
+    suppress: list[Annotated[int, Field(ge=0), NoBool] | LatentStrength] = Field(
         default_factory=list, max_length=MAX_SUPPRESS,
         description="latents to switch off: ids (at `suppress_strength`) or {latent, strength} objects",
         examples=[[12, {"latent": 57, "strength": 0.5}]],
@@ -353,7 +353,7 @@ class PolicyIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    latents: list[Annotated[int, NoBool, Field(ge=0)] | LatentStrength] = Field(
+    latents: list[Annotated[int, Field(ge=0), NoBool] | LatentStrength] = Field(
         default_factory=list, max_length=MAX_SUPPRESS,
         description="latent ids (at `strength`) or {latent, strength} objects with their own strength",
         examples=[[12, {"latent": 57, "strength": 0.5}]],

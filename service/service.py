@@ -10,8 +10,10 @@ Imports numpy/onnxruntime parts of ``recsae`` only: never torch (tested).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
+import gc
 import hmac
 import logging
 import math
@@ -446,7 +448,7 @@ def reload_bundle(
                 log.warning("reload of %s refused, still serving %s: %s", path, old.bundle.version, e)
                 raise _HTTPError(422, f"bundle not loaded, still serving {old.bundle.version}: {e}") from None
             svc.settings, svc.core = settings, new  # the swap: requests read svc.core once each
-            threading.Timer(5.0, old.close).start()  # let in-flight admin calls on the old core finish
+            threading.Timer(5.0, _retire, (old,)).start()  # let in-flight admin calls on the old core finish
             log.info("reloaded bundle %s from %s (was %s)", new.bundle.version, path, old.bundle.version)
             return _json(ReloadResponse(path=str(path), bundle_version=new.bundle.version,
                                         bundle_hash=new.bundle.bundle_hash, previous_hash=old.bundle.bundle_hash,
@@ -468,6 +470,18 @@ async def docs_page() -> Response:
         swagger_favicon_url="/docs/assets/favicon-light-32x32.png",
         swagger_ui_parameters={"validatorUrl": None},  # the default badge calls validator.swagger.io
     )
+
+
+def _retire(old: Core) -> None:
+    """Close a replaced core and hand its memory back to the OS (glibc keeps freed arenas: without
+    the trim every reload left the worker ~7 MB larger for the first ten)."""
+    old.close()
+    del old
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 # -- audit page (/audit) and its read-only endpoints (audit token) -----------------------------
