@@ -25,10 +25,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# From a fresh clone to a service answering /recommend?explain=true on http://127.0.0.1:$(PORT)
-# (builds a bundle on ml-100k when ../shared/data has it, else on the embedded synthetic data).
+# From a fresh clone to a service answering /recommend?explain=true on http://127.0.0.1:$(PORT).
+# Only the default bundle is built here when missing (on ml-100k when ../shared/data has it, else
+# on the embedded synthetic data); `recsae serve` itself never trains. Uses the local Redis when
+# one answers on 127.0.0.1:6379 (its first line says which), in-process otherwise.
 serve: $(STAMP)
-	BENTOML_DO_NOT_TRACK=True $(BIN)/recsae serve --bundle $(BUNDLE) --port $(PORT)
+	@if [ "$(BUNDLE)" = "bundles/default" ] && [ ! -f bundles/default/manifest.json ]; then \
+	  echo "make serve: no bundle at bundles/default: building the default bundle first (recsae train --out bundles/default)"; \
+	  $(BIN)/recsae train --out bundles/default || exit 1; fi
+	BENTOML_DO_NOT_TRACK=True $(BIN)/recsae serve --bundle $(BUNDLE) --port $(PORT) --redis auto
 
 bundle: $(STAMP)
 	$(BIN)/recsae train --out $(BUNDLE)

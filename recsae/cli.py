@@ -208,14 +208,53 @@ def cmd_interpret(a: argparse.Namespace) -> int:
     return 0
 
 
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def redis_answers(url: str, timeout: float = 0.3) -> bool:
+    """Whether a Redis at ``redis://host:port/...`` answers PING (standard library only)."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def pick_redis(mode: str, env: dict, local: str = LOCAL_REDIS) -> tuple[str | None, str]:
+    """(REDIS_URL to serve with or None, the line that says which). ``auto``: $REDIS_URL when set,
+    else the local Redis when it answers, else in-process; ``off``: in-process; else a URL."""
+    if mode == "off":
+        return None, "redis off: policies and the concept cache are in-process (one process)"
+    if mode != "auto":
+        return mode, f"redis {mode} (--redis)"
+    if env.get("REDIS_URL"):
+        return env["REDIS_URL"], f"redis {env['REDIS_URL']} (REDIS_URL)"
+    if redis_answers(local):
+        return local, f"redis {local}: a local Redis answers, policies and the concept cache live there"
+    return None, f"redis off: no Redis answers at {local}, policies and the concept cache are in-process"
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
-    """Build a bundle when none exists, then ``bentoml serve`` the service on it."""
+    """``bentoml serve`` the service on an existing bundle. Never trains: a typo in a production
+    bundle path must not start an hour-long training job that writes a bundle where it points."""
     bundle = Path(a.bundle)
-    if not (bundle / "manifest.json").exists():
-        print(f"no bundle at {bundle}: building one (dataset {a.dataset})", file=sys.stderr)
-        ns = build_parser().parse_args(["train", "--dataset", a.dataset, "--out", str(bundle)])
-        cmd_train(ns)
+    if not (bundle / "manifest.json").is_file():
+        raise RecSAEError(
+            f"no bundle at {bundle}: build one with `recsae train --out {bundle}` (recsae serve never trains; "
+            "`make serve` builds the default bundle when it is missing)"
+        )
     env = dict(os.environ, RECSAE_BUNDLE=str(bundle.resolve()), BENTOML_DO_NOT_TRACK="True", RECSAE_PORT=str(a.port))
+    if a.redis is not None:
+        url, line = pick_redis(a.redis, env)
+        env.pop("REDIS_URL", None)
+        if url:
+            env["REDIS_URL"] = url
+        print(f"recsae serve: {line}", file=sys.stderr, flush=True)
     args = [sys.executable, "-m", "bentoml", "serve", "service.service:RecSAEService",
             "--host", a.host, "--port", str(a.port)]
     root = Path(__file__).resolve().parents[1]
@@ -393,10 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bundle was trained from)"))
     it.set_defaults(func=cmd_interpret)
 
-    s = _sub(sub, "serve", "serve a bundle with BentoML (building one if missing)",
+    s = _sub(sub, "serve", "serve a bundle with BentoML (never trains: build one with `recsae train`)",
              "recsae serve --bundle bundles/default --port 3000")
-    s.add_argument("--bundle", default="bundles/default", help="bundle folder; built with `recsae train` first if absent")
-    s.add_argument("--dataset", default="auto", help="dataset for a bundle built because none exists (see `recsae train --dataset`)")
+    s.add_argument("--bundle", default="bundles/default", help="bundle folder (holds manifest.json); built by `recsae train`")
+    s.add_argument("--redis", default=None, metavar="auto|off|URL", help=(
+        "auto: $REDIS_URL, else the local Redis on 127.0.0.1:6379 when it answers, else in-process "
+        "(said on the first line); default: $REDIS_URL as it is"))
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     s.add_argument("--port", type=_port, default=3000, help="TCP port to listen on")
     s.set_defaults(func=cmd_serve)

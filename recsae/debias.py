@@ -64,9 +64,11 @@ DEFAULT_RERANK_GRID = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.
 """Re-ranking strengths, in units of std(scores) / std(penalty) (so one grid fits any model)."""
 POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """Same rule as the service's policy names (``service.schemas.POLICY_NAME``)."""
-POLICY_KEYS = ("name", "latents", "strength", "mode", "baseline", "description")
+POLICY_KEYS = ("name", "latents", "strength", "mode", "baseline", "bundle_hash", "description")
 POLICY_REQUIRED = ("name", "latents", "strength", "mode", "description")
-"""``baseline`` is optional in a policy file (files written before it existed lack it: 0)."""
+"""``baseline`` and ``bundle_hash`` are optional in a policy file (files written before they
+existed lack them: baseline 0, no bundle check). ``bundle_hash`` is the bundle whose latent ids
+the file names: the service refuses the file on another bundle unless forced."""
 MAX_DESCRIPTION = 500
 
 
@@ -1217,7 +1219,8 @@ def budget_edge_warning(result: dict, point: dict, max_ndcg_loss: float, edge: f
 
 
 def policy_document(name: str, point: dict, result: dict) -> dict:
-    """The policy file body: ``name, latents, strength, mode, baseline, description``."""
+    """The policy file body: ``name, latents, strength, mode, baseline, bundle_hash, description``
+    (the body of ``PUT /admin/policies/{name}`` as is)."""
     if not POLICY_NAME.match(name):
         raise ConfigError(f"policy name {name!r}: use letters, digits, '_.-' (at most 64, starting with a letter or digit)")
     t0, t1 = result["base"]["test"], point["test"]
@@ -1240,6 +1243,7 @@ def policy_document(name: str, point: dict, result: dict) -> dict:
         "strength": float(point["strength"]) if point["latents"] else 1.0,
         "mode": result["settings"]["mode"],
         "baseline": beta,
+        "bundle_hash": src.get("bundle_hash"),
         "description": desc[:MAX_DESCRIPTION],
     }
 
@@ -1262,7 +1266,7 @@ def save_policy(doc: dict, folder: str | Path) -> Path:
     """Write ``<folder>/<name>.json`` atomically; refuses a folder inside a bundle (bundles are
     hash-verified: an extra file there would be silently ignored or break verification)."""
     if not set(POLICY_REQUIRED) <= set(doc) <= set(POLICY_KEYS):
-        raise ConfigError(f"a policy file has the keys {POLICY_KEYS} ('baseline' optional)")
+        raise ConfigError(f"a policy file has the keys {POLICY_KEYS} ('baseline', 'bundle_hash' optional)")
     if not POLICY_NAME.match(doc["name"]):
         raise ConfigError(f"bad policy name {doc['name']!r}")
     folder = check_policy_dir(folder)
@@ -1284,11 +1288,13 @@ def load_policy(path: str | Path) -> dict:
     """Read and check a policy file written by :func:`save_policy`."""
     doc = json.loads(Path(path).read_text())
     if not isinstance(doc, dict) or not set(POLICY_REQUIRED) <= set(doc) <= set(POLICY_KEYS):
-        raise ConfigError(f"{path}: a policy file has the keys {POLICY_KEYS} ('baseline' optional)")
+        raise ConfigError(f"{path}: a policy file has the keys {POLICY_KEYS} ('baseline', 'bundle_hash' optional)")
     if not all(isinstance(j, int) and j >= 0 for j in doc["latents"]) or not 0 <= doc["strength"] <= 1:
         raise ConfigError(f"{path}: latents must be ids >= 0 and strength in [0, 1]")
     if not 0 <= doc.get("baseline", 0.0) <= 1:
         raise ConfigError(f"{path}: baseline must be in [0, 1]")
+    if not isinstance(doc.get("bundle_hash", ""), (str, type(None))):
+        raise ConfigError(f"{path}: bundle_hash must be a string")
     if doc["mode"] not in ("error", "reconstruction"):
         raise ConfigError(f"{path}: mode must be 'error' or 'reconstruction'")
     return doc

@@ -135,6 +135,9 @@ class Core:
             self.warm()
         # Everything loaded so far (BentoML, FastAPI, the bundle) lives for the whole process:
         # move it out of the collector's generations so full collections stay short (p99).
+        # Unfreeze first: objects frozen by an earlier start (a reloaded-away Core) are never
+        # collected otherwise, ~28 MB leaked per POST /admin/reload.
+        gc.unfreeze()
         gc.collect()
         gc.freeze()
         self.ready = True

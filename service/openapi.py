@@ -15,8 +15,48 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 PATH = Path(__file__).with_name("openapi.json")
+
+
+def to_openapi_30(doc: Any) -> Any:
+    """A document whose schemas are in OpenAPI 3.1 / JSON Schema 2020-12 style made valid 3.0:
+    numeric ``exclusiveMinimum``/``exclusiveMaximum`` become ``minimum``/``maximum`` plus the
+    boolean flag, ``{"type": "null"}`` alternatives become ``nullable``, ``examples`` lists in
+    schemas become one ``example``, ``const`` an ``enum``. BentoML serves /docs.json as 3.0 but
+    merges FastAPI's 3.1-style schemas in unchanged."""
+    if isinstance(doc, list):
+        return [to_openapi_30(v) for v in doc]
+    if not isinstance(doc, dict):
+        return doc
+    out = {k: to_openapi_30(v) for k, v in doc.items()}
+    for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), (int, float)) and not isinstance(out[bound], bool):
+            out[flag], out[bound] = out[bound], True
+    for key in ("anyOf", "oneOf"):
+        alts = out.get(key)
+        nulls = ({"type": "null"}, {"nullable": True})  # (children are converted already)
+        if isinstance(alts, list) and any(a in nulls for a in alts):
+            rest = [a for a in alts if a not in nulls]
+            out.pop(key)
+            if len(rest) == 1 and "$ref" not in rest[0]:
+                out.update(rest[0])
+            elif len(rest) == 1:
+                out["allOf"] = rest
+            else:
+                out[key] = rest
+            out["nullable"] = True
+    if out.get("type") == "null":
+        out.pop("type")
+        out["nullable"] = True
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    if isinstance(out.get("examples"), list) and ("type" in out or "$ref" in out or "anyOf" in out):
+        ex = out.pop("examples")
+        if ex:
+            out.setdefault("example", ex[0])
+    return out
 
 
 def render() -> str:

@@ -172,7 +172,9 @@ class PolicyStore:
         if self.audit_path is None:
             return
         try:
-            with open(self.audit_path, "a") as f:
+            fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)  # who changed what: not for every local user (older copies were 0644)
+            with os.fdopen(fd, "a") as f:
                 f.write(entry.model_dump_json() + "\n")
         except OSError as e:
             log.error("cannot append to %s (%s)", self.audit_path, e)
@@ -211,12 +213,50 @@ class PolicyStore:
                 "Redis held no policies (or older ones): re-seeded %d policies, generation %d, from %s",
                 len(self._mirror), self._gen, self.path,
             )
-            self._record_audit_local(
-                AuditEntry(id=f"local-{time.time_ns()}", ts=time.time(), who="system", action="reseed",
+            self._reseed_audit(
+                AuditEntry(id="", ts=time.time(), who="system", action="reseed",
                            policy="*", detail=f"{len(self._mirror)} policies from the durable copy")
             )
         else:
             self._refresh()
+
+    def _reseed_audit(self, event: AuditEntry) -> None:
+        """After re-seeding the policies: an empty audit stream (Redis restarted without
+        persistence) gets the durable copy's entries back, and the re-seed itself is recorded
+        in the stream as well as in the copy."""
+        def fields(e: AuditEntry) -> dict:
+            return {"ts": repr(e.ts), "who": e.who, "action": e.action, "policy": e.policy, "detail": e.detail}
+
+        def tx(r: Any) -> Any:
+            pipe = r.pipeline(transaction=True)
+            if r.xlen(self.audit_key) == 0:
+                for e in self._audit_file_entries():
+                    pipe.xadd(self.audit_key, fields(e), maxlen=AUDIT_MAXLEN, approximate=True)
+            pipe.xadd(self.audit_key, fields(event), maxlen=AUDIT_MAXLEN, approximate=True)
+            return pipe.execute()[-1]
+
+        try:
+            entry_id = self.link.run("audit_reseed", tx)  # type: ignore[union-attr]
+            event.id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        except RedisUnavailable:
+            event.id = f"local-{time.time_ns()}"
+        self._record_audit_local(event)
+
+    def _audit_file_entries(self) -> list[AuditEntry]:
+        """The newest entries of the durable audit copy (oldest first; unreadable lines skipped)."""
+        if self.audit_path is None or not self.audit_path.exists():
+            return []
+        out: deque[AuditEntry] = deque(maxlen=AUDIT_MAXLEN)
+        try:
+            with open(self.audit_path) as f:
+                for line in f:
+                    try:
+                        out.append(AuditEntry.model_validate_json(line))
+                    except ValueError:
+                        continue
+        except OSError as e:
+            log.error("cannot read the audit copy %s (%s)", self.audit_path, e)
+        return list(out)
 
     def _refresh(self) -> None:
         def read(r: Any) -> list:

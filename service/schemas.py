@@ -36,6 +36,15 @@ def _blank_to_none(v: Any) -> Any:
     return None if isinstance(v, str) and v.strip() == "" else v
 
 
+def _no_bool(v: Any) -> Any:
+    """JSON true/false is not a number: ``{"latent": false}`` must not mean latent 0."""
+    if isinstance(v, bool):
+        raise ValueError("must be a number, not true/false")
+    return v
+
+
+NoBool = BeforeValidator(_no_bool)
+
 PolicyNameStr = Annotated[str, StringConstraints(pattern=POLICY_NAME)]
 OptionalPolicyName = Annotated[
     PolicyNameStr | None,
@@ -69,6 +78,10 @@ BASELINE_DOC = (
 def baseline_field(description: str) -> Any:
     """A baseline suppression strength in [0, 1], default 0 (finite: NaN and inf are refused)."""
     return Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description=description, examples=[0.4])
+
+
+Strength01 = Annotated[float, NoBool]
+"""A number field of a JSON body: true/false refused (type checked before the range)."""
 
 
 def _strength(v: float, where: str) -> float:
@@ -110,24 +123,25 @@ class LatentStrength(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    latent: int = Field(ge=0)
-    strength: float = Field(gt=0.0, le=1.0, allow_inf_nan=False, description="share of its contribution removed")
+    latent: Annotated[int, NoBool] = Field(ge=0)
+    strength: Annotated[float, NoBool] = Field(gt=0.0, le=1.0, allow_inf_nan=False,
+                                               description="share of its contribution removed")
 
 
 # -- requests -------------------------------------------------------------------------------------
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(10, ge=1, le=MAX_K, description=f"number of items to return (1..{MAX_K})")
+    k: Annotated[int, NoBool] = Field(10, ge=1, le=MAX_K, description=f"number of items to return (1..{MAX_K})")
     explain: bool = Field(False, description="add active concepts and per-item score decompositions")
     policy: OptionalPolicyName
     exclude_seen: bool = Field(True, description="never recommend items already in the history")
     mode: ModeOption
-    suppress_baseline: float = baseline_field(
+    suppress_baseline: Strength01 = baseline_field(
         f"strength in [0, 1] with which to suppress the baseline, {BASELINE_DOC}; 0 = none, "
         "0.4 = remove 40% of it. With a policy that also suppresses it, the stronger of the two applies."
     )
-    suppress_strength: float = Field(
+    suppress_strength: Strength01 = Field(
         1.0, gt=0.0, le=1.0, allow_inf_nan=False, examples=[0.6],
         description="strength in (0, 1] with which the request's `suppress` latents are removed when they "
         "give none of their own: 1 = all of each one's contribution, 0.6 = 60% of it. A latent that a "
@@ -169,7 +183,7 @@ class RecommendRequest(_Options):
         description=f"raw item ids, oldest first (1..{MAX_HISTORY}); numbers are read as ids",
         examples=[["50", "172", "181"]],
     )
-    suppress: list[Annotated[int, Field(ge=0)] | LatentStrength] = Field(
+    suppress: list[Annotated[int, Field(ge=0), NoBool] | LatentStrength] = Field(
         default_factory=list, max_length=MAX_SUPPRESS,
         description="latents to switch off: ids (at `suppress_strength`) or {latent, strength} objects",
         examples=[[12, {"latent": 57, "strength": 0.5}]],
@@ -339,7 +353,7 @@ class PolicyIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    latents: list[Annotated[int, Field(ge=0)] | LatentStrength] = Field(
+    latents: list[Annotated[int, Field(ge=0), NoBool] | LatentStrength] = Field(
         default_factory=list, max_length=MAX_SUPPRESS,
         description="latent ids (at `strength`) or {latent, strength} objects with their own strength",
         examples=[[12, {"latent": 57, "strength": 0.5}]],
@@ -351,13 +365,23 @@ class PolicyIn(BaseModel):
         description="words that must all occur in a concept's description/attributes; "
         "resolved to latents when the policy is stored",
     )
-    strength: float = Field(1.0, ge=0.0, le=1.0, description="1 = remove the concept, 0.5 = halve it")
+    strength: Strength01 = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                                 description="1 = remove the concept, 0.5 = halve it")
     mode: SteerMode = "error"
-    baseline: float = baseline_field(
+    baseline: Strength01 = baseline_field(
         f"strength in [0, 1] with which to suppress the baseline, {BASELINE_DOC}; 0 = none. "
         "Applies whatever the bundle (every SAE has its own b_dec)."
     )
     description: str | None = Field(None, max_length=500)
+    name: PolicyNameStr | None = Field(
+        None, description="optional; when given, must be the name in the path (a `recsae debias --save-policy` "
+        "file is a body as is)")
+    bundle_hash: str | None = Field(
+        None, max_length=128,
+        description="the bundle whose latent ids `latents` names (written by `recsae debias --save-policy`). "
+        "On another bundle the PUT is refused unless the policy has a `query` (re-resolved here; its "
+        "explicit ids are dropped) or `force=true` is given",
+    )
 
     @model_validator(mode="after")
     def _needs_target(self) -> "PolicyIn":
@@ -419,6 +443,13 @@ class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int = Field(100, ge=1, le=1000, description="newest entries to return")
+
+
+class PutPolicyQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(
+        False, description="store the body's latent ids even though its `bundle_hash` names another bundle")
 
 
 class NoParams(BaseModel):

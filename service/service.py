@@ -10,8 +10,10 @@ Imports numpy/onnxruntime parts of ``recsae`` only: never torch (tested).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
-import hashlib
+import functools
+import gc
 import hmac
 import logging
 import math
@@ -26,12 +28,18 @@ from typing import Annotated, Any, Iterator
 
 import bentoml
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import QueryParams
+from starlette.routing import Match
+from uvicorn.protocols.http import h11_impl
 from starlette.staticfiles import StaticFiles
 
 from recsae import BundleError, ConfigError, __version__
@@ -53,6 +61,7 @@ from service.schemas import (
     Policy,
     PolicyIn,
     PolicyList,
+    PutPolicyQuery,
     RecommendQuery,
     RecommendRequest,
     RecommendResponse,
@@ -73,6 +82,8 @@ app = FastAPI(
         "suppressed per request (`suppress=`; the baseline, i.e. what all users share, chiefly "
         "popularity, with `suppress_baseline=`) or by stored policy (`policy=`)."
     ),
+    docs_url=None,  # served below from local assets: FastAPI's pages load theirs from a CDN
+    redoc_url=None,
 )
 
 _bearer = HTTPBearer(auto_error=False, description="RECSAE_ADMIN_TOKEN")
@@ -112,6 +123,23 @@ async def _store_down(_: Request, e: PolicyStoreUnavailable) -> JSONResponse:
 class _HTTPError(Exception):
     def __init__(self, status: int, detail: str, headers: dict | None = None):
         self.status, self.detail, self.headers = status, detail, headers
+
+
+def _finite(v: Any) -> Any:
+    """A validation error's echoed input with non-finite numbers (NaN, Infinity, 1e400) as text:
+    JSON cannot hold them, and FastAPI's handler would fail with a 500 on the echo."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": _finite(jsonable_encoder(e.errors()))}, status_code=422)
 
 
 @app.exception_handler(_HTTPError)
@@ -167,17 +195,15 @@ Label = Annotated[str | None, Header(max_length=64, description="who acts, for t
 
 
 def _admin(svc: "RecSAEService", creds: HTTPAuthorizationCredentials | None, label: str | None) -> str:
-    """Check the bearer token; return who acts ('token:<sha8>' plus the X-Admin-Label)."""
+    """Check the bearer token; return who acts: the X-Admin-Label, or 'admin' without one (never
+    anything derived from the token: audit-token holders read it)."""
     token = svc.settings.admin_token
     if not token:
         raise _HTTPError(503, "admin disabled: set RECSAE_ADMIN_TOKEN to enable /admin endpoints")
     given = creds.credentials if creds is not None else ""
     if not hmac.compare_digest(given.encode(), token.encode()):
         raise _HTTPError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-    who = "token:" + hashlib.sha256(token.encode()).hexdigest()[:8]
-    if label:
-        who += "/" + _LABEL.sub("_", label)[:64]
-    return who
+    return _LABEL.sub("_", label)[:64] if label else "admin"
 
 
 # -- recommendations (async: CPU-bound work of ~1 ms runs on the event loop, no thread pool) ----
@@ -215,8 +241,15 @@ async def concepts(q: Annotated[ConceptQuery, Query()], core: CoreDep) -> Respon
         return _json(ConceptList(total=len(found), concepts=[ConceptSummary.of(c) for c in page]))
 
 
+def _digits(v: Any) -> Any:
+    """A latent id in the path is digits only: int() would accept '1\\n' or ' 1'."""
+    if isinstance(v, str) and not (v.isascii() and v.isdigit()):
+        raise ValueError("must be a latent id: digits only")
+    return v
+
+
 @app.get("/concepts/{latent}", response_model=Concept, responses={404: E404, 422: E422}, summary="One concept")
-async def concept(latent: Annotated[int, Path(ge=0)], _: Annotated[NoParams, Query()], core: CoreDep) -> Response:
+async def concept(latent: Annotated[int, Path(ge=0), BeforeValidator(_digits)], _: Annotated[NoParams, Query()], core: CoreDep) -> Response:
     with _timed("GET /concepts/{latent}"):
         return _json(core.concept(latent))
 
@@ -252,12 +285,32 @@ def get_policy(
 
 @app.put("/admin/policies/{name}", response_model=Policy, responses=ADMIN_ERRORS, tags=["admin"])
 def put_policy(
-    name: PolicyName, body: PolicyIn, _: Annotated[NoParams, Query()], svc: ServiceDep, creds: Creds,
+    name: PolicyName, body: PolicyIn, q: Annotated[PutPolicyQuery, Query()], svc: ServiceDep, creds: Creds,
     x_admin_label: Label = None,
 ) -> Response:
     with _timed("PUT /admin/policies/{name}"):
         who = _admin(svc, creds, x_admin_label)
-        return _json(svc.core.policies.put(name, body, who))
+        return _json(svc.core.policies.put(name, _for_this_bundle(name, body, svc.core.bundle.bundle_hash, q.force), who))
+
+
+def _for_this_bundle(name: str, body: PolicyIn, serving: str, force: bool) -> PolicyIn:
+    """A policy body made for another bundle (``bundle_hash``): its latent ids name other concepts
+    here. Query-based: re-resolved against this bundle (explicit ids dropped); otherwise refused
+    unless forced."""
+    if body.name is not None and body.name != name:
+        raise PolicyInputError("name", f"the body names policy {body.name!r} but the path {name!r}: they must agree")
+    if body.bundle_hash is None or body.bundle_hash == serving or force or not body.latents:
+        return body  # (a baseline applies to any bundle)
+    if body.query:
+        log.warning("policy %r was made for bundle %s, serving %s: re-resolving its query, dropping its %d latent ids",
+                    name, body.bundle_hash[:12], serving[:12], len(body.latent_ids()))
+        return body.model_copy(update={"latents": []})
+    raise PolicyInputError(
+        "bundle_hash",
+        f"this policy was made for bundle {body.bundle_hash[:12]}, this service serves {serving[:12]}: latent ids "
+        "name different concepts in another SAE. Re-run `recsae debias` on the served bundle, give a `query`, "
+        "or PUT with ?force=true to store the ids as they are",
+    )
 
 
 @app.delete("/admin/policies/{name}", status_code=204, responses={**ADMIN_ERRORS, 404: E404}, tags=["admin"])
@@ -387,19 +440,48 @@ def reload_bundle(
                 settings = dataclasses.replace(svc.settings, bundle=path)
                 new = Core(settings)
                 new.start()
-            except (BundleError, ConfigError) as e:
+            except (BundleError, ConfigError, OSError) as e:
                 if new is not None:
                     new.close()
+                if isinstance(e, OSError):  # e.g. a path component over 255 bytes (ENAMETOOLONG)
+                    e = BundleError(f"cannot read {path!r}: {e.strerror or e}")
                 log.warning("reload of %s refused, still serving %s: %s", path, old.bundle.version, e)
                 raise _HTTPError(422, f"bundle not loaded, still serving {old.bundle.version}: {e}") from None
             svc.settings, svc.core = settings, new  # the swap: requests read svc.core once each
-            threading.Timer(5.0, old.close).start()  # let in-flight admin calls on the old core finish
+            threading.Timer(5.0, _retire, (old,)).start()  # let in-flight admin calls on the old core finish
             log.info("reloaded bundle %s from %s (was %s)", new.bundle.version, path, old.bundle.version)
             return _json(ReloadResponse(path=str(path), bundle_version=new.bundle.version,
                                         bundle_hash=new.bundle.bundle_hash, previous_hash=old.bundle.bundle_hash,
                                         seconds=round(time.perf_counter() - t0, 3)))
         finally:
             _reload_lock.release()
+
+
+# -- API docs: Swagger UI from the copy BentoML ships (nothing is loaded from the network) ------
+_SWAGGER = pathlib.Path(bentoml.__file__).parent / "_internal" / "server" / "static_content"
+app.mount("/docs/assets", StaticFiles(directory=_SWAGGER, check_dir=False), name="docs-assets")
+
+
+@app.get("/docs", include_in_schema=False)
+async def docs_page() -> Response:
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json", title=f"{app.title} - API docs",
+        swagger_js_url="/docs/assets/swagger-ui-bundle.js", swagger_css_url="/docs/assets/swagger-ui.css",
+        swagger_favicon_url="/docs/assets/favicon-light-32x32.png",
+        swagger_ui_parameters={"validatorUrl": None},  # the default badge calls validator.swagger.io
+    )
+
+
+def _retire(old: Core) -> None:
+    """Close a replaced core and hand its memory back to the OS (glibc keeps freed arenas: without
+    the trim every reload left the worker ~7 MB larger for the first ten)."""
+    old.close()
+    del old
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 # -- audit page (/audit) and its read-only endpoints (audit token) -----------------------------
@@ -531,19 +613,118 @@ class RecSAEService:
         return content.rstrip("\n") + "\n" + self.core.drift.exposition()
 
 
-class _LineBreakPaths:
-    """BentoML mounts the app with a Starlette ``Mount`` whose pattern does not match a path
-    holding a line break: it would answer a plain-text 404 for e.g. ``/concepts/1%0A``. Hand such
-    requests straight to the app, which validates the path parameter (422) like any other."""
+MAX_URL_BYTES = 8192
+# uvicorn's h11 parser drops a request whose head exceeds 16 KiB with a plain-text 400 (or a
+# reset while the client still sends): let heads up to 1 MiB through so a long URL gets its 414.
+h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE = max(h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, 1 << 20)
+
+
+async def _answer(send: Any, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    raw = to_json(body)
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    hdrs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": raw})
+
+
+class _Edge:
+    """What holds for every request before BentoML's router and the app see it:
+
+    * a path holding a line break goes straight to the app, which validates it (422): BentoML's
+      ``Mount`` pattern does not match it and would answer a plain-text 404;
+    * a URL over ``MAX_URL_BYTES`` gets 414; a repeated query parameter 422 (every parameter is
+      single-valued: ``policy=a&policy=`` must not silently apply the last one);
+    * ``/admin/*`` checks the bearer token first: no field list for unauthenticated callers;
+    * ``/`` redirects to ``/docs`` (BentoML's page loads a tag manager) and ``/docs.json`` is
+      OpenAPI 3.0 (BentoML merges the app's 3.1-style schemas into its 3.0 document as they are).
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, qs = scope.get("path", ""), scope.get("query_string", b"")
+        if len(scope.get("raw_path") or path.encode()) + len(qs) > MAX_URL_BYTES:
+            return await _answer(send, 414, {"detail": f"URL longer than {MAX_URL_BYTES} bytes"})
+        if path.startswith("/admin/") and _current is not None:
+            denied = _admin_denied(_current.settings.admin_token, scope)
+            if denied is not None:
+                return await _answer(send, *denied)
+        if qs:
+            names = [k for k, _ in QueryParams(qs).multi_items()]
+            repeated = sorted({k for k in names if names.count(k) > 1})
+            if repeated:
+                return await _answer(send, 422, {"detail": [
+                    {"type": "value_error", "loc": ["query", k], "msg": "given more than once: give it once"}
+                    for k in repeated]})
+        if path == "/" and scope["method"] in ("GET", "HEAD"):
+            return await send_redirect(scope, receive, send)
+        if path == "/docs.json" and scope["method"] in ("GET", "HEAD"):
+            return await _answer(send, 200, docs_json())
         if "\n" in path or "\r" in path:
             return await app(scope, receive, send)
-        return await self.app(scope, receive, send)
+        replaced = False
+
+        async def json_404(msg: dict) -> None:
+            # Starlette's router answers unknown paths in plain text: JSON like every other error
+            nonlocal replaced
+            if msg["type"] == "http.response.start" and msg["status"] == 404:
+                ctype = dict(msg.get("headers") or []).get(b"content-type", b"")
+                if ctype.startswith(b"text/plain"):
+                    replaced = True
+                    return await _answer(send, 404, {"detail": f"no route {path!r}: see /docs for the API"})
+            if not replaced:
+                await send(msg)
+
+        return await self.app(scope, receive, json_404)
 
 
-RecSAEService.add_asgi_middleware(_LineBreakPaths)
+async def send_redirect(scope: dict, receive: Any, send: Any) -> None:
+    await RedirectResponse("/docs", status_code=307)(scope, receive, send)
+
+
+def _admin_denied(token: str | None, scope: dict) -> tuple[int, dict, dict | None] | None:
+    """(status, body, headers) when the request may not reach an admin route, else None."""
+    if not token:
+        return 503, {"detail": "admin disabled: set RECSAE_ADMIN_TOKEN to enable /admin endpoints"}, None
+    auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+    scheme, _, given = auth.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return 401, {"detail": "missing or wrong bearer token"}, {"WWW-Authenticate": "Bearer"}
+    return None
+
+
+_DOCS_JSON: dict | None = None
+
+
+def docs_json() -> dict:
+    """BentoML's OpenAPI document (the app's routes plus /livez, /readyz, /metrics) as valid 3.0."""
+    global _DOCS_JSON
+    if _DOCS_JSON is None:
+        from service.openapi import to_openapi_30
+
+        _DOCS_JSON = to_openapi_30(RecSAEService.openapi_spec.asdict())
+    return _DOCS_JSON
+
+
+RecSAEService.add_asgi_middleware(_Edge)
+
+_BENTOML_PATHS = frozenset({"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json"})
+
+
+@functools.lru_cache(maxsize=4096)
+def route_template(path: str) -> str:
+    """The metrics label of a request path: its route's template ('/concepts/{latent}'), BentoML's
+    own paths as they are, 'unmatched' for anything else (bounded label values)."""
+    if path in _BENTOML_PATHS:
+        return path
+    scope = {"type": "http", "path": path, "root_path": "", "method": "GET"}
+    for route in app.routes:
+        if route.matches(scope)[0] != Match.NONE:
+            return getattr(route, "path", "unmatched") or "unmatched"
+    return "/static_content" if path.startswith("/static_content/") else "unmatched"
+
+
+M.bound_endpoint_labels(route_template)

@@ -185,8 +185,8 @@ def test_baseline_method_cuts_popularity_where_latents_cannot_and_beats_random_d
     point = D.choose_policy(r, "best", 1.0)
     doc = D.policy_document("no-pop", point, r)
     assert doc["baseline"] == point["baseline"] > 0 and list(doc) == list(D.POLICY_KEYS)
-    body = PolicyIn.model_validate({k: v for k, v in doc.items() if k != "name"})
-    assert body.baseline == doc["baseline"]
+    body = PolicyIn.model_validate(doc)  # the file is a PUT body as is, and names its bundle
+    assert body.baseline == doc["baseline"] and body.bundle_hash == r["source"].get("bundle_hash") and body.name == "no-pop"
     assert "random-direction" in D.sweep_table(r) and "baseline" in D.targets_markdown(r)
 
 
