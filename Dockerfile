@@ -1,54 +1,69 @@
-# syntax=docker/dockerfile:1
-# Slim runtime image of the RecSAE service: NumPy + ONNX Runtime + BentoML, no torch.
+# Slim runtime image of the RecSAE service: NumPy + ONNX Runtime + BentoML; no torch, no pip,
+# no compilers, no tests (ours or the dependencies').
 #
-#   docker build -t recsae-serve .                         # CPU (default)
-#   docker build -t recsae-serve:gpu --build-arg VARIANT=gpu .   # onnxruntime-gpu + pip CUDA libs
+#   docker build --network host -t recsae-serve .                           # CPU (default)
+#   docker build --network host -t recsae-serve:gpu --build-arg VARIANT=gpu .   # onnxruntime-gpu + pip CUDA libs
 #   docker run -p 3000:3000 -v $PWD/bundles/dev-ml100k:/bundle:ro recsae-serve
 #   docker run --gpus all ... recsae-serve:gpu              # needs the NVIDIA container toolkit
 #
 # The bundle is not baked in: mount it at /bundle (or set RECSAE_BUNDLE). Policies' durable copy
 # lives in /var/lib/recsae/state: mount a volume there to keep it across container restarts.
+# scripts/docker-smoke.sh builds both variants and checks the CPU one end to end; it makes
+# BASE_IMAGE from Debian packages when no registry can provide it.
 
-ARG PYTHON_VERSION=3.11
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM python:${PYTHON_VERSION}-slim AS build
-# cpu -> pip install .[cpu] (onnxruntime); gpu -> .[gpu] (onnxruntime-gpu[cuda,cudnn]).
+FROM ${BASE_IMAGE} AS deps
+# cpu -> the dependencies + extra `cpu` (onnxruntime); gpu -> + extra `gpu` (onnxruntime-gpu[cuda,cudnn]).
 # The two extras install the same `onnxruntime` module: exactly one of them, never both.
 ARG VARIANT=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md* ./
-# models/ (the torch recommenders) is training code: not copied, not installed
-COPY recsae ./recsae
-COPY service ./service
+# Only the dependency list (pyproject.toml stays its one source): a code change reuses this layer.
+COPY pyproject.toml ./
 RUN case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu" >&2; exit 1;; esac \
- && test -f README.md || echo "# RecSAE Serve" > README.md \
+ && python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies'][sys.argv[1]], sep='\n')" "$VARIANT" >requirements.txt \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install ".[${VARIANT}]" \
- && /opt/venv/bin/python -c "import onnxruntime, bentoml, service.service" \
+ && /opt/venv/bin/python -m pip install -q -r requirements.txt \
+ && /opt/venv/bin/python -m pip uninstall -q -y pip setuptools wheel \
+ && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
  && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 
-FROM python:${PYTHON_VERSION}-slim
+FROM ${BASE_IMAGE}
 ARG VARIANT=cpu
 LABEL org.opencontainers.image.title="recsae-serve" \
       org.opencontainers.image.description="RecSAE: recommendations with the concepts that drove them" \
       org.opencontainers.image.variant="${VARIANT}"
-RUN groupadd --system --gid 10001 recsae \
+# Nothing installs at run time: drop the base's pip and ensurepip's bundled wheels.
+RUN (python -m pip uninstall -q -y pip setuptools wheel >/dev/null 2>&1 || true) \
+ && rm -rf /usr/local/bin/pip* /usr/share/python-wheels \
+           "$(python -c 'import ensurepip, os; print(os.path.dirname(ensurepip.__file__))')" \
+ && ! python -m pip --version >/dev/null 2>&1 \
+ && groupadd --system --gid 10001 recsae \
  && useradd --system --uid 10001 --gid recsae --home-dir /var/lib/recsae --create-home recsae \
  && mkdir -p /var/lib/recsae/state /var/lib/recsae/bentoml /bundle \
  && chown -R recsae:recsae /var/lib/recsae
-COPY --from=build /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+# The serve-time code, not installed (no pip here): models/ (the torch recommenders) and tests/
+# stay out (.dockerignore); recsae's training modules are imported only by the offline job.
+COPY recsae /opt/recsae/recsae
+COPY service /opt/recsae/service
 ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/opt/recsae \
     PYTHONUNBUFFERED=1 \
     BENTOML_DO_NOT_TRACK=True \
     BENTOML_HOME=/var/lib/recsae/bentoml \
     RECSAE_BUNDLE=/bundle \
     RECSAE_STATE_DIR=/var/lib/recsae/state \
+    RECSAE_HOST=0.0.0.0 \
     RECSAE_PORT=3000
+# bytecode compiled here: the non-root user cannot write __pycache__ next to the code
+RUN python -m compileall -q /opt/recsae \
+ && python -c "import onnxruntime, bentoml, service.service"
 WORKDIR /var/lib/recsae
 USER 10001:10001
 EXPOSE 3000
 VOLUME ["/var/lib/recsae/state"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
-  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:3000/readyz', timeout=2).status != 200)"
-CMD ["bentoml", "serve", "service.service:RecSAEService", "--host", "0.0.0.0", "--port", "3000"]
+  CMD python -c "import os, sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:%s/readyz' % os.environ['RECSAE_PORT'], timeout=2).status != 200)"
+CMD ["sh", "-c", "exec bentoml serve service.service:RecSAEService --host \"$RECSAE_HOST\" --port \"$RECSAE_PORT\""]

@@ -76,6 +76,7 @@ def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Pat
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
+        publish_modes(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -87,6 +88,18 @@ def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def publish_modes(root: Path) -> None:
+    """Directories 0755, files 0644 under ``root`` (itself included).
+
+    A bundle is an artifact that is shipped and mounted read-only, often for another user (the
+    container's uid 10001): the modes ``mkdtemp`` (0700), safetensors (0600) or a strict umask
+    leave would make it unreadable there.
+    """
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
 
 
 def _json_default(o: Any) -> Any:

@@ -177,5 +177,6 @@ def write_atlas(bundle_path: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out else bundle / "atlas.html"
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(render_atlas(concepts, f"Concept atlas — {bundle.name}", meta), encoding="utf-8")
+    tmp.chmod(0o644)  # in the bundle: readable wherever it is mounted, like the rest of it
     tmp.replace(path)
     return path

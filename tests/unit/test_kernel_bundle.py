@@ -168,6 +168,37 @@ def test_write_bundle_is_atomic_and_verifies(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 
+def test_bundle_is_world_readable_whatever_the_umask(tmp_path):
+    """A bundle is mounted read-only into a container that runs as another user (uid 10001):
+    directories 0755 and files 0644, although mkdtemp makes 0700, safetensors writes 0600 and
+    the writer's umask here is 077. The atlas written into it afterwards too."""
+    import os
+    import stat
+
+    from recsae.concepts import placeholder_dictionary
+    from recsae.interpret.atlas import write_atlas
+    from recsae.sae import SAEConfig, TopKSAE
+
+    def fill(tmp):
+        TopKSAE(SAEConfig(d_in=4, expansion=2, k=1)).save(tmp / "sae")  # what the job writes
+        (tmp / "concepts.json").write_text(placeholder_dictionary(np.ones(8)).model_dump_json())
+        (tmp / "private").mkdir(mode=0o700)
+        fd = os.open(tmp / "private" / "x.bin", os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+        return {"model": {"n_items": 0}}
+
+    old = os.umask(0o077)
+    try:
+        out = write_bundle(tmp_path / "b", fill)
+        write_atlas(out)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert {"b/sae/sae.safetensors", "b/manifest.json", "b/private/x.bin", "b/atlas.html"} <= set(modes)
+    wrong = {p: oct(m) for p, m in modes.items() if m != (0o755 if (tmp_path / p).is_dir() else 0o644)}
+    assert not wrong, f"not 0755 dirs / 0644 files: {wrong}"
+
+
 def test_altered_or_missing_file_is_named(tmp_path):
     out = write_bundle(tmp_path / "b", _fill)
     (out / "a.txt").write_text("tampered")
