@@ -28,16 +28,14 @@ from recsae.concepts import Concept
 from recsae.engine import Engine
 from recsae.kernel import Codes, top_items
 from service import metrics as M
-from service.concepts import ConceptStore
+from service.concepts import ConceptStore, Described
 from service.metrics import DriftTracker
 from service.config import Settings
 from service.policies import PolicyStore
-from service.redis_link import Pending, RedisLink, RedisUnavailable
+from service.redis_link import RedisLink, RedisUnavailable, Tracker
 from service.schemas import (
     BundleInfo,
-    ConceptSummary,
     ModelInfo,
-    Policy,
     SAEInfo,
     SteerMode,
 )
@@ -48,11 +46,6 @@ log = logging.getLogger("recsae.service")
 DECIMALS = 6
 """Numbers on the wire are rounded to 6 decimals (the kernel computes in float32, ~7 digits):
 the JSON stays small and bias + contributions + error still equals the score to < 1e-5."""
-
-
-def _label(description: str | None) -> str | None:
-    """A concept's short name: the stats describer writes 'name — details'; LLM ones are short."""
-    return description.split(" — ", 1)[0] if description else description
 
 
 def _rounded(a: np.ndarray) -> list:
@@ -123,6 +116,16 @@ class Core:
         self.titles = bundle.catalog.titles
         self.item_ids = bundle.catalog.item_ids
         self.recent = RecentLog(self.link, settings.redis_prefix)
+        # concepts and policies are read from process memory; Redis reports every change to
+        # their keys to this tracker, which re-reads them (see ``service.redis_link.Tracker``)
+        self.tracker = (
+            Tracker(self.link, [self.store.key_prefix, self.policies.hash_key],
+                    self._invalidated, self._resync, retry_s=min(0.25, settings.redis_backoff_s))
+            if self.link is not None
+            else None
+        )
+        if self.tracker is not None:
+            self.store.tracked = self.tracker.tracking.is_set
         self.ready = False
         self._warming = False
 
@@ -131,6 +134,9 @@ class Core:
         t0 = time.perf_counter()
         self.policies.start()
         filled = self.store.prefill()
+        if self.tracker is not None and not self.tracker.start(wait_s=1.0):
+            log.warning("Redis invalidation tracking is not connected yet: serving the bundle's concepts and "
+                        "the local policy copy until it is")
         if self.settings.warmup:
             self.warm()
         # Everything loaded so far (BentoML, FastAPI, the bundle) lives for the whole process:
@@ -159,7 +165,24 @@ class Core:
         finally:
             self._warming = False
 
+    def _resync(self) -> None:
+        """After (re)subscribing: re-read everything, since changes made meanwhile were not reported."""
+        self.policies.sync()
+        self.store.refresh()
+
+    def _invalidated(self, keys: list[bytes] | None) -> None:
+        if keys is None:  # FLUSHALL / FLUSHDB: everything may be gone
+            self._resync()
+            return
+        latents = [j for j in map(self.store.latent_of, keys) if j is not None]
+        if latents:
+            self.store.refresh(latents)
+        if len(latents) < len(keys):  # a policy key ({prefix}:policies, {prefix}:policies:gen)
+            self.policies.changed()
+
     def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
         self.recent.close()
         self.policies.close()
         if self.link is not None:
@@ -225,24 +248,9 @@ class Core:
         codes = sae.encode(x)
         firing = codes.acts[0] > 0
         active = [int(j) for j in codes.idx[0][firing]]
-        # the Redis round trip (policy and/or concepts) is sent now and read when first needed:
-        # for concepts that is after scoring, so the round trip overlaps the computation
-        lookup = _Lookup(self, policy, active if explain else None)
-        try:
-            return self._score(x, seen, where, codes, active, lookup, user_id=user_id, source=source, k=k,
-                               explain=explain, suppress=suppress, exclude_seen=exclude_seen, mode=mode,
-                               suppress_baseline=suppress_baseline)
-        finally:
-            lookup.close()
-
-    def _score(
-        self, x: np.ndarray, seen: np.ndarray, where: str, codes: Codes, active: list[int], lookup: "_Lookup",
-        *, user_id: str | None, source: str, k: int, explain: bool, suppress: Mapping[int, float],
-        exclude_seen: bool, mode: SteerMode | None, suppress_baseline: float,
-    ) -> dict[str, Any]:
-        sae = self.sae
-        policy = lookup.policy_name
-        pol = lookup.policy()
+        # policies and concepts come from process memory, kept coherent by the Redis tracker:
+        # no round trip on the request path
+        pol = self.policies.current(policy) if policy is not None else None
         if policy is not None and pol is None:
             raise ClientError((where, "policy"), f"unknown policy {policy!r}; see GET /admin/policies")
 
@@ -307,20 +315,19 @@ class Core:
             "active_latents": active_out,
         }
         if explain:
-            # the concepts' Redis reply is read only now, when everything else is built: the
-            # round trip sent after encoding overlaps all of the request's own work
-            self._describe(items, active_out, lookup.concepts() or {})
+            self._describe(items, active_out, self.store.described(active))
         return body
 
     @staticmethod
-    def _describe(items: list[dict], active_out: list[dict], concepts: dict[int, ConceptSummary]) -> None:
-        """Fill the concept fields that need the lookup: labels per contribution, descriptions."""
+    def _describe(items: list[dict], active_out: list[dict], concepts: dict[int, Described]) -> None:
+        """Fill the concept fields: descriptions of the active concepts, labels per contribution."""
         labels: dict[int, str | None] = {}
         for a in active_out:
-            cs = concepts.get(a["latent"])
-            if cs is not None:
+            d = concepts.get(a["latent"])
+            if d is not None:
+                cs = d.summary
                 a["description"], a["confidence"], a["status"] = cs.description, cs.confidence, cs.status
-                labels[a["latent"]] = _label(cs.description)
+                labels[a["latent"]] = d.label
         if labels:
             for item in items:
                 for c in item["explanation"]["contributions"]:
@@ -501,64 +508,3 @@ class RecentLog:
                 self._q.put_nowait(None)
             except queue.Full:
                 pass
-
-
-class _Lookup:
-    """The named policy and the active concepts of one request: ONE Redis round trip on the hit
-    path (HGET and/or MGET, pipelined), sent at construction and read when first needed."""
-
-    def __init__(self, core: Core, policy: str | None, latents: list[int] | None):
-        self.core, self.policy_name, self.latents = core, policy, latents
-        self._pending: Pending | None = None
-        self._replies: list | None = None
-        self._failed = False
-        link = core.link
-        if link is None:
-            return
-        cmds: list[tuple] = []
-        if policy is not None:
-            cmds.append(("HGET", core.policies.hash_key, policy))
-        if latents:
-            cmds.append(("MGET", *[core.store.key(j) for j in latents]))
-        if cmds:
-            try:
-                self._pending = link.begin("request", cmds)
-            except RedisUnavailable:
-                self._failed = True
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            try:
-                self._replies = self._pending.result()
-            except RedisUnavailable:
-                self._failed = True
-            self._pending = None
-
-    def policy(self) -> Policy | None:
-        name, core = self.policy_name, self.core
-        if name is None:
-            return None
-        if core.link is None:
-            return core.policies.get(name)
-        self._wait()
-        if self._failed:
-            return core.policies.fallback(name)
-        return core.policies.resolve(name, self._replies[0])  # type: ignore[index]
-
-    def concepts(self) -> dict[int, ConceptSummary] | None:
-        latents, core = self.latents, self.core
-        if latents is None:
-            return None
-        if core.link is None:
-            return core.store.fetch(latents)
-        if not latents:
-            return {}
-        self._wait()
-        if self._failed:
-            return core.store.fallback(latents)
-        return core.store.resolve(latents, self._replies[-1])  # type: ignore[index]
-
-    def close(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
