@@ -233,6 +233,8 @@ class PolicyStore:
             except ValueError:
                 log.warning("ignoring malformed policy %r in Redis", name)
         with self._lock:
+            if int(gen or 0) < self._gen:  # read before a change this replica has just committed
+                return
             self._mirror, self._gen = mirror, int(gen or 0)
             self._save_file()
 
