@@ -129,6 +129,9 @@ class Core:
         )
         if self.tracker is not None:
             self.store.tracked = self.tracker.tracking.is_set
+        # RECSAE_PLAIN_SCORES=1: serve the recommender alone (no SAE encode, no steering, no
+        # explanation) — the baseline of benchmarks/hot_path.py's "price of explanation"
+        self.plain = os.environ.get("RECSAE_PLAIN_SCORES") == "1"
         self.batcher = Batcher(self.run_batch, int(os.environ.get("RECSAE_MAX_BATCH", "32")))
         self.ready = False
         self._warming = False
@@ -228,7 +231,10 @@ class Core:
             x = eng.encode_histories([jobs[i].seen for i in live])
         else:
             x = eng.encode_users(np.array([jobs[i].u for i in live], dtype=np.int64))
-        codes = sae.encode(x)
+        if self.plain:
+            codes = Codes(np.zeros((len(live), 0), np.float32), np.zeros((len(live), 0), np.int64))
+        else:
+            codes = sae.encode(x)
         plans: list[tuple[int, _Plan]] = []
         for r, i in enumerate(live):
             try:
@@ -319,7 +325,7 @@ class Core:
         """The response body (schema: ``service.schemas.RecommendResponse``) from the top-k."""
         keep = np.isfinite(sc)  # everything excluded in a tiny catalogue: never -inf in JSON
         ids, sc = ids[keep], sc[keep]
-        k, explain = job.opts["k"], job.opts["explain"]
+        k, explain = job.opts["k"], job.opts["explain"] and not self.plain
         pol, strengths, baseline, active = plan.pol, plan.strengths, plan.baseline, plan.active
         # The hot path builds the wire body as plain dicts (field for field the schema's
         # RecommendResponse; tests check served bodies round-trip through it unchanged):
