@@ -10,8 +10,8 @@ Per size and explain off/on, single request at a time:
 
 * in-process stages (``perf_counter`` over ``--n`` calls, through ``service.core.Core``):
   encoder (ONNX), SAE encode, scoring matmul, top-k (argpartition), explanation + body
-  building, the Redis round trip (MGET of the active concepts on the shared Redis, private
-  prefix), and the whole ``Core.recommend_user``;
+  building, the concept lookup (process memory kept coherent by Redis, on the shared Redis,
+  private prefix), and the whole ``Core.recommend_user``;
 * end to end: ``GET /recommend`` over loopback HTTP to ``bentoml serve`` (one worker), paired:
   each user asked with explain off and on back to back.
 
@@ -111,7 +111,7 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
     """perf_counter per stage, in process, the way Core runs a request."""
     from recsae.kernel import Codes, top_items
     from service.config import Settings
-    from service.core import Core, _Lookup
+    from service.core import Core
 
     core = Core(Settings(bundle=str(bundle), redis_url=SHARED_REDIS, redis_prefix=prefix,
                          state_dir=tempfile.mkdtemp(prefix="recsae-bench-"), policy_sync_s=0, warmup=True))
@@ -142,14 +142,11 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
                 if explain:
                     active = [int(j) for j in codes.idx[0][codes.acts[0] > 0]]
                     t5 = time.perf_counter()
-                    lk = _Lookup(core, None, active)
-                    lk.concepts()
-                    lk.close()
+                    core.store.described(active)  # process memory, kept coherent by Redis
                     t6 = time.perf_counter()
                     items = [{"rank": r + 1, "item_id": core.item_ids[j], "title": core.titles[j], "score": float(s),
                               "explanation": None} for r, (j, s) in enumerate(zip(ids[0].tolist(), sc[0].tolist()))]
-                    lk = _Lookup(core, None, None)
-                    core._explain(x, codes, {}, ids[0], items, lk)
+                    core._explain(x, codes, {}, ids[0], items)
                     t7 = time.perf_counter()
                     t["redis"].append(t6 - t5)
                     t["explain"].append(t7 - t6)
@@ -223,7 +220,7 @@ def main() -> None:
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
           f"{args.n} calls per cell, single request at a time\n")
     print("In-process stages, p50 ms (`Core.recommend_user`: the whole request minus HTTP)\n")
-    print("| items | explain | encoder | SAE encode | scoring matmul | top-k | explanation+body | Redis MGET | core p50 | core p99 |")
+    print("| items | explain | encoder | SAE encode | scoring matmul | top-k | explanation+body | concept lookup | core p50 | core p99 |")
     print("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in stages_rows:
         print("| " + " | ".join(str(v) for v in r) + " |")

@@ -3,22 +3,25 @@
 Keys are ``{prefix}:concept:{bundle_hash}:{latent}`` holding a small JSON summary, so a new
 bundle never reads an old bundle's entries and replicas serving the same bundle share them.
 
-Round trips (documented in docs/SERVICE.md):
+Requests read a process-local copy (``described``: summary + label, the label split once when
+an entry changes, never per request): zero Redis round trips per request. The copy is kept
+coherent by ``service.redis_link.Tracker`` — Redis reports every change to a
+``{prefix}:concept:{bundle_hash}:`` key (a curator's ``SET``, an expiry, another replica's write
+back) and ``refresh`` re-reads just those keys (one ``MGET``), so an edit reaches every replica
+within milliseconds. Missing or corrupt entries are answered from the bundle's dictionary and
+written back (``SET NX`` for missing ones, so a concurrent curator's write wins). While Redis is
+unreachable the last known copy is served (``recsae_concept_cache_fallback``); on reconnection
+the whole copy is re-read.
 
-* hit path: all active latents of a request in ONE ``MGET`` (or one pipeline, when the request
-  also names a policy: ``HGET`` + ``MGET``);
-* misses: answered from the in-process dictionary, then written back in one pipeline of
-  ``SET ... EX ttl`` (a second round trip, only when something missed);
-* Redis unavailable: answered from the in-process dictionary (``recsae_concept_cache_fallback``).
-
-Without ``REDIS_URL`` the store is an in-process dict filled from the dictionary on first use.
+``fetch`` (one ``MGET`` per call) remains for callers outside the request path.
+Without ``REDIS_URL`` the copy is the bundle's dictionary.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from redis.client import Pipeline
 
@@ -28,6 +31,18 @@ from service.redis_link import RedisLink, RedisUnavailable
 from service.schemas import ConceptSummary
 
 log = logging.getLogger("recsae.service.concepts")
+
+
+def label_of(description: str | None) -> str | None:
+    """A concept's short name: the stats describer writes 'name — details'; LLM ones are short."""
+    return description.split(" — ", 1)[0] if description else description
+
+
+class Described(NamedTuple):
+    """What an explanation shows of a concept, prepared when the entry changes, not per request."""
+
+    summary: ConceptSummary
+    label: str | None
 
 
 class ConceptStore:
@@ -42,10 +57,77 @@ class ConceptStore:
         self.concepts = {c.latent: c for c in concepts}
         self.link = link
         self.ttl_s = int(ttl_s)
-        self._key_prefix = f"{prefix}:concept:{bundle_hash}:"
+        self.key_prefix = self._key_prefix = f"{prefix}:concept:{bundle_hash}:"
         self._local: dict[int, ConceptSummary] = {}
         self._parsed: dict[bytes, ConceptSummary] = {}  # cached value bytes -> parsed summary
         self._lock = threading.Lock()
+        self._view: dict[int, Described] = {}
+        for j in self.concepts:
+            self._put(j, self.summary(j))
+        self.tracked: Callable[[], bool] | None = None  # set by the owner of the Tracker
+
+    # -- the process-local copy (the request path) --------------------------------------------------
+    def _put(self, latent: int, s: ConceptSummary) -> None:
+        self._view[latent] = Described(s, label_of(s.description))  # one dict store: atomic under the GIL
+
+    def described(self, latents: list[int]) -> dict[int, Described]:
+        """The active concepts of a request, from process memory (no I/O)."""
+        view, out = self._view, {}
+        for j in latents:
+            d = view.get(j)
+            if d is None:
+                self._put(j, self.summary(j))  # a latent the bundle does not describe
+                d = view[j]
+            out[j] = d
+        if self.link is None:
+            CACHE_HITS.labels("local").inc(len(out))
+        elif self.tracked is not None and self.tracked():
+            CACHE_HITS.labels("redis").inc(len(out))  # the copy is Redis' content, kept coherent
+        else:
+            CACHE_FALLBACK.inc(len(out))  # Redis unreachable: the last known copy
+        return out
+
+    def latent_of(self, key: bytes) -> int | None:
+        """The latent of one of this store's keys, else None."""
+        prefix = self._key_prefix.encode()
+        if key.startswith(prefix):
+            try:
+                return int(key[len(prefix):])
+            except ValueError:
+                return None
+        return None
+
+    def refresh(self, latents: Iterable[int] | None = None) -> None:
+        """Re-read ``latents`` (default: every one held) from Redis into the copy: one MGET, plus
+        one write-back pipeline when something was missing or corrupt. Raises RedisUnavailable."""
+        latents = sorted(set(self._view) | set(self.concepts)) if latents is None else [int(j) for j in latents]
+        if self.link is None or not latents:
+            return
+        raw = self.link.run("concepts_refresh", lambda r: r.mget([self.key(j) for j in latents]))
+        absent, corrupt = {}, {}
+        for j, value in zip(latents, raw):
+            parsed = self._parse(j, value)
+            if parsed is None:
+                (absent if value is None else corrupt)[j] = parsed = self.summary(j)
+            if self._view.get(j) is None or self._view[j].summary != parsed:
+                self._put(j, parsed)
+        if absent or corrupt:
+            self._write_back(corrupt, absent)
+
+    def _parse(self, latent: int, value: bytes | None) -> ConceptSummary | None:
+        if value is None:
+            return None
+        parsed = self._parsed.get(value)
+        if parsed is None:
+            try:
+                parsed = ConceptSummary.model_validate_json(value)
+            except ValueError:
+                log.warning("ignoring malformed cache entry %s", self.key(latent))
+                return None
+            if len(self._parsed) > 4 * max(1, len(self.concepts)):
+                self._parsed.clear()  # bounded: entries change only when curated
+            self._parsed[value] = parsed
+        return parsed if parsed.latent == latent else None
 
     # -- keys and values --------------------------------------------------------------------------
     def key(self, latent: int) -> str:
@@ -84,20 +166,10 @@ class ConceptStore:
         out: dict[int, ConceptSummary] = {}
         missing: list[int] = []
         for j, value in zip(latents, raw):
-            if value is not None:
-                parsed = self._parsed.get(value)
-                if parsed is None:
-                    try:
-                        parsed = ConceptSummary.model_validate_json(value)
-                    except ValueError:
-                        log.warning("ignoring malformed cache entry %s", self.key(j))
-                    else:
-                        if len(self._parsed) > 4 * max(1, len(self.concepts)):
-                            self._parsed.clear()  # bounded: entries change only when curated
-                        self._parsed[value] = parsed
-                if parsed is not None and parsed.latent == j:
-                    out[j] = parsed
-                    continue
+            parsed = self._parse(j, value)
+            if parsed is not None:
+                out[j] = parsed
+                continue
             missing.append(j)
             out[j] = self.summary(j)
         CACHE_HITS.labels("redis").inc(len(latents) - len(missing))
@@ -110,11 +182,14 @@ class ConceptStore:
         CACHE_FALLBACK.inc(len(latents))
         return {j: self.summary(j) for j in latents}
 
-    def _write_back(self, entries: dict[int, ConceptSummary]) -> None:
+    def _write_back(self, entries: dict[int, ConceptSummary], absent: dict[int, ConceptSummary] | None = None) -> None:
+        """``entries`` overwrite what is there (corrupt values); ``absent`` ones only if still absent."""
         def write(r: Any) -> None:
             pipe = r.pipeline(transaction=False)
             for j, s in entries.items():
                 pipe.set(self.key(j), self._encode(s), ex=self.ttl_s)
+            for j, s in (absent or {}).items():
+                pipe.set(self.key(j), self._encode(s), ex=self.ttl_s, nx=True)
             pipe.execute()
 
         try:

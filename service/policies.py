@@ -273,6 +273,8 @@ class PolicyStore:
             except ValueError:
                 log.warning("ignoring malformed policy %r in Redis", name)
         with self._lock:
+            if int(gen or 0) < self._gen:  # read before a change this replica has just committed
+                return
             self._mirror, self._gen = mirror, int(gen or 0)
             self._save_file()
 
@@ -304,6 +306,20 @@ class PolicyStore:
         return self.resolve(name, raw)
 
     def fallback(self, name: str) -> Policy | None:
+        return self._mirror.get(name)
+
+    def changed(self) -> None:
+        """Redis reported a change to the policy keys: re-seed it if it lost them, else re-read
+        them (also catches an operator's HSET that did not bump the generation)."""
+        with self._lock:
+            gen = self._gen
+            self.sync()
+            if self._gen == gen:
+                self._refresh()
+
+    def current(self, name: str) -> Policy | None:
+        """The request path's read: the local copy, kept coherent by the Redis tracker
+        (``service.core.Core``; the sync thread is the safety net). No round trip."""
         return self._mirror.get(name)
 
     def list(self) -> list[Policy]:

@@ -192,3 +192,111 @@ class Pending:
             self.conn.disconnect()
             self.link.client.connection_pool.release(self.conn)
             self.conn = None
+
+
+class Tracker:
+    """Redis server-assisted client-side caching, broadcast mode: ``CLIENT TRACKING on BCAST
+    PREFIX ...`` on one connection that also subscribes to ``__redis__:invalidate``
+    (RESP2 redirect to itself), read by one daemon thread.
+
+    Why this and not redis-py's own client-side cache or a generation key + pub/sub:
+
+    * Redis itself reports every change to a tracked key — a curator's plain ``SET``, a key
+      expiring, a ``FLUSHALL``, another replica's write — so nothing that edits Redis has to
+      remember to publish (a generation key + pub/sub only sees writers that cooperate);
+    * broadcast mode tracks key *prefixes*, so the process can hold every concept of the bundle
+      (pre-filled at start) without having read each key first, and requests never touch a
+      socket: zero round trips in the steady state;
+    * redis-py's cache (RESP3, per connection pool) would sit under our pipelined request
+      round trip and circuit breaker and still cost a socket poll per command.
+
+    Callbacks run in the tracker thread: ``on_keys(keys)`` with the changed keys (``None``: all
+    of them, after a flush), ``on_resync()`` after every (re)connection, since changes made
+    while unsubscribed were not reported. Connection loss marks the link down (logged once, like
+    any outage) and is retried every ``retry_s``; the process serves its last known copy meanwhile.
+    """
+
+    def __init__(self, link: RedisLink, prefixes: list[str], on_keys: Callable[[list[bytes] | None], None],
+                 on_resync: Callable[[], None], retry_s: float = 0.25, ping_s: float = 1.0):
+        self.link, self.prefixes = link, prefixes
+        self.on_keys, self.on_resync = on_keys, on_resync
+        self.retry_s, self.ping_s = retry_s, ping_s
+        self.tracking = threading.Event()  # set while subscribed and resynced: the copy is coherent
+        self._stop = threading.Event()
+        self._conn: Any = None
+        self._thread = threading.Thread(target=self._run, name="recsae-redis-tracking", daemon=True)
+
+    def start(self, wait_s: float = 1.0) -> bool:
+        """Start the thread; wait up to ``wait_s`` for the first subscription (False: Redis down)."""
+        self._thread.start()
+        return self.tracking.wait(wait_s)
+
+    def close(self) -> None:
+        self._stop.set()  # the thread polls every 0.2 s and disconnects itself
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+
+    def _connect(self) -> Any:
+        kw = dict(self.link.client.connection_pool.connection_kwargs)
+        kw["protocol"] = 2  # RESP2: invalidations arrive as pub/sub messages on this connection
+        conn = self.link.client.connection_pool.connection_class(**kw)
+        conn.connect()
+        conn.send_command("CLIENT", "ID")
+        cid = conn.read_response()
+        args: list[Any] = ["CLIENT", "TRACKING", "on", "REDIRECT", cid, "BCAST"]
+        for p in self.prefixes:
+            args += ["PREFIX", p]
+        conn.send_command(*args)
+        conn.read_response()
+        conn.send_command("SUBSCRIBE", "__redis__:invalidate")
+        conn.read_response()
+        return conn
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._conn = conn = self._connect()
+                REDIS_ROUNDTRIPS.labels("tracking").inc()
+                if self.link._down_since is not None:
+                    self.link._mark_up()  # Redis answers: end the outage (logged once) before resyncing
+                self.on_resync()  # raises RedisUnavailable when Redis went away again
+                self.tracking.set()
+                self._listen(conn)
+            except (redis.ConnectionError, redis.TimeoutError, OSError, RedisUnavailable) as e:
+                self.tracking.clear()
+                if self._stop.is_set():
+                    return
+                REDIS_ERRORS.labels("tracking").inc()
+                if not isinstance(e, RedisUnavailable):
+                    self.link._mark_down(e)
+            except Exception:  # noqa: BLE001 - the tracker must survive anything
+                self.tracking.clear()
+                log.exception("Redis invalidation tracking failed; reconnecting")
+            finally:
+                if self._conn is not None:
+                    try:
+                        self._conn.disconnect()
+                    except Exception:  # noqa: BLE001
+                        pass
+                    self._conn = None
+            self._stop.wait(self.retry_s)
+
+    def _listen(self, conn: Any) -> None:
+        """Read invalidations; PING when idle so a silent network partition is noticed too."""
+        last_reply = time.monotonic()
+        pinged = False
+        while not self._stop.is_set():
+            if conn.can_read(timeout=0.2):
+                msg = conn.read_response()
+                last_reply = time.monotonic()
+                pinged = False
+                if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
+                    keys = msg[2]
+                    self.on_keys(list(keys) if isinstance(keys, list) else None)
+                continue
+            idle = time.monotonic() - last_reply
+            if idle > 3 * self.ping_s:
+                raise redis.TimeoutError(f"no reply from Redis for {idle:.1f} s")
+            if idle > self.ping_s and not pinged:
+                conn.send_command("PING")
+                pinged = True

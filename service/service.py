@@ -212,7 +212,7 @@ def _admin(svc: "RecSAEService", creds: HTTPAuthorizationCredentials | None, lab
 async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep) -> Response:
     with _timed("GET /recommend", q.explain):
         return _body(
-            core.recommend_user(
+            await core.recommend_user_async(
                 q.user_id, k=q.k, explain=q.explain, suppress=q.suppress_strengths(), policy=q.policy,
                 exclude_seen=q.exclude_seen, mode=q.mode, suppress_baseline=q.suppress_baseline,
             )
@@ -224,7 +224,7 @@ async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep) -> Res
 async def recommend_history(body: RecommendRequest, _: Annotated[NoParams, Query()], core: CoreDep) -> Response:
     with _timed("POST /recommend", body.explain):
         return _body(
-            core.recommend_history(
+            await core.recommend_history_async(
                 body.history, k=body.k, explain=body.explain, suppress=body.suppress_strengths(),
                 policy=body.policy, exclude_seen=body.exclude_seen, mode=body.mode,
                 suppress_baseline=body.suppress_baseline,

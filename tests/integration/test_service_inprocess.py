@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import tempfile
 import uuid
 from dataclasses import replace
@@ -594,17 +595,26 @@ def test_concepts_are_cached_in_redis_per_bundle_hash(client, svc, engine, redis
     assert all(r.exists(k) for k in keys)
     assert 0 < r.ttl(keys[0]) <= svc.settings.concept_ttl_s
     # a cached (e.g. curated) entry is what the service answers with
+    # (Redis reports the change to the service's tracker, which re-reads the key: give it 1 s)
     r.set(keys[0], b'{"latent": %d, "status": "described", "description": "cached text", "confidence": 0.9}'
           % active[0], ex=60)
-    body = client.get("/recommend", params={"user_id": uid, "explain": True}).json()
-    a0 = next(a for a in body["active_latents"] if a["latent"] == active[0])
+
+    def served_a0() -> dict:
+        body = client.get("/recommend", params={"user_id": uid, "explain": True}).json()
+        return next(a for a in body["active_latents"] if a["latent"] == active[0])
+
+    t0 = time.monotonic()
+    while served_a0()["description"] != "cached text" and time.monotonic() - t0 < 1.0:
+        time.sleep(0.01)
+    a0 = served_a0()
     assert a0["description"] == "cached text" and a0["confidence"] == 0.9
     # a missing or corrupt entry is answered from the bundle and written back
     r.delete(keys[0])
     r.set(keys[1], b"{corrupt")
-    body = client.get("/recommend", params={"user_id": uid, "explain": True}).json()
-    a0 = next(a for a in body["active_latents"] if a["latent"] == active[0])
-    assert a0["description"] == engine.bundle.concepts[active[0]]["description"]
+    t0 = time.monotonic()
+    while not (r.exists(keys[0]) and r.get(keys[1]) != b"{corrupt") and time.monotonic() - t0 < 1.0:
+        time.sleep(0.01)
+    assert served_a0()["description"] == engine.bundle.concepts[active[0]]["description"]
     assert r.exists(keys[0]) and r.get(keys[1]) != b"{corrupt"
 
 
@@ -708,6 +718,9 @@ def test_a_policy_stored_for_another_bundle_does_not_apply_its_latent_ids(client
                "description": None,
                "created_at": time.time(), "updated_at": time.time(), "updated_by": "other-replica"}
     svc.core.link.client.hset(f"{redis_prefix}:policies", "foreign", json.dumps(foreign))
+    t0 = time.monotonic()  # Redis reports the change; the service re-reads the policies
+    while svc.core.policies.current("foreign") is None and time.monotonic() - t0 < 1.0:
+        time.sleep(0.01)
     try:
         body = client.get("/recommend", params={"user_id": uid, "explain": True, "policy": "foreign"}).json()
         assert body["policy"] == "foreign" and body["suppressed"] == []

@@ -1,0 +1,211 @@
+"""The hot path, as ratios measured side by side in one run (issue 17).
+
+1. **Price of explanation** (the ml-100k bundle, ~1.7k items): the same bundle served by the same
+   server three ways — the recommender alone (``RECSAE_PLAIN_SCORES=1``: no SAE encode, no
+   steering, no explanation), ``explain=false`` and ``explain=true``. Paired at concurrency 1
+   (each user asked the three ways back to back, order rotating), and throughput at 16
+   concurrent clients (cells alternating, ``--rounds`` rounds).
+2. **The limit**: in process, scoring one user (``x @ E.T``) and a batch of 32 against the time
+   to read the item matrix once at the machine's memory bandwidth (measured here, in the same run:
+   a streaming sum over a 512 MiB array).
+3. **Against the previous commit**: throughput at 32 concurrent clients, ``explain=true``, of
+   ``--base`` (a git worktree of the previous commit, e.g. ``git worktree add /tmp/base 05dee8a``)
+   and of this tree, at 1.7k and 1M items (a synthetic bundle, ``benchmarks/catalogue_scale.py``),
+   servers alternating.
+
+    .venv/bin/python benchmarks/hot_path.py --base /tmp/base
+    .venv/bin/python benchmarks/hot_path.py --base /tmp/base --sizes 1682 --requests 300
+
+Every server: one worker, its own private redis-server, loopback HTTP. Prints markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from benchmarks import catalogue_scale  # noqa: E402
+from benchmarks.serving import run_cell, user_ids  # noqa: E402
+from service.devserver import Client, RedisServer, ServeProcess  # noqa: E402
+
+
+class TreeServer(ServeProcess):
+    """``bentoml serve`` of the service in another source tree (its ``service/`` on PYTHONPATH;
+    ``recsae/`` is this environment's, unchanged between the two commits compared)."""
+
+    def __init__(self, tree: Path, env: dict[str, str]):
+        super().__init__({**env, "PYTHONPATH": str(tree)})
+        self.tree = tree
+
+    def launch(self) -> "TreeServer":
+        bentoml = Path(sys.executable).with_name("bentoml")
+        cmd = [str(bentoml), "serve", "service.service:RecSAEService", "--port", str(self.port), "--host", "127.0.0.1"]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=self.tree, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+
+def serve(tree: Path, bundle: Path, redis_url: str, **extra: str) -> TreeServer:
+    env = {"RECSAE_BUNDLE": str(bundle), "REDIS_URL": redis_url, "RECSAE_REDIS_PREFIX": f"hot-{uuid.uuid4().hex[:8]}",
+           "RECSAE_STATE_DIR": tempfile.mkdtemp(prefix="recsae-hot-"), "RECSAE_AUDIT_SAMPLE": "0", **extra}
+    return TreeServer(tree, env).start(timeout=180)
+
+
+def ms(xs: list[float]) -> float:
+    return 1000 * statistics.median(xs)
+
+
+# -- 1. price of explanation ------------------------------------------------------------------------
+def price(bundle: Path, redis_url: str, n: int, rounds: int) -> list[str]:
+    users = user_ids(str(bundle))
+    plain = serve(ROOT, bundle, redis_url, RECSAE_PLAIN_SCORES="1")
+    sae = serve(ROOT, bundle, redis_url)
+    out = []
+    try:
+        for port in (plain.port, sae.port):
+            run_cell(port, users, 100, 2, (False, True), 0)  # warm-up
+        # paired, concurrency 1: the three ways back to back per user, order rotating
+        ways = [("plain", plain.port, False), ("explain=false", sae.port, False), ("explain=true", sae.port, True)]
+        lat: dict[str, list[float]] = {w[0]: [] for w in ways}
+        cp, cs = Client(plain.port, timeout=30), Client(sae.port, timeout=30)
+        for i in range(n):
+            u = users[(11 + i) % len(users)]
+            for name, port, explain in ways[i % 3:] + ways[: i % 3]:
+                c = cp if port == plain.port else cs
+                t0 = time.perf_counter()
+                st, _ = c.request("GET", "/recommend", {"user_id": u, "k": 10, "explain": str(explain).lower()},
+                                  parse=False)
+                lat[name].append(time.perf_counter() - t0)
+                assert st == 200, st
+        cp.close()
+        cs.close()
+        base = ms(lat["plain"])
+        out += ["### Price of explanation (1.7k items), paired, concurrency 1", "",
+                f"| served as | requests | p50 ms | p99 ms | p50 vs plain | p50 vs explain=false |", "|---|---:|---:|---:|---:|---:|"]
+        for name in lat:
+            xs = sorted(lat[name])
+            out.append(f"| {name} | {len(xs)} | {ms(xs):.2f} | {1000 * xs[int(0.99 * (len(xs) - 1))]:.2f} | "
+                       f"{ms(xs) / base:.2f}x | {ms(xs) / ms(lat['explain=false']):.3f}x |")
+        # throughput at 16 clients, cells alternating
+        thr: dict[str, list[float]] = {w[0]: [] for w in ways}
+        per = max(16, n // rounds)
+        for r in range(rounds):
+            for name, port, explain in ways:
+                cell = run_cell(port, users, per, 16, (explain,), offset=r * per)
+                assert cell["errors"] == 0
+                thr[name].append(per / cell["wall"])
+        p = statistics.median(thr["plain"])
+        out += ["", "Throughput at 16 concurrent clients (median of the rounds' cells):", "",
+                "| served as | req/s | vs plain |", "|---|---:|---:|"]
+        for name in thr:
+            t = statistics.median(thr[name])
+            out.append(f"| {name} | {t:.0f} | {t / p:.2f}x |")
+    finally:
+        plain.stop()
+        sae.stop()
+    return out
+
+
+# -- 2. the memory-bandwidth floor ------------------------------------------------------------------
+def floor(n_items: int, d: int = 64, reps: int = 7) -> list[str]:
+    rng = np.random.default_rng(0)
+    big = np.ones(128 * 2**20, dtype=np.float32)  # 512 MiB
+    big.sum()
+    t = min(_time(big.sum) for _ in range(reps))
+    bw = big.nbytes / t
+    del big
+    E = np.asfortranarray(rng.standard_normal((n_items, d), dtype=np.float32))  # the engine's layout
+    ET = E.T
+    x1 = rng.standard_normal((1, d), dtype=np.float32)
+    x32 = rng.standard_normal((32, d), dtype=np.float32)
+    t1 = min(_time(lambda: x1 @ ET) for _ in range(reps))
+    t32 = min(_time(lambda: x32 @ ET) for _ in range(reps))
+    fl = E.nbytes / bw
+    return [f"### Scoring against the memory-bandwidth floor ({n_items:,} items x {d}, float32 = {E.nbytes / 2**20:.0f} MiB)", "",
+            f"Read bandwidth measured in this run: {bw / 1e9:.1f} GB/s (sum over 512 MiB, best of {reps}); "
+            f"floor = one read of the item matrix = {1000 * fl:.2f} ms.", "",
+            "| scoring | ms (best of 7) | per user ms | vs floor (per pass) |", "|---|---:|---:|---:|",
+            f"| 1 user, `x @ E.T` | {1000 * t1:.2f} | {1000 * t1:.2f} | {t1 / fl:.2f}x |",
+            f"| 32 users, one `X @ E.T` (a batch) | {1000 * t32:.2f} | {1000 * t32 / 32:.3f} | {t32 / fl:.2f}x |"]
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# -- 3. against the previous commit -----------------------------------------------------------------
+def versus(base: Path, sizes: list[int], work: Path, redis_url: str, n: int, rounds: int, conc: int) -> list[str]:
+    out = [f"### Throughput at {conc} concurrent clients, explain=true: previous commit vs this tree", "",
+           "| items | previous req/s | this tree req/s | ratio | previous p50 ms | this p50 ms | errors |",
+           "|---:|---:|---:|---:|---:|---:|---:|"]
+    for size in sizes:
+        bundle = catalogue_scale.BASE if size <= 1682 else catalogue_scale.synthetic_bundle(size, work / f"items-{size}")
+        users = user_ids(str(bundle))
+        res: dict[str, dict] = {"base": {"thr": [], "lat": [], "err": 0}, "this": {"thr": [], "lat": [], "err": 0}}
+        for r in range(rounds):
+            for name, tree in (("base", base), ("this", ROOT)) if r % 2 == 0 else (("this", ROOT), ("base", base)):
+                srv = serve(tree, bundle, redis_url)
+                try:
+                    run_cell(srv.port, users, 64, conc, (True,), 0)  # warm-up
+                    cell = run_cell(srv.port, users, n, conc, (True,), offset=r * n)
+                finally:
+                    srv.stop()
+                res[name]["thr"].append(n / cell["wall"])
+                res[name]["lat"] += cell["lat"][True]
+                res[name]["err"] += cell["errors"]
+        b, t = statistics.median(res["base"]["thr"]), statistics.median(res["this"]["thr"])
+        out.append(f"| {size:,} | {b:.0f} | {t:.0f} | {t / b:.2f}x | {ms(res['base']['lat']):.1f} | "
+                   f"{ms(res['this']['lat']):.1f} | {res['base']['err'] + res['this']['err']} |")
+        print(f"done {size}", file=sys.stderr, flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default=str(catalogue_scale.BASE), help="the ml-100k bundle (1.7k items)")
+    ap.add_argument("--base", type=Path, help="source tree of the previous commit (part 3 skipped without)")
+    ap.add_argument("--sizes", default="1682,1000000")
+    ap.add_argument("--requests", type=int, default=400, help="requests per cell")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--work", default=".pytest-bundles/synthetic", help="where synthetic bundles are kept")
+    ap.add_argument("--parts", default="price,floor,versus")
+    args = ap.parse_args()
+    catalogue_scale.BASE = Path(args.bundle)
+    parts = args.parts.split(",")
+    load = os.getloadavg()
+    lines = [f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at start "
+             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; bundle {args.bundle}", ""]
+    with RedisServer() as rs:
+        if "price" in parts:
+            lines += price(Path(args.bundle), rs.url, args.requests, args.rounds) + [""]
+            print("done price", file=sys.stderr, flush=True)
+        if "floor" in parts:
+            for size in [int(s) for s in args.sizes.split(",")]:
+                lines += floor(size) + [""]
+        if "versus" in parts and args.base:
+            lines += versus(args.base.resolve(), [int(s) for s in args.sizes.split(",")], Path(args.work), rs.url,
+                            args.requests, args.rounds, 32) + [""]
+    load = os.getloadavg()
+    lines.append(f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

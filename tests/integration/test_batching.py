@@ -1,0 +1,128 @@
+"""Batched serving: concurrent requests share one encoder call, one SAE encode and one scoring
+pass (``service.core.Core.run_batch`` behind ``Batcher``), and each gets the answer it would get
+alone — item for item, with its own suppression, policy, exclusion and explanation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsae-prom-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from service.core import ClientError, NotFound, _Job  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def core(small_bundle, tmp_path_factory):
+    from service.config import Settings
+    from service.core import Core
+    from service.schemas import PolicyIn
+
+    c = Core(Settings(bundle=str(small_bundle), redis_url=None, redis_prefix=f"batch-{uuid.uuid4().hex[:8]}",
+                      state_dir=str(tmp_path_factory.mktemp("state")), warmup=False))
+    c.start()
+    uid = str(c.bundle.users.user_ids[0])
+    active = [a["latent"] for a in c.recommend_user(uid, **opts())["active_latents"]]
+    c.policies.put("calm", PolicyIn(latents=active[:2], strength=0.7, baseline=0.3), who="test")
+    yield c
+    c.close()
+
+
+def opts(**kw):
+    return {"k": 10, "explain": True, "suppress": {}, "policy": None, "exclude_seen": True, "mode": None,
+            "suppress_baseline": 0.0, **kw}
+
+
+def requests(core) -> list[_Job]:
+    users = [str(u) for u in core.bundle.users.user_ids[:12]]
+    first = [a["latent"] for a in core.recommend_user(users[1], **opts())["active_latents"]]
+    variants = [
+        opts(),
+        opts(explain=False, k=5),
+        opts(suppress={first[0]: 1.0, first[1]: 0.4}),
+        opts(policy="calm"),
+        opts(suppress_baseline=0.5, k=20),
+        opts(mode="reconstruction", suppress={first[0]: 1.0}),
+        opts(exclude_seen=False, k=3),
+        opts(policy="no-such-policy"),  # 422, alone and in a batch
+        opts(suppress={10**6: 1.0}),  # 422
+    ]
+    jobs = [_Job("query", "user", u, None, variants[i % len(variants)]) for i, u in enumerate(users)]
+    jobs.append(_Job("query", "user", "no-such-user", None, opts()))  # 404
+    if core.engine.accepts_history:
+        jobs.append(_Job("body", "history", None, core.item_ids[:5], opts(suppress={first[0]: 1.0})))
+        jobs.append(_Job("body", "history", None, ["not-an-item"], opts()))  # 422
+    return jobs
+
+
+def alone(core, job: _Job):
+    try:
+        if job.source == "user":
+            return core.recommend_user(job.user_id, **job.opts)
+        return core.recommend_history(job.history, **job.opts)
+    except (NotFound, ClientError) as e:
+        return e
+
+
+def assert_same(batched, single) -> None:
+    """The same body: every field equal, numbers to 2e-6 (the batch's encoder call, SAE encode
+    and matrix-matrix scoring may round the last float32 bit differently from a batch of one;
+    the wire rounds to 6 decimals)."""
+    if isinstance(single, Exception):
+        assert type(batched) is type(single) and str(batched) == str(single)
+        return
+    assert not isinstance(batched, Exception), batched
+    assert [i["item_id"] for i in batched["items"]] == [i["item_id"] for i in single["items"]]
+    same(batched, single, "body")
+
+
+def same(a, b, where: str) -> None:
+    if isinstance(b, float) and not isinstance(a, bool):
+        assert a == pytest.approx(b, abs=2e-6), where
+    elif isinstance(b, dict):
+        assert isinstance(a, dict) and a.keys() == b.keys(), where
+        for key in b:
+            same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(b, list):
+        assert isinstance(a, list) and len(a) == len(b), where
+        for n, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{where}[{n}]")
+    else:
+        assert a == b, where
+
+
+def test_a_batch_answers_each_request_as_if_it_came_alone(core):
+    jobs = requests(core)
+    single = [alone(core, j) for j in jobs]
+    assert sum(isinstance(s, Exception) for s in single) >= 3 and any(s["suppressed"] for s in single
+                                                                        if isinstance(s, dict))
+    batched = core.run_batch(requests(core))
+    assert len(batched) == len(jobs)
+    for b, s in zip(batched, single):
+        assert_same(b, s)
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_answers(core):
+    jobs = requests(core)
+    single = [alone(core, j) for j in jobs]
+    core.batcher.sizes.clear()
+
+    async def many():
+        async def one(job):
+            try:
+                if job.source == "user":
+                    return await core.recommend_user_async(job.user_id, **job.opts)
+                return await core.recommend_history_async(job.history, **job.opts)
+            except (NotFound, ClientError) as e:
+                return e
+        return await asyncio.gather(*[one(j) for j in requests(core) * 3])
+
+    got = asyncio.run(many())
+    assert max(core.batcher.sizes) > 1, list(core.batcher.sizes)  # requests really were batched
+    for n, b in enumerate(got):
+        assert_same(b, single[n % len(jobs)])
