@@ -30,7 +30,7 @@ from recsae.concepts import Concept
 from recsae.engine import Engine
 from recsae.kernel import Codes, top_items
 from service import metrics as M
-from service.concepts import ConceptStore, Described
+from service.concepts import ConceptStore, Described, label_of
 from service.metrics import DriftTracker
 from service.config import Settings
 from service.policies import PolicyStore
@@ -199,7 +199,7 @@ class Core:
             lines.append(f"curl '{base_url}/recommend?user_id={uid}&k=5&suppress={','.join(map(str, sorted(top)))}'")
         described = sorted((c for c in self.concepts if c.status == "described" and c.description),
                            key=lambda c: (-(c.confidence or 0.0), c.latent))
-        words = [w for c in described for w in (_label(c.description) or "").replace(",", " ").split()
+        words = [w for c in described for w in (label_of(c.description) or "").replace(",", " ").split()
                  if len(w) > 3 and w.isalpha()]
         if words:
             lines.append(f"curl '{base_url}/concepts?q={words[0]}'")
