@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and the model defaults to lightgcn"))
     g.add_argument("--weight-col", default=None, help="a rating or count column (see --weight-kind, --min-weight)")
     g.add_argument("--weight-kind", default="auto", choices=["auto", "rating", "count"], help=(
-        "auto (default): ratings are <= 20 distinct half-steps within 0-10, anything else counts"))
+        "auto (default): ratings are 2-20 distinct half-steps within 0-10, anything else counts"))
     g.add_argument("--min-weight", type=lambda v: "all" if v == "all" else min_rating_arg(v), default=None, metavar="auto|all|NUMBER", help=(
         "keep rows whose weight >= this (default auto: ratings >= the scale's midpoint, counts > 0; a count is "
         "binarised, never a sample weight: README)"))

@@ -699,10 +699,10 @@ def _timestamp(path: Path, where: str, col: str, text: str) -> int:
 
 
 def _weight_kind(weights: np.ndarray) -> tuple[str, str]:
-    """``("rating" | "count", why)``: ratings are few distinct half-steps within [0, 10]."""
+    """``("rating" | "count", why)``: ratings are 2-20 distinct half-steps within [0, 10]."""
     lo, hi, distinct = float(weights.min()), float(weights.max()), len(np.unique(weights))
     halves = bool(np.all(np.isclose(weights * 2, np.round(weights * 2))))
-    if lo >= 0 and hi <= 10 and halves and distinct <= 20:
+    if lo >= 0 and hi <= 10 and halves and 2 <= distinct <= 20:
         return "rating", f"values {lo:g}-{hi:g} in {distinct} steps look like ratings"
     return "count", f"values {lo:g}-{hi:g} ({distinct} distinct) look like counts"
 
