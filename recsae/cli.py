@@ -161,6 +161,9 @@ def print_summary(s: dict) -> None:
         if d.get("weights"):
             w = d["weights"]
             t.add_row(f"weights ({w['column']}: {w['kind']})", f"{w['rule']}; {w['dropped']:,} of {w['rows']:,} rows dropped")
+        if d.get("item_file"):
+            f = d["item_file"]
+            t.add_row("item file", f"{f['items_described']:,} items named/described, {f['log_items_missing']:,} not in it")
         t.add_row("split", str(d.get("split")))
         t.add_row(f"model {d['model']}", str(d.get("model_because")))
     rec = s["recommender"].get("test", {})

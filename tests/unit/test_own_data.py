@@ -201,3 +201,15 @@ def test_model_choice_follows_the_clock(tmp_path: Path) -> None:
     assert model == "lightgcn" and "no time column" in why
     model, why = choose_model(JobConfig(model="sasrec"), untimed)
     assert model == "sasrec" and "row order" in why  # forced, with the caveat said
+
+
+def test_ml100k_default_drops_dislikes(data_dir: Path) -> None:
+    """22.4 on the real data: 1-2 star ratings (17,480 of 100,000) are not interactions by default."""
+    from recsae.data.loaders import load_dataset
+    from recsae.pipeline import JobConfig, load_data
+
+    ds = load_data(JobConfig(dataset="ml-100k", data_dir=str(data_dir)))
+    assert ds.n_interactions == 82_520 and ds.meta["filters"]["min_rating"] == 3.0
+    assert ds.meta["weights"]["dropped"] == 17_480 and "midpoint of the 1-5 scale" in ds.meta["weights"]["rule"]
+    assert ds.n_users == 943  # every user keeps at least one liked film
+    assert load_dataset("ml-100k", data_dir=data_dir).n_interactions == 100_000  # the library's default: all
