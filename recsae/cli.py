@@ -89,25 +89,78 @@ def sae_shape(a: argparse.Namespace) -> tuple[int, int, int]:
     )
 
 
-def check_train_input(a: argparse.Namespace) -> tuple[str, str]:
+def min_rating_arg(text: str) -> float | str | None:
+    """``--min-rating``: a number, ``auto`` (the scale's midpoint where there are ratings) or ``all``."""
+    if text in ("auto", "all"):
+        return None if text == "all" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'all', not {text!r}") from None
+
+
+def _sep_arg(text: str | None) -> str | None:
+    return {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}.get(text or "", text) or None
+
+
+def data_spec(a: argparse.Namespace) -> dict | None:
+    """``load_csv``'s arguments from ``--data`` and its column flags (None without ``--data``)."""
+    from recsae import ConfigError
+
+    if not a.data:
+        stray = [f"--{n.replace('_', '-')}" for n in ("items", "time_col", "weight_col", "min_weight") if getattr(a, n)]
+        if stray:
+            raise ConfigError(f"{', '.join(stray)} describe a --data FILE; give one, or drop them")
+        return None
+    if a.dataset != "auto":
+        raise ConfigError("give --dataset or --data FILE, not both")
+    if not Path(a.data).is_file():
+        raise ConfigError(f"--data {a.data}: no such file")
+    if a.min_weight is not None and not a.weight_col:
+        raise ConfigError("--min-weight needs --weight-col: the log's rating or count column")
+    min_weight = a.min_weight if a.min_weight is not None else a.min_rating
+    min_weight = None if min_weight == "all" else min_weight
+    spec = {
+        "path": str(Path(a.data).resolve()), "user_col": a.user_col, "item_col": a.item_col,
+        "time_col": a.time_col, "weight_col": a.weight_col, "weight_kind": a.weight_kind,
+        "min_weight": min_weight if a.weight_col else None, "sep": _sep_arg(a.sep), "encoding": a.encoding,
+    }
+    if a.items:
+        if not Path(a.items).is_file():
+            raise ConfigError(f"--items {a.items}: no such file")
+        spec["items"] = {
+            "path": str(Path(a.items).resolve()), "id_col": a.item_id_col or a.item_col,
+            "name_col": a.item_name_col, "text_cols": list(a.item_text_col), "list_cols": list(a.item_list_col),
+            "list_sep": a.list_sep, "sep": _sep_arg(a.items_sep), "encoding": a.items_encoding,
+        }
+    elif a.item_name_col or a.item_text_col or a.item_list_col:
+        raise ConfigError("--item-name-col/--item-text-col/--item-list-col name columns of --items FILE: give it")
+    return spec
+
+
+def check_train_input(a: argparse.Namespace) -> tuple[str, str, dict | None]:
     """(dataset, data folder) after checking what can be checked without torch; raises the
     ``RecSAEError`` that the job would raise later, before any folder is created."""
     from recsae.data.loaders import locate_dataset
 
     data_dir = a.data_dir or default_data_dir()
-    dataset = resolve_dataset(a.dataset, data_dir)
-    locate_dataset(dataset, data_dir, a.min_rating, a.kcore)
+    spec = data_spec(a)
+    if spec:
+        dataset = Path(a.data).name.split(".")[0]
+    else:
+        dataset = resolve_dataset(a.dataset, data_dir)
+        locate_dataset(dataset, data_dir, a.min_rating, a.kcore)
     if a.min_fidelity is not None and not 0 < a.min_fidelity <= 1:
         raise ConfigError(f"--min-fidelity {a.min_fidelity:g} must be in (0, 1]: the share of NDCG@10 the SAE must keep")
     for flag, value in (("--expansion", a.expansion), ("-k", a.k), ("--sae-epochs", a.sae_epochs)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: give a whole number >= 1")
     _parse_kv(a.model_param), _parse_kv(a.train_param), _parse_kv(a.llm)
-    return dataset, data_dir
+    return dataset, data_dir, spec
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    dataset, data_dir = check_train_input(a)
+    dataset, data_dir, spec = check_train_input(a)
     from recsae.pipeline import JobConfig, run_job
 
     k, expansion, sae_epochs = sae_shape(a)
@@ -116,6 +169,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"--threads auto: {threads} (CPUs usable now, less the load average)", file=sys.stderr)
     cfg = JobConfig(
         dataset=dataset,
+        data=spec,
         data_dir=data_dir,
         min_rating=a.min_rating,
         kcore=a.kcore,
@@ -150,10 +204,22 @@ def print_summary(s: dict) -> None:
     t = Table(title=f"bundle {s['bundle']}  (version {s['version']})")
     t.add_column("what")
     t.add_column("value", justify="right")
+    d = s.get("data") or {}
+    if d:
+        t.add_row("data", f"{d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions")
+        if d.get("weights"):
+            w = d["weights"]
+            t.add_row(f"weights ({w['column']}: {w['kind']})", f"{w['rule']}; {w['dropped']:,} of {w['rows']:,} rows dropped")
+        if d.get("item_file"):
+            f = d["item_file"]
+            t.add_row("item file", f"{f['items_described']:,} items named/described, {f['log_items_missing']:,} not in it")
+        t.add_row("split", str(d.get("split")))
+        t.add_row(f"model {d['model']}", str(d.get("model_because")))
     rec = s["recommender"].get("test", {})
+    pop = s["recommender"].get("popularity_baseline_test", {})
     for m in ("HR@10", "NDCG@10", "NDCG@20"):
         if m in rec:
-            t.add_row(f"recommender test {m}", f"{rec[m]:.4f}")
+            t.add_row(f"recommender test {m}", f"{rec[m]:.4f}" + (f" (popularity {pop[m]:.4f})" if m in pop else ""))
     sae = s["sae"]
     for part in ("train", "heldout"):
         if part in sae:
@@ -369,9 +435,39 @@ def build_parser() -> argparse.ArgumentParser:
         "ml-100k, ml-1m, ml-latest-small, grocery, synthetic, a dataset folder, or auto = ml-100k when "
         "the data folder has it, else synthetic (default: auto)"))
     t.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    t.add_argument("--min-rating", type=float, default=None, help="keep ratings >= this as interactions (default: all)")
+    t.add_argument("--min-rating", type=min_rating_arg, default="auto", metavar="auto|all|NUMBER", help=(
+        "keep ratings >= this as positive interactions; auto (default) = the rating scale's midpoint "
+        "(3 on MovieLens' 1-5: 1-2 stars are dislikes), nothing for data without ratings; all keeps every rating"))
     t.add_argument("--kcore", type=int, default=0, help="drop users and items with fewer interactions than this, repeatedly (0 = keep all)")
-    t.add_argument("--model", default="sasrec", choices=["sasrec", "bprmf", "lightgcn"], help="recommender to train")
+    t.add_argument("--model", default="auto", choices=["auto", "sasrec", "bprmf", "lightgcn"], help=(
+        "auto (default): sasrec when the data has timestamps, lightgcn when it has none (a sequential model "
+        "needs an order)"))
+    g = t.add_argument_group("your own log (README, \"Bring your own data\")")
+    g.add_argument("--data", default=None, metavar="FILE", help=(
+        "an interaction log instead of --dataset: CSV/TSV (separator sniffed), gzip or Parquet, with a header row"))
+    g.add_argument("--sep", default=None, help="the log's separator (tab, comma, semicolon, pipe or the character); default: sniffed")
+    g.add_argument("--user-col", default="user_id", help="user id column (default user_id)")
+    g.add_argument("--item-col", default="item_id", help="item id column (default item_id)")
+    g.add_argument("--time-col", default=None, help=(
+        "timestamp column (unix seconds or ISO dates); without it the split is a seeded random leave-one-out "
+        "and the model defaults to lightgcn"))
+    g.add_argument("--weight-col", default=None, help="a rating or count column (see --weight-kind, --min-weight)")
+    g.add_argument("--weight-kind", default="auto", choices=["auto", "rating", "count"], help=(
+        "auto (default): ratings are 2-20 distinct half-steps within 0-10, anything else counts"))
+    g.add_argument("--min-weight", type=lambda v: "all" if v == "all" else min_rating_arg(v), default=None, metavar="auto|all|NUMBER", help=(
+        "keep rows whose weight >= this (default auto: ratings >= the scale's midpoint, counts > 0; a count is "
+        "binarised, never a sample weight: README)"))
+    g.add_argument("--encoding", default="utf-8", help="text encoding of the log (and of --items unless --items-encoding), e.g. latin-1")
+    g.add_argument("--items", default=None, metavar="FILE", help="item file: names and attributes (tags, category) per item")
+    g.add_argument("--item-id-col", default=None, help="item id column of --items (default: --item-col)")
+    g.add_argument("--item-name-col", default=None, help="item name column of --items (titles)")
+    g.add_argument("--item-text-col", action="append", default=[], metavar="COL",
+                   help="a one-value attribute column of --items (e.g. category), repeatable")
+    g.add_argument("--item-list-col", action="append", default=[], metavar="COL",
+                   help="a multi-value attribute column of --items (e.g. tags), split on --list-sep, repeatable")
+    g.add_argument("--list-sep", default="|", help="separator inside --item-list-col values (default '|')")
+    g.add_argument("--items-sep", default=None, help="separator of --items (default: sniffed)")
+    g.add_argument("--items-encoding", default=None, help="text encoding of --items (default: --encoding)")
     t.add_argument("--model-param", action="append", default=[], metavar="KEY=VALUE",
                    help="recommender setting, repeatable, e.g. dim=64 (see models/)")
     t.add_argument("--train-param", action="append", default=[], metavar="KEY=VALUE",

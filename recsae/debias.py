@@ -521,8 +521,17 @@ def load_data(bundle_path: str | Path, data_dir: str | Path | None = None, threa
     name = settings.get("dataset") or engine.bundle.manifest.get("dataset", {}).get("dataset")
     if not name:
         raise DataError(f"bundle {bundle_path} does not name its dataset; cannot evaluate it")
-    ds = load_dataset(name, data_dir=data_dir if data_dir is not None else settings.get("data_dir"),
-                      min_rating=settings.get("min_rating"), kcore=int(settings.get("kcore") or 0))
+    if settings.get("data"):  # a log file (`recsae train --data`): loaded, and split, as the job did
+        from dataclasses import fields
+
+        from recsae.pipeline import JobConfig
+        from recsae.pipeline import load_data as job_data
+
+        known = {f.name for f in fields(JobConfig)}
+        ds = job_data(JobConfig(**{k: v for k, v in settings.items() if k in known}))
+    else:
+        ds = load_dataset(name, data_dir=data_dir if data_dir is not None else settings.get("data_dir"),
+                          min_rating=settings.get("min_rating"), kcore=int(settings.get("kcore") or 0))
     b = engine.bundle
     same = (
         ds.n_items == engine.n_items

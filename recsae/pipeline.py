@@ -22,7 +22,7 @@ import torch
 from recsae import ConfigError, RecSAEError
 from recsae.bundle import Catalog, UserTable, write_bundle
 from recsae.concepts import ConceptDictionary, placeholder_dictionary
-from recsae.data import Dataset, Split, leave_one_out
+from recsae.data import Dataset, Split, has_time, leave_one_out, split_description
 from recsae.evaluate import (
     eval_users,
     evaluate_reps,
@@ -48,9 +48,16 @@ class JobConfig:
 
     dataset: str = "ml-100k"
     data_dir: str | None = None
-    min_rating: float | None = None
+    # "auto": where the data has ratings, those below the scale's midpoint are dislikes and are
+    # not positive interactions (3 on MovieLens' 1-5); None keeps every rating (README, "Bring your own data")
+    min_rating: float | str | None = "auto"
     kcore: int = 0
-    model: str = "sasrec"
+    # "auto": SASRec when the log has timestamps, LightGCN when it has none (see choose_model)
+    model: str = "auto"
+    # a log file instead of a named dataset: ``recsae.data.load_csv``'s keyword arguments
+    # (path, user_col, item_col, time_col, weight_col, weight_kind, min_weight, sep, encoding),
+    # with ``items`` holding ``recsae.data.ItemFile``'s fields
+    data: dict | None = None
     model_params: dict = field(default_factory=dict)
     train_params: dict = field(default_factory=dict)
     expansion: int = 16
@@ -84,7 +91,7 @@ class JobConfig:
         return hashlib.sha256(json.dumps({n: d[n] for n in names}, sort_keys=True).encode()).hexdigest()[:12]
 
 
-DATA_KEYS = ("dataset", "data_dir", "min_rating", "kcore")
+DATA_KEYS = ("dataset", "data_dir", "min_rating", "kcore", "data")
 MODEL_KEYS = DATA_KEYS + ("model", "model_params", "train_params", "seed")
 SAE_KEYS = MODEL_KEYS + ("expansion", "k", "sae_epochs", "sae_batch_size", "sae_lr", "heldout_fraction", "sae_reserve")
 RESERVE_CHOICES = ("popularity",)
@@ -92,9 +99,44 @@ RESERVE_CHOICES = ("popularity",)
 
 # -- data --------------------------------------------------------------------------------------
 def load_data(cfg: JobConfig) -> Dataset:
-    from recsae.data.loaders import load_dataset
+    """The job's dataset; a log without time is split with the job's seed (``meta["split_seed"]``)."""
+    from recsae.data.loaders import ItemFile, kcore_filter, load_csv, load_dataset
 
-    return load_dataset(cfg.dataset, data_dir=cfg.data_dir, min_rating=cfg.min_rating, kcore=cfg.kcore)
+    if cfg.data:
+        spec = dict(cfg.data)
+        items = spec.pop("items", None)
+        if items:
+            items = ItemFile(**{k: tuple(v) if isinstance(v, list) else v for k, v in items.items()})
+        ds = kcore_filter(load_csv(**spec, items=items), cfg.kcore)
+    else:
+        ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, min_rating=cfg.min_rating, kcore=cfg.kcore)
+    ds.meta["split_seed"] = cfg.seed
+    ds.meta["split"] = split_description(ds)
+    return ds
+
+
+def choose_model(cfg: JobConfig, ds: Dataset) -> tuple[str, str]:
+    """``(model, why)``: the recommender for ``model="auto"``, or the given one with a caveat."""
+    if cfg.model != "auto":
+        if cfg.model == "sasrec" and not has_time(ds):
+            return "sasrec", ("given (--model sasrec); note the log has no time column, so SASRec learns from the "
+                              "file's row order, which may mean nothing")
+        return cfg.model, "given"
+    if has_time(ds):
+        return "sasrec", ("the log has timestamps: SASRec models each user's sequence (the RecSAE paper's "
+                          "setting) and gives the SAE one activation row per interaction")
+    return "lightgcn", ("the log has no time column, so a user's items have no order for a sequential model "
+                        "(SASRec) to learn from; LightGCN needs only who interacted with what (the user-item "
+                        "graph) and beat BPR-MF on ml-100k (NDCG@10 0.052 vs 0.046). --model sasrec forces order")
+
+
+def popularity_baseline(split: Split, stage: str = "test") -> dict:
+    """The same metrics for ranking every user's unseen items by training popularity: the bar any
+    recommender must clear on this split."""
+    users = eval_users(split, stage)
+    pop = np.bincount(np.concatenate(split.train), minlength=split.n_items).astype(np.float32)
+    # ties (the many items with the same count) ranked pessimistically, as for every model
+    return evaluate_reps(np.ones((len(users), 1), np.float32), pop[:, None], split, users, stage)
 
 
 # -- recommender ---------------------------------------------------------------------------------
@@ -492,6 +534,10 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
         raise ConfigError(f"--min-fidelity {cfg.min_fidelity:g} must be in (0, 1]: the share of NDCG@10 the SAE must keep")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads {cfg.threads}: give a whole number >= 1")
+    from models import MODELS
+
+    if cfg.model != "auto" and cfg.model not in MODELS:
+        raise ConfigError(f"unknown model {cfg.model!r}; choose auto or one of {sorted(MODELS)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     retain_freed_memory()
@@ -503,11 +549,16 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
         return now
 
     t = time.perf_counter()
-    ds = load_data(cfg)  # before the work folder exists: refused data leaves nothing behind
+    ds = load_data(cfg)  # before anything is written: a bad file leaves no trace
     split = leave_one_out(ds)
+    model_name, model_why = choose_model(cfg, ds)
+    if model_name != cfg.model:
+        cfg = replace(cfg, model=model_name)
+    log.info("model %s: %s", model_name, model_why)
     work = work_dir_for(cfg, Path(work_dir) if work_dir else out.parent / ".recsae-work")
     t = lap("data", t)
     model, rec_metrics = train_recommender(cfg, split, work)
+    rec_metrics = {**rec_metrics, "popularity_baseline_test": popularity_baseline(split)}
     t = lap("recommender", t)
     acts = capture_activations(model, split, cfg, work)
     t = lap("capture", t)
@@ -582,6 +633,7 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
                 "n_items": int(ds.n_items),
                 "n_users": int(ds.n_users),
                 "config": model.config(),
+                "chosen_because": model_why,
             },
             "dataset": {**ds.summary(), "meta": ds.meta},
             "sae": {"k": cfg.k, "expansion": cfg.expansion, "n_latents": sae.cfg.n_latents},
@@ -605,8 +657,21 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
     lap("bundle", t)
     timings["total"] = round(time.perf_counter() - t0, 2)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    summary = {"bundle": str(bundle), "version": manifest["version"], "timings_s": timings, **manifest["metrics"]}
+    summary = {"bundle": str(bundle), "version": manifest["version"], "timings_s": timings,
+               "data": data_summary(ds, model_name, model_why), **manifest["metrics"]}
     return JobResult(bundle, summary)
+
+
+def data_summary(ds: Dataset, model: str, why: str) -> dict:
+    """What the job made of the data, for the summary: split, weights, model choice."""
+    meta = ds.meta
+    out = {**ds.summary(), "split": meta.get("split"), "model": model, "model_because": why}
+    if meta.get("weights"):
+        w = meta["weights"]
+        out["weights"] = {k: w[k] for k in ("column", "kind", "rule", "effect", "rows", "kept", "dropped") if k in w}
+    if meta.get("item_file"):
+        out["item_file"] = {k: meta["item_file"][k] for k in ("source", "items_described", "log_items_missing")}
+    return out
 
 
 class QualityError(RecSAEError):

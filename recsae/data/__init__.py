@@ -1,9 +1,10 @@
-"""Datasets: typed interaction logs, loaders, chronological split, synthetic planted concepts."""
+"""Datasets: typed interaction logs, loaders (named datasets and any CSV/TSV/Parquet log), leave-one-out split, synthetic planted concepts."""
 
-from recsae.data.core import Dataset, FeatureTable, Split, leave_one_out
+from recsae.data.core import Dataset, FeatureTable, Split, has_time, leave_one_out, split_description
 from recsae.data.fetch import KNOWN_SHA256, fetch_movielens
 from recsae.data.loaders import (
     DATASET_NAMES,
+    ItemFile,
     default_data_dir,
     kcore_filter,
     load_csv,
@@ -12,6 +13,7 @@ from recsae.data.loaders import (
     load_ml100k,
     load_movielens_latest,
     load_rechorus,
+    rating_threshold,
 )
 from recsae.data.synthetic import Concept, PlantedTruth, make_synthetic
 
@@ -21,10 +23,12 @@ __all__ = [
     "Concept",
     "Dataset",
     "FeatureTable",
+    "ItemFile",
     "PlantedTruth",
     "Split",
     "default_data_dir",
     "fetch_movielens",
+    "has_time",
     "kcore_filter",
     "leave_one_out",
     "load_csv",
@@ -34,4 +38,6 @@ __all__ = [
     "load_movielens_latest",
     "load_rechorus",
     "make_synthetic",
+    "rating_threshold",
+    "split_description",
 ]

@@ -161,17 +161,39 @@ class Split:
         return h if t < 0 else np.append(h, t).astype(np.int32)
 
 
+def has_time(ds: Dataset) -> bool:
+    """Whether the log has a clock (False for a file loaded without a time column)."""
+    return bool(ds.meta.get("has_time", True))
+
+
+def split_description(ds: Dataset) -> str:
+    """How :func:`leave_one_out` splits ``ds``, in words (job summary and manifest)."""
+    if has_time(ds):
+        return "chronological leave-one-out: each user's last item is the test item, the one before it dev"
+    return (f"random leave-one-out (seed {int(ds.meta.get('split_seed', 0))}): the log has no time column, so "
+            "each user's test and dev items are drawn at random from their items")
+
+
 def leave_one_out(ds: Dataset, min_train: int = 1) -> Split:
     """Split each user's chronological sequence: last -> test, second-to-last -> dev.
 
+    Without a clock (:func:`has_time` False) "last" means nothing: the test and dev items are
+    drawn at random per user, seeded by ``ds.meta["split_seed"]`` (default 0) so every caller
+    (job, re-interpretation, de-biasing) gets the same split; train keeps the file order.
     Users with fewer than ``min_train + 2`` interactions are kept whole in train (dev/test -1).
     """
     seqs = ds.sequences()
     dev = np.full(ds.n_users, -1, dtype=np.int32)
     test = np.full(ds.n_users, -1, dtype=np.int32)
     train: list[np.ndarray] = []
+    rng = None if has_time(ds) else np.random.default_rng(int(ds.meta.get("split_seed", 0)))
     for u, s in enumerate(seqs):
         if len(s) >= min_train + 2:
+            if rng is not None:
+                t, d = rng.choice(len(s), 2, replace=False)
+                rest = np.ones(len(s), bool)
+                rest[[t, d]] = False
+                s = np.concatenate([s[rest], s[[d, t]]])
             train.append(s[:-2].copy())
             dev[u], test[u] = s[-2], s[-1]
         else:

@@ -25,10 +25,13 @@ Feature columns that no remaining entity has are dropped.
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ from recsae.data.core import Dataset, FeatureTable
 
 __all__ = [
     "DATASET_NAMES",
+    "ItemFile",
     "default_data_dir",
     "kcore_filter",
     "load_csv",
@@ -124,8 +128,8 @@ def _require(path: Path, dataset: str | None = None) -> Path:
 
 
 def _lines(path: Path, encoding: str, keepends: bool = False) -> Iterator[tuple[int, str]]:
-    """Decode line by line so an undecodable byte is reported with its line number."""
-    with open(path, "rb") as f:
+    """Decode line by line so an undecodable byte is reported with its line number (gzip too)."""
+    with _open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode(encoding)
@@ -137,6 +141,16 @@ def _lines(path: Path, encoding: str, keepends: bool = False) -> Iterator[tuple[
             if lineno == 1:
                 line = line.lstrip("\ufeff")
             yield lineno, (line if keepends else line.rstrip("\r\n"))
+
+
+def _magic(path: Path, n: int = 4) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _open_binary(path: Path):
+    """The file's bytes, transparently gunzipped when it starts with the gzip magic."""
+    return gzip.open(path, "rb") if _magic(path, 2) == b"\x1f\x8b" else open(path, "rb")
 
 
 def _sep_name(sep: str) -> str:
@@ -197,10 +211,10 @@ def _header_index(
 
 
 def _csv_table(
-    path: Path, required: Iterable[str], sep: str = ","
+    path: Path, required: Iterable[str], sep: str = ",", encoding: str = "utf-8"
 ) -> tuple[dict[str, int], Iterator[tuple[int, list[str]]]]:
     """Header index plus the data rows of a quoted CSV, each checked to have the header's width."""
-    rows = _csv_rows(path, sep)
+    rows = _csv_rows(path, sep, encoding)
     _, header = next(rows, (1, []))
     idx = _header_index(path, header, required, sep)
 
@@ -213,11 +227,12 @@ def _csv_table(
     return idx, checked()
 
 
-def _number(path: Path, lineno: int, what: str, text: str, kind=float):
+def _number(path: Path, lineno: int | str, what: str, text: str, kind=float):
     try:
         return kind(float(text)) if kind is int else kind(text)
     except ValueError:
-        raise DataError(f"{path}, line {lineno}: {what} {text!r} is not a number") from None
+        where = lineno if isinstance(lineno, str) else f"line {lineno}"
+        raise DataError(f"{path}, {where}: {what} {text!r} is not a number") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,6 +353,29 @@ def _age_bucket(age: int) -> str:
     return "56+"
 
 
+def _ml_min_rating(min_rating: float | str | None, scale: tuple[float, float]) -> float | None:
+    """``"auto"`` -> the scale's midpoint (:func:`rating_threshold`); else as given."""
+    if min_rating == "auto":
+        return rating_threshold(*scale)
+    return None if min_rating is None else float(min_rating)
+
+
+def _rating_meta(meta: dict, given: float | str | None, thr: float | None, scale: tuple[float, float], kept: int) -> dict:
+    """Record in ``meta["weights"]`` what the ratings did (shown in the job summary and manifest)."""
+    if thr is None:
+        rule = "no threshold: every rating, however low, is a positive interaction"
+    elif given == "auto":
+        rule = (f"rating >= {thr:g}, the midpoint of the {scale[0]:g}-{scale[1]:g} scale: lower ratings "
+                "are dislikes, not positive feedback (--min-rating all keeps them)")
+    else:
+        rule = f"rating >= {thr:g} (given)"
+    raw = meta["counts"]["raw_interactions"]
+    meta["weights"] = {"column": "rating", "kind": "rating", "rule": rule,
+                       "effect": "a rating is a threshold: rows at or above it are positive interactions, the rest dropped",
+                       "rows": raw, "kept": kept, "dropped": raw - kept}
+    return meta
+
+
 def _meta(fmt: str, path: Path, min_rating: float | None, raw: int) -> dict:
     return {
         "format": fmt,
@@ -352,11 +390,12 @@ def _meta(fmt: str, path: Path, min_rating: float | None, raw: int) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def load_ml100k(path: PathLike, min_rating: float | None = None) -> Dataset:
+def load_ml100k(path: PathLike, min_rating: float | str | None = None) -> Dataset:
     """MovieLens 100K folder (``u.data``, ``u.item``; ``u.user``/``u.genre`` optional)."""
     root = Path(path)
     data = _require(root / "u.data", "ml-100k")
     item_file = _require(root / "u.item", "ml-100k")
+    given, min_rating = min_rating, _ml_min_rating(min_rating, (1, 5))
     users, items, times, raw = [], [], [], 0
     for lineno, (u, i, r, t) in _rows(data, "\t", 4):
         raw += 1
@@ -397,15 +436,16 @@ def load_ml100k(path: PathLike, min_rating: float | None = None) -> Dataset:
         titles,
         feats,
         user_feats,
-        _meta("ml-100k", root, min_rating, raw),
+        _rating_meta(_meta("ml-100k", root, min_rating, raw), given, min_rating, (1, 5), len(users)),
     )
 
 
-def load_ml1m(path: PathLike, min_rating: float | None = None) -> Dataset:
+def load_ml1m(path: PathLike, min_rating: float | str | None = None) -> Dataset:
     """MovieLens 1M folder (``ratings.dat``, ``movies.dat``; ``users.dat`` optional)."""
     root = Path(path)
     ratings = _require(root / "ratings.dat", "ml-1m")
     movies = _require(root / "movies.dat", "ml-1m")
+    given, min_rating = min_rating, _ml_min_rating(min_rating, (1, 5))
     users, items, times, raw = [], [], [], 0
     for lineno, (u, i, r, t) in _rows(ratings, "::", 4):
         raw += 1
@@ -444,12 +484,12 @@ def load_ml1m(path: PathLike, min_rating: float | None = None) -> Dataset:
         titles,
         feats,
         user_feats,
-        _meta("ml-1m", root, min_rating, raw),
+        _rating_meta(_meta("ml-1m", root, min_rating, raw), given, min_rating, (1, 5), len(users)),
     )
 
 
 def load_movielens_latest(
-    path: PathLike, min_rating: float | None = None, top_tags: int = 50
+    path: PathLike, min_rating: float | str | None = None, top_tags: int = 50
 ) -> Dataset:
     """MovieLens latest(-small) folder: ``ratings.csv``, ``movies.csv``, optional ``tags.csv``."""
     root = Path(path)
@@ -457,6 +497,7 @@ def load_movielens_latest(
     ratings = _require(root / "ratings.csv", "ml-latest-small")
     movies = _require(root / "movies.csv", "ml-latest-small")
 
+    given, min_rating = min_rating, _ml_min_rating(min_rating, (0.5, 5))
     idx, rows = _csv_table(ratings, ["userId", "movieId", "rating", "timestamp"])
     cu, ci, cr, ct = idx["userId"], idx["movieId"], idx["rating"], idx["timestamp"]
     users, items, times, raw = [], [], [], 0
@@ -490,7 +531,7 @@ def load_movielens_latest(
         kept = {t for t, _ in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))[:top_tags]}
         for i, ts in item_tags.items():
             feats.setdefault(i, []).extend(f"tag:{t}" for t in sorted(ts & kept))
-    meta = _meta(name, root, min_rating, raw)
+    meta = _rating_meta(_meta(name, root, min_rating, raw), given, min_rating, (0.5, 5), len(users))
     meta["top_tags"] = top_tags
     return _assemble(name, users, items, times, titles, feats, None, meta)
 
@@ -571,37 +612,304 @@ def load_rechorus(path: PathLike, max_categories: int = 100) -> Dataset:
     return _assemble(name, users, items, times, titles, feats, None, meta)
 
 
+_SEPARATORS = ("\t", ",", ";", "|")
+WEIGHT_KINDS = ("auto", "rating", "count")
+
+
+@dataclass(frozen=True)
+class ItemFile:
+    """An item metadata file joined to the log on ``id_col`` (CSV/TSV/Parquet, gzip allowed).
+
+    ``name_col`` gives titles; each ``text_cols`` column one feature ``<col>:<value>`` per item
+    (a category); each ``list_cols`` column several, split on ``list_sep`` (``tags`` ->
+    ``tag:<value>``, ``genres`` -> ``genre:<value>``, the same form MovieLens genres take). No
+    attribute is parsed out of names (no years from titles).
+    """
+
+    path: str
+    id_col: str = "item_id"
+    name_col: str | None = None
+    text_cols: tuple[str, ...] = ()
+    list_cols: tuple[str, ...] = ()
+    list_sep: str = "|"
+    sep: str | None = None  # None: sniffed
+    encoding: str | None = None  # None: the log's
+    max_values: int = 200  # per column: the most common values (by items) become features
+
+
+def _sniff(path: Path, encoding: str) -> str:
+    """The separator that splits the header and the next lines into the same number (> 1) of fields."""
+    head: list[str] = []
+    for _, line in _lines(path, encoding):
+        if line.strip():
+            head.append(line)
+        if len(head) == 6:
+            break
+    if not head:
+        raise DataError(f"{path} is empty: expected a header row and interactions")
+    widths = {}
+    for sep in _SEPARATORS:
+        w = [len(next(csv.reader([line], delimiter=sep))) for line in head]
+        if w[0] > 1 and all(x == w[0] for x in w):
+            return sep
+        widths[sep] = w[0]
+    best = max(_SEPARATORS, key=lambda x: widths[x])
+    if widths[best] > 1:
+        return best  # ragged rows: the field-count check names the first bad line
+    raise DataError(
+        f"{path}, line 1: cannot find the separator: the header {head[0][:80]!r} has no tab, comma, "
+        "semicolon or '|'; pass --sep"
+    )
+
+
+def _is_parquet(path: Path) -> bool:
+    return _magic(path) == b"PAR1"
+
+
+def _table(
+    path: Path, required: Iterable[str], sep: str | None, encoding: str
+) -> tuple[dict[str, int], Iterator[tuple[str, list[str]]], str]:
+    """Header index, ``(where, fields)`` rows and the separator used, for CSV/TSV/gzip/Parquet.
+
+    ``where`` is ``"line N"`` for text files and ``"row N"`` for Parquet, for error messages.
+    """
+    required = list(required)
+    if _is_parquet(path):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:  # pragma: no cover - pyarrow is in the train extra
+            raise ConfigError(f"{path} is Parquet: reading it needs pyarrow (pip install 'recsae[train]')") from None
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        header = list(table.column_names)
+        idx = _header_index(path, header, required, "")
+        cols = [table.column(i).to_pylist() for i in range(len(header))]
+
+        def parquet_rows() -> Iterator[tuple[str, list[str]]]:
+            for r in range(table.num_rows):
+                yield f"row {r + 1}", ["" if c[r] is None else str(c[r]) for c in cols]
+
+        return idx, parquet_rows(), "parquet"
+    sep = sep or _sniff(path, encoding)
+    idx, rows = _csv_table(path, required, sep, encoding)
+    return idx, ((f"line {n}", f) for n, f in rows), sep
+
+
+def _timestamp(path: Path, where: str, col: str, text: str) -> int:
+    """Unix seconds from a number or an ISO date/time (naive times read as UTC)."""
+    try:
+        return int(float(text))
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise DataError(
+            f"{path}, {where}: column {col!r}: {text!r} is neither a number (unix time) nor an ISO "
+            "date/time such as 2024-05-01 or 2024-05-01T13:45:00"
+        ) from None
+    return int((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp())
+
+
+def _weight_kind(weights: np.ndarray) -> tuple[str, str]:
+    """``("rating" | "count", why)``: ratings are 2-20 distinct half-steps within [0, 10]."""
+    lo, hi, distinct = float(weights.min()), float(weights.max()), len(np.unique(weights))
+    halves = bool(np.all(np.isclose(weights * 2, np.round(weights * 2))))
+    if lo >= 0 and hi <= 10 and halves and 2 <= distinct <= 20:
+        return "rating", f"values {lo:g}-{hi:g} in {distinct} steps look like ratings"
+    return "count", f"values {lo:g}-{hi:g} ({distinct} distinct) look like counts"
+
+
+def rating_threshold(lo: float, hi: float) -> float:
+    """Default positive-feedback bar of a rating scale: its midpoint (3 on 1-5, 2.75 on 0.5-5).
+
+    Ratings below the midpoint are dislikes (1-2 stars): treating them as positive interactions
+    makes a film the user disliked drive their recommendations. The midpoint keeps the neutral
+    and the liked (82% of ml-100k); the stricter "4 or more" of Liang et al. (2018) also drops the
+    lukewarm, 45% of ml-100k, which shortens the histories a sequential model learns from.
+    """
+    return (lo + hi) / 2
+
+
+#: What a count does by default, and why (README, "Bring your own data").
+COUNT_RULE = (
+    "a count is binarised: a user-item pair with a total count > 0 (or >= --min-weight) is one "
+    "positive interaction. BPR-MF, LightGCN and SASRec learn from binary implicit feedback, as "
+    "their papers' play-count and click datasets are prepared; Hu, Koren & Volinsky's confidence "
+    "1 + alpha*log(1 + count/eps) weights a squared loss over all pairs (WR-MF/ALS), which none of "
+    "these models has, and repeating a pair would over-weight heavy listeners' favourites"
+)
+
+
+def _resolve_threshold(kind: str, weights: np.ndarray, min_weight: float | str | None) -> tuple[float | None, str]:
+    if min_weight is None:
+        return None, "no threshold: every row is a positive interaction"
+    if min_weight != "auto":
+        return float(min_weight), f"weight >= {float(min_weight):g} (given)"
+    if kind == "rating":
+        lo, hi = float(weights.min()), float(weights.max())
+        thr = rating_threshold(lo, hi)
+        return thr, (f"rating >= {thr:g}, the midpoint of the observed {lo:g}-{hi:g} scale: lower "
+                     "ratings are dislikes, not positive feedback")
+    return None, "count > 0: any play or click is positive feedback"
+
+
 def load_csv(
     path: PathLike,
     user_col: str,
     item_col: str,
     time_col: str | None = None,
     rating_col: str | None = None,
-    sep: str = ",",
+    sep: str | None = None,
     min_rating: float | None = None,
     title_col: str | None = None,
+    *,
+    weight_col: str | None = None,
+    weight_kind: str = "auto",
+    min_weight: float | str | None = None,
+    encoding: str = "utf-8",
+    items: ItemFile | None = None,
 ) -> Dataset:
-    """A plain delimited file with a header row. Without ``time_col`` the row order is the clock."""
+    """An interaction log with a header row: CSV/TSV (``sep`` sniffed when None), gzip or Parquet.
+
+    ``weight_col`` holds a rating or a count (``weight_kind``, told apart by its values when
+    "auto"); ``min_weight`` keeps rows at or above it ("auto": a rating scale's midpoint, counts
+    > 0; None: every row). ``rating_col``/``min_rating`` are the rating-only spellings. Without
+    ``time_col`` the row order is kept but the log has no clock (``meta["has_time"]`` False):
+    repeated user-item pairs are merged (counts summed, the last rating kept) and
+    :func:`~recsae.data.leave_one_out` holds out random items. Errors name the file, the line and
+    the column, and list the columns that exist.
+    """
     file = _require(Path(path))
-    if min_rating is not None and rating_col is None:
-        raise ConfigError("min_rating needs rating_col: the file's rating column")
-    required = [c for c in (user_col, item_col, time_col, rating_col, title_col) if c]
-    idx, rows = _csv_table(file, required, sep)
-    users, items, times, titles, raw = [], [], [], {}, 0
-    for lineno, row in rows:
+    if rating_col is not None:
+        if weight_col is not None and weight_col != rating_col:
+            raise ConfigError("give rating_col or weight_col, not both")
+        weight_col, weight_kind = rating_col, "rating"
+    if min_rating is not None:
+        if min_weight is not None:
+            raise ConfigError("give min_rating or min_weight, not both")
+        min_weight = min_rating
+    if min_weight is not None and weight_col is None:
+        raise ConfigError("min_rating/min_weight needs rating_col/weight_col: the file's rating or count column")
+    if weight_kind not in WEIGHT_KINDS:
+        raise ConfigError(f"weight_kind must be one of {list(WEIGHT_KINDS)}, not {weight_kind!r}")
+    required = [c for c in (user_col, item_col, time_col, weight_col, title_col) if c]
+    idx, rows, used_sep = _table(file, required, sep, encoding)
+    cu, ci = idx[user_col], idx[item_col]
+    users, items_, times, weights, titles, raw = [], [], [], [], {}, 0
+    for where, row in rows:
         raw += 1
-        rating = _number(file, lineno, "rating", row[idx[rating_col]]) if rating_col else None
-        if min_rating is not None and rating < min_rating:
-            continue
-        u, i = row[idx[user_col]], row[idx[item_col]]
+        u, i = row[cu].strip(), row[ci].strip()
+        if not u or not i:
+            col = user_col if not u else item_col
+            raise DataError(f"{file}, {where}: column {col!r} is empty")
         users.append(u)
-        items.append(i)
-        times.append(_number(file, lineno, "time", row[idx[time_col]], int) if time_col else lineno)
+        items_.append(i)
+        times.append(_timestamp(file, where, time_col, row[idx[time_col]]) if time_col else raw)
+        if weight_col:
+            weights.append(_number(file, where, f"column {weight_col!r}:", row[idx[weight_col]].strip()))
         if title_col:
             titles.setdefault(i, row[idx[title_col]])
-    meta = _meta("csv", file, min_rating, raw)
-    meta["columns"] = {"user": user_col, "item": item_col, "time": time_col, "rating": rating_col}
-    return _assemble(file.stem, users, items, times, titles, {}, None, meta)
+    if not users:
+        raise DataError(f"{file} has a header but no rows")
+    meta = _meta("csv", file, None, raw)
+    meta["columns"] = {"user": user_col, "item": item_col, "time": time_col, "weight": weight_col}
+    meta["separator"] = _sep_name(used_sep) if used_sep != "parquet" else "parquet"
+    meta["encoding"] = encoding
+    meta["has_time"] = time_col is not None
+    keep_users, keep_items, keep_times = users, items_, times
+    if weight_col:
+        w = np.asarray(weights, dtype=np.float64)
+        kind, why = (weight_kind, "given") if weight_kind != "auto" else _weight_kind(w)
+        if time_col is None:  # no clock: one row per user-item pair
+            agg: dict[tuple[str, str], list] = {}
+            for n, key in enumerate(zip(users, items_)):
+                if key in agg:
+                    agg[key][1] = agg[key][1] + w[n] if kind == "count" else w[n]
+                else:
+                    agg[key] = [n, w[n]]
+            firsts = [v[0] for v in agg.values()]
+            users, items_, times = [users[n] for n in firsts], [items_[n] for n in firsts], [times[n] for n in firsts]
+            w = np.array([v[1] for v in agg.values()], dtype=np.float64)
+        thr, rule = _resolve_threshold(kind, w, min_weight)
+        keep = np.ones(len(w), bool) if thr is None else w >= thr
+        if thr is None and kind == "count" and min_weight == "auto":
+            keep = w > 0
+        sel = np.flatnonzero(keep)
+        keep_users, keep_items, keep_times = [users[n] for n in sel], [items_[n] for n in sel], [times[n] for n in sel]
+        meta["filters"]["min_weight"] = thr
+        if kind == "rating":
+            meta["filters"]["min_rating"] = thr
+        meta["weights"] = {
+            "column": weight_col, "kind": kind, "kind_because": why, "rule": rule,
+            "effect": COUNT_RULE if kind == "count" else
+            "a rating is a threshold: rows at or above it are positive interactions, the rest dropped",
+            "rows": len(w), "kept": int(keep.sum()), "dropped": int((~keep).sum()),
+            "min": float(w.min()), "median": float(np.median(w)), "max": float(w.max()),
+        }
+        if not keep_users:
+            raise DataError(
+                f"{file}: no interactions left after filtering: no {weight_col!r} value passes "
+                f"{rule}; values range {w.min():g}-{w.max():g}. Lower --min-weight"
+            )
+    elif time_col is None:
+        seen = dict.fromkeys(zip(users, items_))
+        keep_users, keep_items = [k[0] for k in seen], [k[1] for k in seen]
+        keep_times = list(range(1, len(keep_users) + 1))
+    feats: dict[str, list[str]] = {}
+    if items is not None:
+        item_titles, feats, meta["item_file"] = _item_file(items, encoding, set(keep_items))
+        titles = {**titles, **item_titles}
+    return _assemble(file.name.split(".")[0], keep_users, keep_items, keep_times, titles, feats, None, meta)
+
+
+def _list_group(col: str) -> str:
+    """``tags`` -> ``tag``, ``genres`` -> ``genre``, ``categories`` -> ``category``."""
+    c = col.strip().lower()
+    if c.endswith("ies") and len(c) > 4:
+        return c[:-3] + "y"
+    return c[:-1] if c.endswith("s") and not c.endswith("ss") and len(c) > 3 else c
+
+
+def _item_file(spec: ItemFile, log_encoding: str, in_log: set[str]) -> tuple[dict, dict, dict]:
+    """Titles and ``group:value`` features of the items the log has, from ``spec``'s file."""
+    file = _require(Path(spec.path))
+    cols = [c for c in (spec.id_col, spec.name_col, *spec.text_cols, *spec.list_cols) if c]
+    idx, rows, _ = _table(file, cols, spec.sep, spec.encoding or log_encoding)
+    titles: dict[str, str] = {}
+    values: dict[str, dict[str, list[str]]] = {c: {} for c in (*spec.text_cols, *spec.list_cols)}
+    n_rows = 0
+    for _, row in rows:
+        n_rows += 1
+        i = row[idx[spec.id_col]].strip()
+        if i not in in_log or i in titles:
+            continue
+        titles[i] = row[idx[spec.name_col]].strip() if spec.name_col else ""
+        for c in spec.text_cols:
+            v = row[idx[c]].strip()
+            values[c][i] = [v] if v else []
+        for c in spec.list_cols:
+            parts = [p.strip() for p in row[idx[c]].split(spec.list_sep)] if spec.list_sep else [row[idx[c]]]
+            values[c][i] = sorted({p.lower() if _list_group(c) == "tag" else p for p in parts if p})
+    feats: dict[str, list[str]] = {}
+    dropped = {}
+    for c, per_item in values.items():
+        group = _list_group(c) if c in spec.list_cols else c.strip().lower()
+        freq = Counter(v for vs in per_item.values() for v in vs)
+        kept = {v for v, _ in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))[: spec.max_values]}
+        dropped[c] = len(freq) - len(kept)
+        for i, vs in per_item.items():
+            feats.setdefault(i, []).extend(f"{group}:{v}" for v in vs if v in kept)
+    meta = {
+        "source": str(file), "rows": n_rows, "items_described": len(titles),
+        "log_items_missing": len(in_log - set(titles)),
+        "columns": {"id": spec.id_col, "name": spec.name_col, "text": list(spec.text_cols),
+                    "list": list(spec.list_cols), "list_sep": spec.list_sep},
+        "values_dropped_beyond_max": {c: n for c, n in dropped.items() if n},
+    }
+    return {i: t for i, t in titles.items() if t}, feats, meta
 
 
 # --------------------------------------------------------------------------------------------
@@ -694,7 +1002,7 @@ def _detect(root: Path) -> str:
 
 
 def locate_dataset(
-    name_or_path: PathLike, data_dir: PathLike | None = None, min_rating: float | None = None, kcore: int = 0
+    name_or_path: PathLike, data_dir: PathLike | None = None, min_rating: float | str | None = None, kcore: int = 0
 ) -> tuple[Path | None, str]:
     """``(folder, format)`` of a dataset name or folder, checked without reading it.
 
@@ -702,6 +1010,8 @@ def locate_dataset(
     name, a missing folder or an unknown format, so a command can refuse bad input before it
     imports torch or creates a work folder. The synthetic dataset has no folder (``None``).
     """
+    if min_rating == "auto" and (os.fspath(name_or_path) in ("grocery", "synthetic")):
+        min_rating = None
     if kcore < 0:
         raise ConfigError(f"kcore must be >= 0, not {kcore}")
     text = os.fspath(name_or_path)
@@ -731,7 +1041,7 @@ def locate_dataset(
         if root.is_file():
             raise DataError(f"{root} is a file: pass the folder that holds the dataset. {_OWN_LOG_HINT}")
         fmt = _detect(root)
-    if fmt == "rechorus" and min_rating is not None:
+    if fmt == "rechorus" and min_rating not in (None, "auto"):
         raise ConfigError(f"{root} (ReChorus format) has no ratings: drop min_rating")
     return root, fmt
 
@@ -739,13 +1049,14 @@ def locate_dataset(
 def load_dataset(
     name_or_path: PathLike,
     data_dir: PathLike | None = None,
-    min_rating: float | None = None,
+    min_rating: float | str | None = None,
     kcore: int = 0,
 ) -> Dataset:
     """Load a dataset by name (see :data:`DATASET_NAMES`) or from a folder, then k-core filter it.
 
     ``min_rating`` keeps ratings >= the threshold (implicit feedback); it is a ConfigError for
-    data without ratings (ReChorus, synthetic).
+    data without ratings (ReChorus, synthetic). ``"auto"`` (the job's default) is the rating
+    scale's midpoint (:func:`rating_threshold`) where there are ratings, nothing where there are not.
     """
     text = os.fspath(name_or_path)
     root, fmt = locate_dataset(text, data_dir, min_rating, kcore)

@@ -350,7 +350,8 @@ def test_load_csv(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"missing column\(s\) \['user'\]"):
         load_csv(f, "user", "sku", sep=";")
     with pytest.raises(DataError, match=r"line 1: missing column.*semicolon-separated"):
-        load_csv(f, "uid", "sku")
+        load_csv(f, "uid", "sku", sep=",")  # a wrong separator given; None sniffs it
+    assert load_csv(f, "uid", "sku").n_interactions == 3
 
 
 # ---------------------------------------------------------------- dispatch and bad input

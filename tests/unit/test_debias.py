@@ -227,7 +227,7 @@ def test_sweep_on_small_bundle_reports_random_and_rerank(bundle_data, small_bund
     assert all(0.0 <= row["test"]["bias"] <= 1.0 for row in r["rows"])
     assert r["rerank"][0]["lambda"] == 0.0 and r["rerank"][-1]["bias"] < r["rerank"][0]["bias"]
     # the base numbers are the evaluation module's (same users, exclusions, ties)
-    split = leave_one_out(load_dataset("ml-100k", data_dir=data_dir))
+    split = leave_one_out(load_dataset("ml-100k", data_dir=data_dir, min_rating="auto"))  # the job's default
     ref = evaluate_reps(bundle_data.test.x, bundle_data.item_emb, split, bundle_data.test.users, "test")
     assert r["base"]["test"]["ndcg"] == pytest.approx(ref["NDCG@10"])
     assert r["base"]["test"]["hr"] == pytest.approx(ref["HR@10"])
