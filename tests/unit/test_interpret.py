@@ -322,6 +322,16 @@ def test_the_llm_prompt_carries_exemplars_and_supported_tags(names):
     assert "tag:post-punk" in lines or "tag:indie" in lines
 
 
+def test_the_atlas_shows_exemplars_and_near_duplicates(names):
+    from recsae.interpret.atlas import render_atlas
+
+    _, groups, d = names
+    html = render_atlas(d)
+    card = html.split('id="latent-0"')[1].split("</section>")[0]
+    assert "Exemplars:" in card and all(e.replace("&", "&amp;") in card for e in d.concepts[0].exemplars)
+    assert f'near-duplicate of latent <a href="#latent-{len(groups)}">' in card
+
+
 class PopularityOnly(Describer):
     """Describes every latent as 'popular (head) titles' (what the issue saw on a music log)."""
 
