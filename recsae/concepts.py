@@ -68,6 +68,19 @@ class Concept(BaseModel):
     status: ConceptStatus
     description: str | None = None
     attributes: list[str] = Field(default_factory=list, description="features the description names")
+    headline: list[str] = Field(
+        default_factory=list,
+        description="the attributes the description leads with; each has the support the dictionary's "
+        "summary states (headline_min_support of the firing samples, headline_min_count samples)",
+    )
+    exemplars: list[str] = Field(
+        default_factory=list,
+        description="titles of the items that stand for the latent (most over-represented as the latest "
+        "item or the recommendation); they lead the description when no attribute names it",
+    )
+    duplicates: list[int] = Field(
+        default_factory=list, description="near-duplicate latents: same description, or attributes overlapping >= 80%"
+    )
     confidence: float | None = Field(
         default=None, description="paper protocol: 5 activating + 5 random, threshold 5 of 10"
     )
@@ -80,7 +93,7 @@ class Concept(BaseModel):
     firing_frequency: float = 0.0
     describer: str | None = None
     model: str | None = None
-    reason: str | None = Field(default=None, description="why undescribed or dead")
+    reason: str | None = Field(default=None, description="why undescribed or dead, or why confidence was capped")
     evidence: Evidence = Field(default_factory=Evidence)
 
 

@@ -290,6 +290,7 @@ class ConceptSummary(BaseModel):
     confidence: float | None = None
     firing_frequency: float = 0.0
     attributes: list[str] = Field(default_factory=list)
+    exemplars: list[str] = Field(default_factory=list, description="titles of the items that stand for the latent")
 
     @classmethod
     def of(cls, c: Concept) -> "ConceptSummary":
@@ -300,6 +301,7 @@ class ConceptSummary(BaseModel):
             confidence=c.confidence,
             firing_frequency=c.firing_frequency,
             attributes=c.attributes,
+            exemplars=c.exemplars,
         )
 
 

@@ -9,13 +9,20 @@ Feature naming (``"group:value"``):
 
 * ``genre:<name>``       genres as spelled by the source (``genre:Horror``, ``genre:Sci-Fi``);
   the placeholders ``unknown`` (ML-100K) and ``(no genres listed)`` (ML-latest) are dropped.
-* ``decade:<NNNN>s``     from the ``(year)`` at the end of the title, else the release date.
+* ``decade:<NNNN>s``     from the ``(year)`` (or ``(year-year)``) at the end of the title, else the
+  release date; only for MovieLens layouts, whose titles declare the year (a ReChorus meta file
+  with ``movieId`` or ``genres``). Other names are never parsed: an artist "Name (1935-)" has no
+  release year.
 * ``tag:<tag>``          ML-latest only: the ``top_tags`` most frequent user tags, lower-cased.
 * ``<group>:<code>``     ReChorus categorical columns ``i_<group>`` / ``i_<group>_c``
   (Grocery: ``category:12``).
-* ``popularity:head|mid|tail``  from the interaction log, disjoint buckets by interaction count:
-  ``head`` = the 10% most-interacted items, ``mid`` = the next 40%, ``tail`` = the rest. Items tied
-  with the item at a boundary rank join the more popular bucket. Recomputed after every filter.
+* ``popularity:head|mid|tail``  from the interaction log, disjoint buckets by interaction count,
+  cut at count values so that ties never straddle a bucket and no bucket is empty: ``head`` aims
+  at the 10% most-interacted items, ``head`` + ``mid`` at 50%, ``tail`` is the rest. Each cut is
+  the count whose share of items at or above it is nearest the target (leaving at least one count
+  value for every less popular bucket), so a log where 60% of the items have one user gets those
+  60% as ``tail``. With two distinct counts only head/tail; with one, no popularity feature.
+  Recomputed after every filter.
 * user features (MovieLens): ``age:<bucket>`` (ML-1M buckets: ``Under 18``, ``18-24``, ``25-34``,
   ``35-44``, ``45-49``, ``50-55``, ``56+``), ``gender:F|M``, ``occupation:<name>``.
 
@@ -89,7 +96,7 @@ ML100K_GENRES = [
     "Thriller", "War", "Western",
 ]  # fmt: skip
 _NO_GENRE = {"unknown", "(no genres listed)", ""}
-_TITLE_YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*\d{0,4})?\)\s*$")
+_TITLE_YEAR = re.compile(r"\((\d{4})(?:\s*[-\u2013]\s*\d{4})?\)\s*$")
 _DATE_YEAR = re.compile(r"(\d{4})\s*$")
 
 
@@ -261,15 +268,27 @@ def _feature_table(per_entity: list[Iterable[str]]) -> FeatureTable:
 
 
 def popularity_features(items: np.ndarray, n_items: int) -> FeatureTable:
-    """Disjoint head/mid/tail buckets by interaction count (see module docstring)."""
+    """Disjoint head/mid/tail buckets by interaction count, none empty (see module docstring)."""
     counts = np.bincount(items, minlength=n_items)
-    ranked = np.sort(counts)[::-1]
-    labels = np.full(n_items, len(POPULARITY_BUCKETS) - 1)
-    for b in range(len(POPULARITY_BUCKETS) - 2, -1, -1):
-        k = max(1, int(np.ceil(POPULARITY_BUCKETS[b][1] * n_items)))
-        labels[counts >= ranked[min(k, n_items) - 1]] = b
-    names = [f"popularity:{name}" for name, _ in POPULARITY_BUCKETS]
-    return FeatureTable(names, labels[:, None] == np.arange(len(names))[None, :])
+    values = np.unique(counts)[::-1]  # distinct counts, most popular first
+    at_or_above = (n_items - np.searchsorted(np.sort(counts), values, side="left")) / max(1, n_items)
+    names = [name for name, _ in POPULARITY_BUCKETS]
+    buckets = min(len(names), len(values))
+    if buckets < 2:  # every item equally popular: popularity names nothing
+        return FeatureTable([], np.zeros((n_items, 0), dtype=bool))
+    if buckets == 2:
+        names = [names[0], names[-1]]
+    targets = [share for _, share in POPULARITY_BUCKETS[:-1]][-(buckets - 1) :]
+    cuts, lo = [], 0
+    for b, target in enumerate(targets):
+        hi = len(values) - (buckets - 1 - b)  # leave one distinct count for every later bucket
+        j = lo + int(np.argmin(np.abs(at_or_above[lo:hi] - target)))
+        cuts.append(values[j])
+        lo = j + 1
+    labels = np.full(n_items, buckets - 1)
+    for b in range(buckets - 2, -1, -1):
+        labels[counts >= cuts[b]] = b
+    return FeatureTable([f"popularity:{n}" for n in names], labels[:, None] == np.arange(buckets)[None, :])
 
 
 def _drop_empty(t: FeatureTable) -> FeatureTable:
@@ -282,7 +301,7 @@ def add_popularity(static: FeatureTable, items: np.ndarray, n_items: int) -> Fea
     keep = [j for j, n in enumerate(static.names) if not n.startswith("popularity:")]
     base = _drop_empty(FeatureTable([static.names[j] for j in keep], static.matrix[:, keep]))
     pop = _drop_empty(popularity_features(items, n_items))
-    return FeatureTable.concat([base, pop])
+    return FeatureTable.concat([base, pop]) if base.names or pop.names else base
 
 
 def _assemble(
@@ -329,13 +348,15 @@ def _assemble(
 
 
 def _decade(title: str, date: str = "") -> str | None:
+    """From a MovieLens title's trailing "(1995)" / "(1994-1998)", else the date; never "(1935-)"."""
     m = _TITLE_YEAR.search(title) or _DATE_YEAR.search(date)
     return f"decade:{int(m.group(1)) // 10 * 10}s" if m else None
 
 
-def _movie_feats(title: str, genres: Iterable[str], date: str = "") -> list[str]:
+def _movie_feats(title: str, genres: Iterable[str], date: str = "", title_years: bool = True) -> list[str]:
+    """Genres, and the decade where the layout declares a year (``title_years``: MovieLens titles)."""
     feats = [f"genre:{g.strip()}" for g in genres if g.strip() not in _NO_GENRE]
-    d = _decade(title, date)
+    d = _decade(title if title_years else "", date)
     return feats + ([d] if d else [])
 
 
@@ -589,13 +610,15 @@ def load_rechorus(path: PathLike, max_categories: int = 100) -> Dataset:
         ci = idx["item_id"]
         text_groups = set()
         if "title" in idx or "genres" in idx:
-            text_groups = {"genre", "decade"} if "genres" in idx else {"decade"}
+            # years only where the layout declares them: MovieLens meta ("Title (1995)")
+            movielens = "genres" in idx or "movieId" in idx
+            text_groups = {"genre", "decade"} if "genres" in idx else ({"decade"} if movielens else set())
             for f in table:
                 title = f[idx["title"]] if "title" in idx else ""
                 genres = f[idx["genres"]].split("|") if "genres" in idx else []
                 if title:
                     titles[f[ci]] = title
-                feats.setdefault(f[ci], []).extend(_movie_feats(title, genres))
+                feats.setdefault(f[ci], []).extend(_movie_feats(title, genres, title_years=movielens))
         for col, j in idx.items():
             if not col.startswith("i_"):
                 continue

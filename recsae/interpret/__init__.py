@@ -34,6 +34,7 @@ from recsae.interpret.describers import (
     LLMDescriber,
     LLMSettings,
     StatsDescriber,
+    names_nothing,
     parse_describe,
 )
 from recsae.interpret.evidence import (
@@ -57,6 +58,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 PAPER_REPEATS = 5  # stats: cheap, so more repeats; llm: LLMSettings.repeats
+# a description naming nothing beyond popularity tells a person nothing: chance level of the protocol
+NAMES_NOTHING_CAP = 0.5
 
 
 def build_dictionary(
@@ -93,10 +96,14 @@ def build_dictionary(
         if isinstance(scorer, StatsScorer) and desc.threshold is None:
             desc.threshold, _ = calibrate(ev, desc.attributes, seed=seed)
         sc = score_latent(scorer, desc, heldout, seed=seed, repeats=repeats, per_class=per_class)
+        confidence, reason = sc.confidence, sc.reason
+        if confidence is not None and names_nothing(desc.text, desc.attributes, desc.exemplars) and confidence > NAMES_NOTHING_CAP:
+            reason = f"names nothing but popularity: confidence {confidence:.2f} capped at {NAMES_NOTHING_CAP}"
+            confidence = NAMES_NOTHING_CAP
         return Concept(
             **base, status="described", description=desc.text, attributes=desc.attributes,
-            confidence=sc.confidence, detection=sc.detection, match_threshold=desc.threshold,
-            reason=sc.reason,
+            headline=desc.headline, exemplars=desc.exemplars, confidence=confidence, detection=sc.detection,
+            match_threshold=desc.threshold, reason=reason,
         )  # fmt: skip
 
     from tqdm.auto import tqdm
@@ -133,12 +140,41 @@ def build_dictionary(
                 file=sys.stderr,
             )
     concepts = [results[j] for j in range(m)]
+    flag_duplicates(concepts)
     summary = summarize(concepts)
+    if isinstance(describer, StatsDescriber):
+        summary.update(describer.rules())
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     if usage:
         summary["llm"] = usage
     log.info("concepts (%s): %s", describer.name, {k: v for k, v in summary.items() if k != "llm"})
     return ConceptDictionary(describer=describer.name, model=describer.model, concepts=concepts, summary=summary)
+
+
+def flag_duplicates(concepts: list[Concept], min_jaccard: float = 0.8) -> None:
+    """Mark near-duplicates in place: described concepts with the same description (case and
+    spaces aside) or whose attribute sets overlap by Jaccard >= ``min_jaccard``."""
+    desc = [c for c in concepts if c.status == "described"]
+    groups: dict[str, list[Concept]] = {}
+    for c in desc:
+        groups.setdefault(" ".join((c.description or "").lower().split()), []).append(c)
+    dup: dict[int, set[int]] = {}
+    for g in groups.values():
+        for a in g:
+            dup.setdefault(a.latent, set()).update(b.latent for b in g if b is not a)
+    sets = [(c.latent, frozenset(c.attributes)) for c in desc if c.attributes]
+    by_attr: dict[str, list[int]] = {}  # only pairs sharing an attribute can overlap
+    for i, (_, s) in enumerate(sets):
+        for a in s:
+            by_attr.setdefault(a, []).append(i)
+    for i, (li, a) in enumerate(sets):
+        for j in {j for x in a for j in by_attr[x] if j > i}:
+            lj, b = sets[j]
+            if len(a & b) / len(a | b) >= min_jaccard:
+                dup.setdefault(li, set()).add(lj)
+                dup.setdefault(lj, set()).add(li)
+    for c in desc:
+        c.duplicates = sorted(dup.get(c.latent, ()))
 
 
 def summarize(concepts: list[Concept]) -> dict:
@@ -158,6 +194,7 @@ def summarize(concepts: list[Concept]) -> dict:
         "share_confidence_ge_0.8": round(sum(c.confidence >= 0.8 for c in scored) / max(1, len(alive)), 4),
         "mean_balanced_accuracy": mean([d.balanced_accuracy for d in det]),
         "mean_auc": mean([d.auc for d in det]),
+        "n_near_duplicates": sum(bool(c.duplicates) for c in concepts),
     }
 
 

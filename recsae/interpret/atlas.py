@@ -22,7 +22,7 @@ h1{font-size:1.4em}table{border-collapse:collapse}td,th{padding:2px 8px;border-b
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px;min-width:0;overflow-x:auto}
 .card h3{margin:0 0 4px;font-size:1.05em}.desc{font-weight:600;margin:4px 0}
 .dead{opacity:.55}.undescribed .desc{color:#a33}.muted{color:#777;font-size:.9em}
-.card table{font-size:.85em;width:100%}.tag{display:inline-block;background:#eef;border-radius:3px;padding:0 4px;margin:1px;font-size:.85em}
+.card table{font-size:.85em;width:100%}.tag.head{background:#dfd}.tag{display:inline-block;background:#eef;border-radius:3px;padding:0 4px;margin:1px;font-size:.85em}
 svg.hist rect{fill:#4a7bd0}
 """
 
@@ -79,6 +79,7 @@ def histogram_svg(counts: list[int], vmax: float, width: int = 200, height: int 
 def _card(c: Concept) -> str:
     ev = c.evidence
     det = c.detection
+
     parts = [
         f'<section class="card {c.status}" id="latent-{c.latent}">',
         f"<h3>Latent {c.latent} <span class=\"muted\">{c.status}</span></h3>",
@@ -92,8 +93,16 @@ def _card(c: Concept) -> str:
     ]
     if c.status == "described" and c.reason:
         parts.append(f'<div class="muted">{escape(c.reason)}</div>')
+    if c.exemplars:
+        parts.append('<div class="exemplars"><b>Exemplars:</b> ' + escape("; ".join(c.exemplars)) + "</div>")
+    if c.duplicates:
+        links = ", ".join(f'<a href="#latent-{j}">{j}</a>' for j in c.duplicates)
+        parts.append(f'<div class="muted duplicates">near-duplicate of latent {links}</div>')
     if c.attributes:
-        parts.append("<div>" + "".join(f'<span class="tag">{escape(a)}</span>' for a in c.attributes) + "</div>")
+        head = set(c.headline)
+        parts.append("<div>" + "".join(
+            f'<span class="tag{" head" if a in head else ""}">{escape(a)}</span>' for a in c.attributes
+        ) + "</div>")  # fmt: skip
     parts.append(histogram_svg(ev.histogram, ev.histogram_max))
     if ev.top_items:
         parts.append("<div><b>Top items:</b> " + escape("; ".join(ev.top_items)) + "</div>")
@@ -123,7 +132,8 @@ def _row(c: Concept) -> str:
     cells = [
         (c.latent, f'<a href="#latent-{c.latent}">{c.latent}</a>'),
         (c.status, c.status),
-        (c.description or c.reason or "", escape(_clip(c.description or c.reason or "", 140))),
+        (c.description or c.reason or "", escape(_clip(c.description or c.reason or "", 140))
+         + (f' <span class="muted">(near-duplicate of {", ".join(map(str, c.duplicates))})</span>' if c.duplicates else "")),
         (c.confidence, _fmt(c.confidence)),
         (det.balanced_accuracy if det else None, _fmt(det.balanced_accuracy if det else None)),
         (det.auc if det else None, _fmt(det.auc if det else None)),

@@ -39,6 +39,8 @@ class Description:
     attributes: list[str] = field(default_factory=list)
     threshold: float | None = None  # stats predictor calibration (training samples only)
     reason: str | None = None
+    headline: list[str] = field(default_factory=list)  # supported feature attributes the text leads with
+    exemplars: list[str] = field(default_factory=list)  # titles of the items that stand for the latent
 
 
 class Describer(ABC):
@@ -133,6 +135,15 @@ class StatsDescriber(Describer):
     training samples). The latent is then *named*: covers of every source already used are added
     when that costs at most ``name_tolerance`` of balanced accuracy, so "latest item: Romance
     such as ..." replaces a bare list of titles. The predictor's threshold is kept for scoring.
+
+    The *headline* (the text before " — ") names only features with support as well as lift:
+    at least ``min_support`` of the firing samples (mean feature value: the share of rows for
+    the latest item / the recommendation, of window items for the history) and ``min_count``
+    firing samples, lift >= ``headline_lift``. When no such feature names the latent (popularity
+    or tags aside), its *exemplars* do: the items most over-represented as the latest item or
+    the recommendation, from the item-set clause (added when it costs at most
+    ``name_tolerance``, so the scorer reads what the headline names), e.g.
+    "Britney Spears, Christina Aguilera, Rihanna — tags: pop, dance".
     """
 
     name = "stats"
@@ -146,10 +157,43 @@ class StatsDescriber(Describer):
         min_gain: float = 0.005,
         name_tolerance: float = 0.03,
         shared: float = 0.7,
+        min_support: float = 0.3,
+        min_count: int = 10,
+        headline_lift: float = 1.5,
+        headline_terms: int = 3,
+        n_exemplars: int = 3,
     ) -> None:
         self.seed, self.max_clauses, self.per_source = seed, max_clauses, per_source
         self.item_set, self.min_gain = item_set, min_gain
         self.name_tolerance, self.shared = name_tolerance, shared
+        self.min_support, self.min_count, self.headline_lift = min_support, min_count, headline_lift
+        self.headline_terms, self.n_exemplars = headline_terms, n_exemplars
+
+    def rules(self) -> dict:
+        """The headline rule, stated in the dictionary's summary."""
+        return {"headline_min_support": self.min_support, "headline_min_count": self.min_count,
+                "headline_min_lift": self.headline_lift}  # fmt: skip
+
+    def headline(self, ev: LatentEvidence) -> list[str]:
+        """Up to ``headline_terms`` item/user-free features with support and lift, most telling first
+        (share x log lift); one source per feature."""
+        ctx = ev.context
+        lift = ev.shares / np.maximum(ctx.background, 1e-9)
+        ok = (
+            (ctx.sources != "user") & (ev.shares >= self.min_support) & (ev.counts >= self.min_count)
+            & (lift >= self.headline_lift)
+        )  # fmt: skip
+        cols = np.flatnonzero(ok)
+        cols = cols[np.argsort(-(ev.shares[cols] * np.log(lift[cols])), kind="stable")]
+        out, seen = [], set()
+        for c in cols:
+            a = Attribute.parse(ctx.names[c])
+            if a.feature not in seen:
+                seen.add(a.feature)
+                out.append(ctx.names[c])
+            if len(out) == self.headline_terms:
+                break
+        return out
 
     def covers(self, ev: LatentEvidence, source: str) -> list[list[str]]:
         """Per feature group, the fewest values (at most 2) that most firing samples have in this
@@ -179,8 +223,7 @@ class StatsDescriber(Describer):
             cols = sorted((c for c in cols if diff[c] > 0.02 and lift[c] > 1.2), key=lambda c: -diff[c])[:n]
             out += [[ctx.names[c]] for c in cols]
         for source in ("last", "next"):
-            items = [e for e in ev.items if e.source == source and e.share >= 0.02 and e.lift >= 2.0]
-            items = sorted(items, key=lambda e: -e.share)[: self.item_set]
+            items = ev.item_set(source, n=self.item_set)
             if items:
                 out.append([ctx.space.item_attribute(source, e.item) for e in items])
         for source in ("last", "next"):
@@ -229,22 +272,51 @@ class StatsDescriber(Describer):
                 ba, t = evaluate(chosen + cover)
                 if ba >= floor:
                     chosen, best_ba, best_t = chosen + cover, ba, t
-        return Description(
-            ev.latent, "described", text=self.text(ev, chosen), attributes=chosen, threshold=best_t
-        )
-
-    def text(self, ev: LatentEvidence, attributes: list[str]) -> str:
-        space = ev.context.space
-        theme = []
-        for e in ev.enriched:
-            a = Attribute.parse(e.feature)
-            if a.source != "user" and e.lift >= 1.3 and a.feature not in theme:
-                theme.append(a.feature)
-            if len(theme) == 3:
+        headline = self.headline(ev)
+        exemplars: list[str] = []
+        if not [h for h in headline if Attribute.parse(h).group not in GENERIC_GROUPS]:
+            # no feature names it: its exemplars do, from an item set the scorer reads too
+            for source in ev.exemplar_sources():
+                items = ev.item_set(source, n=self.item_set)
+                clause = [space.item_attribute(source, e.item) for e in items]
+                if not clause:
+                    continue
+                if not set(clause) <= set(chosen):
+                    ba, t = evaluate(chosen + clause)
+                    if ba < floor:
+                        continue
+                    chosen, best_ba, best_t = chosen + [a for a in clause if a not in chosen], ba, t
+                exemplars = [space.titles[e.item] for e in items[: self.n_exemplars]]
                 break
-        head = name_features(theme)
+        text = self.text(ev, chosen, headline, exemplars)
+        return Description(
+            ev.latent, "described", text=text, attributes=chosen, threshold=best_t, headline=headline,
+            exemplars=exemplars or ev.exemplars(self.n_exemplars),
+        )  # fmt: skip
+
+    def text(self, ev: LatentEvidence, attributes: list[str], headline: list[str], exemplars: list[str]) -> str:
+        """Headline (supported features, or exemplars and tags) — what the predictor reads."""
+        space = ev.context.space
+        feats = [Attribute.parse(h).feature for h in headline]
+        if exemplars:
+            tags = [f.partition(":")[2] for f in feats if f.startswith("tag:")]
+            head = ", ".join(exemplars) + (f" — tags: {', '.join(tags)}" if tags else "")
+        else:
+            head = name_features(feats)
         body = "; ".join(describe_attributes(attributes, space.label))
         return f"{head} — {body}" if head else body
+
+
+#: feature groups that alone do not name a concept: popularity says how popular, tags need items
+GENERIC_GROUPS = ("popularity", "tag")
+
+
+def names_nothing(text: str | None, attributes: list[str], exemplars: list[str]) -> bool:
+    """A description whose attributes name no item and no feature beyond popularity, and whose
+    text names none of the latent's exemplars."""
+    return all(Attribute.parse(a).group == "popularity" for a in attributes) and not any(
+        e in (text or "") for e in exemplars
+    )
 
 
 # -- LLM -----------------------------------------------------------------------------------------
@@ -755,6 +827,30 @@ SYSTEM = (
 )
 
 
+def exemplar_lines(ev: LatentEvidence, n: int = 3) -> list[str]:
+    """The stats describer's naming evidence for the LLM: exemplar items and the supported
+    features (the headline rule), so names-only data gets named by items and tags there too."""
+    space, out = ev.context.space, []
+    for source in ev.exemplar_sources():
+        items = ev.item_set(source)[:n]
+        if items:
+            where = "the most recent item" if source == "last" else "the recommended item"
+            out.append(
+                f"Exemplar items (most over-represented as {where}): "
+                + "; ".join(f"{space.titles[e.item]} ({space.item_attribute(source, e.item)})" for e in items)
+            )
+            break
+    d = StatsDescriber()
+    head = d.headline(ev)
+    if head:
+        out.append(
+            f"Attributes shared by >= {d.min_support:.0%} of firing samples: "
+            + ", ".join(f"{h} ({ev.shares[ev.context.names.index(h)]:.2f})" for h in head)
+        )
+    out.append("If no attribute names what the latent detects, name it by its exemplar items.")
+    return out + [""]
+
+
 class LLMDescriber(Describer):
     """Shows the LLM the evidence; it names the latent and picks attributes from a given list."""
 
@@ -786,6 +882,7 @@ class LLMDescriber(Describer):
                 for e in ev.items[:5] + [i for i in ev.items if i.source == "next"][:3]
             ],
             "",
+            *exemplar_lines(ev),
             "Attribute names: 'genre:X' = share of history items with it; 'last:' = the most recent item; "
             "'next:' = the recommended item; 'user:' = the user; 'item:ID' = that item.",
             'Reply with {"description": "<at most 15 words naming what the latent detects>", '
@@ -808,7 +905,7 @@ class LLMDescriber(Describer):
     def from_answer(ev: LatentEvidence, ans: DescribeAnswer) -> Description:
         space = ev.context.space
         attrs = list(dict.fromkeys(a for a in ans.attributes if space.is_valid(a)))
-        return Description(ev.latent, "described", text=ans.description, attributes=attrs)
+        return Description(ev.latent, "described", text=ans.description, attributes=attrs, exemplars=ev.exemplars())
 
     def usage(self) -> dict:
         return self.client.usage.as_dict(self.client.s)

@@ -290,6 +290,7 @@ class LatentEvidence:
     values: np.ndarray  # their activations
     n_samples: int
     shares: np.ndarray  # (C,) mean of each sample feature over the activating rows
+    counts: np.ndarray  # (C,) activating rows where the sample feature is non-zero
     enriched: list[Enrichment]
     items: list[ItemEnrichment]
     top_rows: list[int]  # strongest activating rows, one per user
@@ -311,6 +312,22 @@ class LatentEvidence:
                 seen.add(it.item)
                 out.append(self.context.space.titles[it.item])
         return out[:n]
+
+    def item_set(self, source: str, min_share: float = 0.02, min_lift: float = 2.0, n: int = 10) -> list[ItemEnrichment]:
+        """Items much more often the latest item / the recommendation when the latent fires,
+        largest share first: the describer's item-set clause and its exemplars."""
+        items = [e for e in self.items if e.source == source and e.share >= min_share and e.lift >= min_lift]
+        return sorted(items, key=lambda e: -e.share)[:n]
+
+    def exemplar_sources(self) -> list[str]:
+        """"last" and "next", the one whose item set covers more firing samples first."""
+        return sorted(("last", "next"), key=lambda src: -sum(e.share for e in self.item_set(src)))
+
+    def exemplars(self, n: int = 3) -> list[str]:
+        """Titles of the ``n`` items that stand for the latent: the largest shares of the item set
+        of the source that covers more firing samples (empty when no item is over-represented)."""
+        t = self.context.space.titles
+        return [t[e.item] for e in self.item_set(self.exemplar_sources()[0])[:n]]
 
     def summary(self, n_examples: int = 3) -> Evidence:
         ctx = self.context
@@ -442,6 +459,7 @@ def latent_evidence(
         values=vals,
         n_samples=len(train),
         shares=share,
+        counts=count,
         enriched=enriched,
         items=items,
         top_rows=top_rows,

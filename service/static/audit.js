@@ -278,7 +278,8 @@ async function loadDict() {
     $("#dict-table tbody").replaceChildren(...r.concepts.map((c) => el("tr", { "data-latent": c.latent },
       el("td", { class: "num", text: "#" + c.latent }),
       el("td", { text: c.status }),
-      el("td", { text: c.description || "–", title: (c.attributes || []).join(", ") }),
+      el("td", { title: (c.attributes || []).join(", ") }, c.description || "–",
+        (c.exemplars || []).length ? el("div", { class: "muted exemplars", text: "exemplars: " + c.exemplars.join("; ") }) : null),
       el("td", { class: "num", text: fmt(c.confidence, 2) }),
       el("td", {}, el("span", { class: "mini-track" }, el("span", { class: "bar", style: `display:block;width:${(100 * c.firing_frequency / maxF).toFixed(1)}%` })),
         " " + pct(c.firing_frequency)))));

@@ -47,6 +47,7 @@ class StubLLM:
         self.requests: list[dict] = []
         self.retry_after: float | None = None
         self.batch_polls = 1
+        self.by_exemplars = False  # describe by the prompt's first exemplar item instead of an attribute
         self.batch_fail = False
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
@@ -145,7 +146,7 @@ class StubLLM:
         elif fault == "empty":
             content = json.dumps({"description": "  ", "attributes": []})
         else:
-            content = json.dumps(answer(kind, latent, prompt))
+            content = json.dumps(answer(kind, latent, prompt, self.by_exemplars))
         return 200, {
             "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": req.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
@@ -276,7 +277,11 @@ def classify(prompt: str) -> tuple[str, int | None]:
     return "score", int(m.group(1)) if m else None
 
 
-def answer(kind: str, latent: int | None, prompt: str) -> dict:
+def answer(kind: str, latent: int | None, prompt: str, by_exemplars: bool = False) -> dict:
+    if kind == "describe" and by_exemplars:
+        m = re.search(r"^Exemplar items \(.*?\): (.+?) \((\S+?)\)(?:;|$)", prompt, re.M)
+        if m:
+            return {"description": f"Stub {latent}: {m.group(1)}", "attributes": [m.group(2)]}
     if kind == "describe":
         attrs = re.findall(r"^- (\S+?)(?: \(.*?\))?: ", prompt, re.M)
         attr = attrs[0] if attrs else "genre:unknown"
@@ -326,3 +331,85 @@ def tiny_world(n_latents_extra: int = 4, seed: int = 0):
     hold = rng.random(len(win)) < 0.25
     acts = Activations(x[~hold], x[hold], users[~hold], users[hold], win[~hold], win[hold])
     return ds, kernel, item_emb, acts, truth
+
+
+# -- a names-and-tags world --------------------------------------------------------------------------
+NAMES_GROUPS = (  # (group, artists, the tags that separate the group)
+    ("teen pop", ["Britney Spears", "Christina Aguilera", "Rihanna", "Jessica Simpson", "Mandy Moore",
+                  "Hilary Duff", "Ashlee Simpson", "JoJo", "Ciara", "Cassie"], ["pop", "dance"]),
+    ("post-punk", ["Joy Division", "Interpol", "The Cure", "Bauhaus", "Siouxsie and the Banshees", "Editors",
+                   "Wire", "Gang of Four", "Echo & the Bunnymen", "The Fall"], ["post-punk", "indie"]),
+    ("outlaw country", ["Willie Nelson", "Waylon Jennings", "Johnny Cash", "Merle Haggard", "Kris Kristofferson",
+                        "David Allan Coe", "Billy Joe Shaver", "Townes Van Zandt", "Guy Clark", "Steve Earle"],
+     ["country", "americana"]),
+    ("bebop", ["Charlie Parker (1920-1955)", "Dizzy Gillespie", "Thelonious Monk", "Bud Powell (1924-)", "Max Roach",
+               "Sonny Stitt", "Fats Navarro", "Kenny Clarke", "Tadd Dameron", "Dexter Gordon"], ["jazz", "bebop"]),
+)  # fmt: skip
+
+
+def names_world(seed: int = 0):
+    """(Dataset, SAEKernel, item_emb, Activations, groups): items known only by a name and free
+    tags, no torch. Users listen within one group (popular artists more often); a group's items
+    carry its two tags 80% of the time, every item the noise tags "seen live"/"favorites" half the
+    time. Latent g reads "share of the last 5 items in group g"; latent G duplicates latent 0;
+    two latents read noise; the last never fires. ``groups``: (name, item indices, tags) per group.
+    """
+    from recsae.data import leave_one_out
+    from recsae.data.core import Dataset
+    from recsae.data.loaders import _feature_table, add_popularity
+    from recsae.kernel import SAEKernel, history_windows
+    from recsae.pipeline import Activations
+
+    rng = np.random.default_rng(seed)
+    titles, feats, groups = [], [], []
+    for name, artists, tags in NAMES_GROUPS:
+        start = len(titles)
+        for a in artists:
+            titles.append(a)
+            feats.append([f"tag:{t}" for t in tags if rng.random() < 0.8]
+                         + [f"tag:{t}" for t in ("seen live", "favorites") if rng.random() < 0.5])  # fmt: skip
+        groups.append((name, np.arange(start, len(titles)), tags))
+    n_items, G = len(titles), len(groups)
+    weights = 1.0 / np.arange(1, 11) ** 0.8  # popular artists first within a group
+    users, items = [], []
+    for u in range(240):
+        members = groups[u % G][1]
+        for _ in range(int(rng.integers(15, 26))):
+            pick = rng.integers(n_items) if rng.random() < 0.1 else rng.choice(members, p=weights / weights.sum())
+            users.append(u)
+            items.append(int(pick))
+    users, items = np.asarray(users), np.asarray(items)
+    ds = Dataset(
+        name="names", user_ids=np.array([f"u{u}" for u in range(240)]), item_ids=np.array([str(i) for i in range(n_items)]),
+        users=users, items=items, times=np.arange(len(users)), item_titles=titles,
+        item_features=add_popularity(_feature_table(feats), items, n_items),
+    )  # fmt: skip
+    split = leave_one_out(ds)
+    member = np.zeros((n_items + 1, G), np.float32)
+    for g, (_, idx, _) in enumerate(groups):
+        member[idx, g] = 1
+    us, hists = [], []
+    for u, seq in enumerate(split.train):
+        for t in range(1, len(seq)):
+            us.append(u)
+            hists.append(seq[:t])
+    us = np.asarray(us)
+    win = history_windows(hists, 20, n_items)
+    d = G + 3
+    x = np.zeros((len(win), d), np.float32)
+    x[:, :G] = member[win[:, -5:]].mean(axis=1)
+    x[:, G:] = 0.1 * rng.standard_normal((len(win), d - G)).astype(np.float32)
+    m = G + 1 + 2 + 1
+    W = np.zeros((m, d), np.float32)
+    W[:G, :G] = np.eye(G)
+    W[G, 0] = 1.0  # a near-duplicate of latent 0
+    W[G + 1 : G + 3, G:] = rng.standard_normal((2, d - G))
+    b = np.full(m, -0.4, np.float32)
+    b[G] = -0.45
+    b[-1] = -100.0
+    kernel = SAEKernel(W, b, W.copy(), np.zeros(d, np.float32), k=3)
+    item_emb = 0.3 * rng.standard_normal((n_items, d)).astype(np.float32)
+    item_emb[:, :G] += 2 * member[:-1]
+    hold = rng.random(len(win)) < 0.25
+    acts = Activations(x[~hold], x[hold], us[~hold], us[hold], win[~hold], win[hold])
+    return ds, kernel, item_emb, acts, groups

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_stub import KEY, StubLLM, tiny_world  # noqa: E402
+from llm_stub import KEY, StubLLM, names_world, tiny_world  # noqa: E402
 
 from recsae import ConfigError  # noqa: E402
 from recsae.interpret import interpret_activations  # noqa: E402
@@ -78,6 +78,22 @@ def test_end_to_end_description_and_scoring(world, stub, tmp_path, capsys):
     assert again.summary["llm"]["cached_answers"] == len(chats) and again.summary["llm"]["requests"] == 0
     strip = lambda x: [c.model_dump() for c in x.concepts]  # noqa: E731
     assert strip(again) == strip(d)
+
+
+def test_the_llm_gets_the_exemplar_evidence_on_items_known_only_by_name(stub, tmp_path):
+    """Names-and-tags items: the prompt carries the exemplars (the stub names the latent by the
+    first one it finds there) and the supported tags; the concept keeps its exemplars."""
+    ds, kernel, emb, acts, groups = names_world()
+    stub.by_exemplars = True
+    d = interpret_activations(ds, kernel, emb, acts, describer="llm", llm=settings(stub, tmp_path), seed=0)
+    for g, (name, items, tags) in enumerate(groups):
+        c = d.concepts[g]
+        titles = {ds.item_titles[i] for i in items}
+        assert c.status == "described" and set(c.exemplars) <= titles and len(c.exemplars) == 3, (name, c)
+        assert c.description.removeprefix(f"Stub {g}: ") in titles, c.description  # named by an exemplar
+        assert c.attributes and ":item:" in f":{c.attributes[0]}"  # the exemplar's attribute, validated
+        assert c.confidence is not None and c.confidence >= 0.7, c
+        assert c.description.removeprefix(f"Stub {g}: ") in c.exemplars  # the same exemplars as the prompt's
 
 
 def test_faults_are_retried_then_marked_undescribed_and_the_job_finishes(world, stub, tmp_path):

@@ -108,7 +108,7 @@ def test_popularity_buckets_are_disjoint_and_ordered(ml100k: Dataset) -> None:
     pop = ml100k.item_popularity()
     head, mid, tail = (pop[m[:, j]] for j in range(3))
     assert head.min() > mid.max() and mid.min() > tail.max()
-    assert 168 <= len(head) <= 175  # 10% of 1,682 plus boundary ties
+    assert 160 <= len(head) <= 176  # the count cut nearest 10% of 1,682 (ties on one side)
     assert pop[_item(ml100k, "50")] == 583 and m[_item(ml100k, "50"), 0]  # Star Wars is head
 
 
@@ -119,6 +119,46 @@ def test_popularity_ties_join_the_more_popular_bucket() -> None:
     assert [t.of(i)[0].split(":")[1] for i in range(10)] == ["head"] * 2 + ["mid"] * 3 + [
         "tail"
     ] * 5
+
+
+def test_popularity_buckets_never_empty_when_most_items_have_one_user() -> None:
+    # a play-count log: 60% of the items have one user; the old rank cut put them all in "mid"
+    counts = [50, 40, 30, 20, 10, 8, 5, 3] + [2] * 12 + [1] * 30
+    t = popularity_features(np.repeat(np.arange(len(counts)), counts), len(counts))
+    assert t.names == ["popularity:head", "popularity:mid", "popularity:tail"]
+    m = t.matrix
+    assert (m.sum(axis=0) > 0).all() and (m.sum(axis=1) == 1).all()
+    assert m[-30:, 2].all() and m[:, 2].sum() == 30  # the single-user items are the tail
+    c = np.asarray(counts)
+    assert c[m[:, 0]].min() > c[m[:, 1]].max() and c[m[:, 1]].min() > c[m[:, 2]].max()
+
+
+def test_popularity_with_two_or_one_distinct_counts() -> None:
+    two = popularity_features(np.repeat(np.arange(6), [3, 3, 1, 1, 1, 1]), 6)
+    assert two.names == ["popularity:head", "popularity:tail"] and two.matrix[:2, 0].all()
+    one = popularity_features(np.repeat(np.arange(5), 2), 5)
+    assert one.names == [] and one.matrix.shape == (5, 0)
+
+
+def test_rechorus_names_are_not_parsed_for_years(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("user_id\titem_id\ttime\n1\t1\t1\n1\t2\t2\n2\t1\t3\n")
+    (tmp_path / "item_meta.csv").write_text(
+        "item_id\ttitle\ti_kind\n1\tBillie Holiday (1915-1959)\t0\n2\tRobert Johnson (1911-)\t1\n"
+    )
+    ds = load_rechorus(tmp_path)
+    assert ds.item_titles == ["Billie Holiday (1915-1959)", "Robert Johnson (1911-)"]
+    assert not ds.item_features.columns("decade")  # an artist's life is no release year
+    assert "kind:0" in ds.item_features.of(0)
+
+
+def test_movielens_open_year_range_is_no_year(tmp_path: Path) -> None:
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4,1\n1,2,4,2\n")
+    (tmp_path / "movies.csv").write_text(
+        "movieId,title,genres\n1,Some Series (1994-1998),Drama\n2,A Person (1935-),Drama\n"
+    )
+    ds = load_movielens_latest(tmp_path)
+    assert "decade:1990s" in ds.item_features.of(0)
+    assert not [f for f in ds.item_features.of(1) if f.startswith("decade:")]
 
 
 def test_ml100k_min_rating(data_dir: Path) -> None:

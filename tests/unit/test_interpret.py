@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from llm_stub import tiny_world  # noqa: E402
+from llm_stub import names_world, tiny_world  # noqa: E402
 
 from recsae.concepts import ConceptDictionary  # noqa: E402
 from recsae.data.core import FeatureTable  # noqa: E402
 from recsae.interpret import interpret_activations  # noqa: E402
-from recsae.interpret.describers import Description, StatsDescriber, name_features  # noqa: E402
+from recsae.interpret import build_dictionary  # noqa: E402
+from recsae.interpret.describers import Describer, Description, StatsDescriber, name_features  # noqa: E402
 from recsae.interpret.evidence import (  # noqa: E402
     Attribute,
     FeatureSpace,
@@ -240,6 +241,116 @@ def test_stats_scorer_uses_the_calibrated_threshold(sides):
     rows = np.arange(len(held))
     pred = StatsScorer(space).predict(d, held, rows)
     assert ((pred > 5) == (space.match(d.attributes, held, rows) > d.threshold)).all()
+
+
+# -- headlines, exemplars, duplicates --------------------------------------------------------------
+def test_headline_terms_have_the_stated_support_on_the_firing_samples(world, dictionary, sides):
+    train, _, space, _ = sides
+    s = dictionary.summary
+    assert (s["headline_min_support"], s["headline_min_count"]) == (0.3, 10)
+    named = [c for c in dictionary.concepts if c.headline]
+    assert len(named) >= 8
+    for c in named:
+        rows, _ = train.firing(c.latent)
+        for h in c.headline:
+            v = space.match([h], train, rows)
+            assert v.mean() >= 0.3 and (v > 0).sum() >= 10, (c.latent, h, v.mean())
+            assert not h.startswith("user:") and ":item:" not in f":{h}"
+        # the headline leads the description
+        assert c.description.split(" — ")[0] == name_features([Attribute.parse(h).feature for h in c.headline])
+
+
+def test_a_term_with_lift_but_little_support_stays_out_of_the_headline(sides):
+    """A feature 6x over-represented on 8% of the firing samples is no headline (issue 22)."""
+    _, _, _, ctx = sides
+    ev = latent_evidence(ctx, 0, seed=0)
+    d = StatsDescriber(seed=0)
+    col = int(np.argmax(ev.shares))
+    shares, bg = ev.shares.copy(), ctx.background.copy()
+    ev.shares[:] = 0.0
+    ev.shares[col], ctx.background[col] = 0.08, 0.08 / 6
+    try:
+        assert ctx.names[col] not in d.headline(ev)
+        ev.shares[col] = 0.6
+        assert d.headline(ev) == [ctx.names[col]]
+    finally:
+        ev.shares[:], ctx.background[:] = shares, bg
+
+
+@pytest.fixture(scope="module")
+def names():
+    ds, kernel, emb, acts, groups = names_world()
+    return ds, groups, interpret_activations(ds, kernel, emb, acts, describer="stats", seed=0)
+
+
+def test_items_known_by_name_and_tags_are_named_by_exemplars_and_tags(names):
+    ds, groups, d = names
+    all_tags = {t for _, _, tags in groups for t in tags}
+    for g, (name, items, tags) in enumerate(groups):  # latent g reads group g
+        c = d.concepts[g]
+        titles = {ds.item_titles[i] for i in items}
+        assert c.status == "described" and len(c.exemplars) == 3 and set(c.exemplars) <= titles, (name, c.exemplars)
+        head = c.description.split(" — tags: ")[0]
+        assert head == ", ".join(c.exemplars), c.description  # exemplars lead, not "mid-popularity titles"
+        named = {Attribute.parse(h).value for h in c.headline if Attribute.parse(h).group == "tag"}
+        assert named & set(tags) and not named & (all_tags - set(tags)), (name, c.headline)
+        assert f"tags: {', '.join(sorted(named & set(tags)))}" in c.description or "tags: " in c.description
+        # scored by the same protocol: the exemplars' item set is among the attributes
+        assert any(":item:" in f":{a}" for a in c.attributes)
+        assert c.confidence >= 0.8 and c.detection.auc >= 0.8, c
+    assert not ds.item_features.columns("decade")  # "Charlie Parker (1920-1955)" is no film year
+
+
+def test_near_duplicate_concepts_are_flagged(names):
+    _, groups, d = names
+    dup = d.concepts[len(groups)]  # the latent that reads group 0 again
+    assert d.concepts[0].duplicates == [dup.latent] and dup.duplicates == [0]
+    assert all(not c.duplicates for c in d.concepts[1 : len(groups)])
+    assert d.summary["n_near_duplicates"] == 2
+
+
+def test_the_llm_prompt_carries_exemplars_and_supported_tags(names):
+    from recsae.interpret.describers import exemplar_lines
+
+    ds, groups, _ = names
+    ds_, kernel, emb, acts, _ = names_world()
+    train = SampleSet.build(acts.train, acts.train_windows, acts.train_users, kernel, emb)
+    ctx = build_context(train, FeatureSpace(ds.item_features, ds.item_titles, ds.item_ids))
+    lines = "\n".join(exemplar_lines(latent_evidence(ctx, 1, seed=0)))
+    _, items, tags = groups[1]
+    assert "Exemplar items" in lines and any(ds.item_titles[i] in lines for i in items)
+    assert "tag:post-punk" in lines or "tag:indie" in lines
+
+
+def test_the_atlas_shows_exemplars_and_near_duplicates(names):
+    from recsae.interpret.atlas import render_atlas
+
+    _, groups, d = names
+    html = render_atlas(d)
+    card = html.split('id="latent-0"')[1].split("</section>")[0]
+    assert "Exemplars:" in card and all(e.replace("&", "&amp;") in card for e in d.concepts[0].exemplars)
+    assert f'near-duplicate of latent <a href="#latent-{len(groups)}">' in card
+
+
+class PopularityOnly(Describer):
+    """Describes every latent as 'popular (head) titles' (what the issue saw on a music log)."""
+
+    name = "popularity-only"
+
+    def describe(self, ev):
+        return Description(ev.latent, "described", text="popular (head) titles", attributes=["popularity:head"])
+
+
+def test_a_description_that_names_nothing_is_capped_at_chance(names, world):
+    ds, kernel, emb, acts, _ = world
+    train = SampleSet.build(acts.train, acts.train_windows, acts.train_users, kernel, emb)
+    held = SampleSet.build(acts.heldout, acts.heldout_windows, acts.heldout_users, kernel, emb)
+    space = FeatureSpace(ds.item_features, ds.item_titles, ds.item_ids, ds.user_features)
+    d = build_dictionary(build_context(train, space), held, PopularityOnly(), StatsScorer(space))
+    scored = [c for c in d.concepts if c.confidence is not None]
+    assert scored and all(c.confidence <= 0.5 for c in scored)
+    capped = [c for c in scored if c.reason and "names nothing" in c.reason]
+    assert capped  # some were above chance before the cap, and say so
 
 
 # -- ground truth ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pydantic import ValidationError  # noqa: E402
 from recsae.concepts import Concept  # noqa: E402
 from service.concepts import resolve_query, searchable_text  # noqa: E402
 from service.schemas import (  # noqa: E402
+    ConceptSummary,
     ItemExplanation,
     PolicyIn,
     RecommendQuery,
@@ -182,3 +183,14 @@ def test_service_import_pulls_no_torch_or_training_code():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", f"the service imports training modules: {out.stdout.strip()}"
+
+
+def test_concept_summaries_carry_exemplars_and_the_dictionary_keeps_them():
+    c = Concept(latent=3, status="described", description="Britney Spears, Rihanna — tags: pop",
+                attributes=["last:item:7"], headline=["next:tag:pop"], exemplars=["Britney Spears", "Rihanna"],
+                duplicates=[9])  # fmt: skip
+    s = ConceptSummary.of(c)
+    assert s.exemplars == ["Britney Spears", "Rihanna"]
+    assert ConceptSummary.model_validate_json(s.model_dump_json()) == s
+    assert Concept.model_validate_json(c.model_dump_json()) == c
+    assert "exemplars" in ConceptSummary.model_json_schema()["properties"]
