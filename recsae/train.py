@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,6 +39,14 @@ class SAETrainConfig:
     # at d=64 (see README). The epochs after the last resampling let the reconstruction settle.
     resample_until: float = 0.95
     resample: str = "split"
+
+
+class TrainingStopped(Exception):
+    """``train_sae`` was told to stop (``should_stop``) after ``epochs`` of ``of`` epochs."""
+
+    def __init__(self, epochs: int, of: int):
+        super().__init__(f"stopped after {epochs} of {of} epochs")
+        self.epochs, self.of = epochs, of
 
 
 @dataclass
@@ -121,8 +130,13 @@ def train_sae(
     tcfg: SAETrainConfig | None = None,
     heldout_acts: np.ndarray | None = None,
     reserved: torch.Tensor | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SAETrainResult:
     """Train a TopK SAE with AuxK on ``train_acts`` (N, d_in); report train and held-out quality.
+
+    ``should_stop`` is asked after every epoch but the last; when it answers True, training
+    ends with :class:`TrainingStopped` (the quality search's time budget: a half-trained SAE,
+    mid-way through its learning-rate schedule, is not one to keep).
 
     ``reserved`` (r, d_in): directions each given to one latent of its own (latents 0..r-1, decoder
     rows fixed to them) and kept out of every other decoder row and of ``b_dec``, so that what
@@ -258,6 +272,9 @@ def train_sae(
         }
         history.append(rec)
         bar.set_postfix(fvu=f"{rec['train_fvu']:.4f}", dead=f"{rec['dead_now']:.3f}")
+        if should_stop is not None and epoch + 1 < tcfg.epochs and should_stop():
+            bar.close()
+            raise TrainingStopped(epoch + 1, tcfg.epochs)
     sae.eval()
     return SAETrainResult(
         sae=sae,
