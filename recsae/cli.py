@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from recsae import ConfigError, RecSAEError, cpu_share
+from recsae import BundleError, ConfigError, RecSAEError, cpu_share
 
 DESCRIPTION = """\
 Train a TopK sparse autoencoder (SAE) on a recommender's user representation, describe each
@@ -36,6 +36,12 @@ def default_data_dir() -> str:
     from recsae.data.loaders import default_data_dir as _default
 
     return str(_default())
+
+
+def check_bundle_path(path: str) -> None:
+    """A missing bundle is refused before the command imports its (heavy) job modules."""
+    if not (Path(path) / "manifest.json").is_file():
+        raise BundleError(f"no bundle at {path} (no manifest.json): build one with `recsae train --out {path}`")
 
 
 def _bundle_data_dir(given: str | None) -> str | None:
@@ -179,6 +185,7 @@ def print_summary(s: dict) -> None:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
+    check_bundle_path(a.bundle)
     from recsae.bundle import verify_bundle
 
     m = verify_bundle(a.bundle)
@@ -196,6 +203,8 @@ def cmd_fetch(a: argparse.Namespace) -> int:
 
 
 def cmd_interpret(a: argparse.Namespace) -> int:
+    check_bundle_path(a.bundle)
+    _parse_kv(a.llm)
     from recsae.interpret import reinterpret_bundle
 
     summary = reinterpret_bundle(
@@ -232,6 +241,7 @@ def cmd_debias(a: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--{what} expects comma-separated numbers, got {text!r}") from None
 
+    check_bundle_path(a.bundle)
     if a.target_cut is not None and not 0 < a.target_cut <= 1:
         raise ConfigError(f"--target-cut {a.target_cut}: give the wanted relative cut in (0, 1], e.g. 0.33")
     if a.save_policy and not D.POLICY_NAME.match(a.save_policy):
