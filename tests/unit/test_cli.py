@@ -65,6 +65,19 @@ def test_threads_flag_takes_a_count_or_auto(capsys):
         assert "whole number >= 1, or auto" in capsys.readouterr().err
 
 
+def test_cpu_share_is_the_usable_cpus_less_the_load(monkeypatch):
+    from recsae import cpu_share
+
+    usable = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    idle = cpu_share()
+    assert 1 <= idle <= usable  # a cgroup quota may lower it further
+    monkeypatch.setattr(os, "getloadavg", lambda: (idle - 1.0, 0.0, 0.0))
+    assert cpu_share() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (10.0 * usable, 0.0, 0.0))
+    assert cpu_share() == 1
+
+
 @pytest.mark.parametrize("argv", [
     ["train", "--dataset", "ml-100kk", "--out", "out/bundle", "--data-dir", "data"],
     ["train", "--dataset", "no/such/folder", "--out", "out/bundle"],
