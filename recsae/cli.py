@@ -196,8 +196,21 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_fetch(a: argparse.Namespace) -> int:
     from recsae.data.fetch import fetch_movielens
 
+    from recsae.data.fetch import MARKER
+    from recsae.data.loaders import locate_dataset
+
+    dest = a.dest or default_data_dir()
+    target = Path(dest) / a.name
+    if target.is_dir() and not (target / MARKER).exists() and not a.force:
+        try:  # a copy put there by hand (e.g. a shared licensed one): use it, never overwrite it
+            locate_dataset(a.name, dest)
+            print(f"{a.name} is already in {target} (not downloaded by recsae): nothing to fetch", file=sys.stderr)
+            print(target)
+            return 0
+        except RecSAEError:
+            pass  # not a usable copy: fetch_movielens says what to do
     kw = {"base_url": a.base_url} if a.base_url else {}
-    path = fetch_movielens(a.name, a.dest or default_data_dir(), force=a.force, progress=not a.quiet, **kw)
+    path = fetch_movielens(a.name, dest, force=a.force, progress=not a.quiet, **kw)
     print(path)
     return 0
 

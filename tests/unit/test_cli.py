@@ -172,3 +172,14 @@ def test_fetch_then_train_find_the_data_with_no_flags(tmp_path, monkeypatch):
     assert (ds["dataset"], ds["users"], ds["items"]) == ("ml-100k", 60, 40), ds
     assert ds["meta"]["source"].startswith(str(tmp_path / "data" / "ml-100k")), ds["meta"]
     assert Path(summary["bundle"]).resolve() == (tmp_path / "bundles" / "b").resolve()
+
+
+def test_fetch_keeps_a_copy_put_there_by_hand(tmp_path, monkeypatch, capsys):
+    """A dataset already in the data folder (e.g. a shared licensed copy) is used, never replaced;
+    the mirror given here does not exist, so any download attempt would fail."""
+    monkeypatch.setenv("RECSAE_DATA_DIR", str(tmp_path))
+    (tmp_path / "ml-100k").mkdir()
+    (tmp_path / "ml-100k" / "u.data").write_text("1\t1\t5\t1\n")
+    assert main(["fetch", "ml-100k", "--base-url", "http://127.0.0.1:9/", "-q"]) == 0
+    assert "already in" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "ml-100k").iterdir()) == ["u.data"]
