@@ -13,7 +13,7 @@ PORT ?= 3000
 # pulls a multi-GB CUDA build. The editable install's "Editable installation" notice is only
 # information (setuptools has no quieter channel for it), so it is filtered.
 $(STAMP): pyproject.toml
-	@echo "installing into $(VENV) (about 3 min the first time, 1.4 GB; skipped while pyproject.toml is unchanged)"
+	@echo "installing into $(VENV) (a few minutes the first time, 1.4 GB; skipped while pyproject.toml is unchanged)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@echo "  torch 2.13.0 (CPU build) ..."

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from recsae import ConfigError, RecSAEError, cpu_share
+from recsae import BundleError, ConfigError, RecSAEError, cpu_share
 
 DESCRIPTION = """\
 Train a TopK sparse autoencoder (SAE) on a recommender's user representation, describe each
@@ -36,6 +36,12 @@ def default_data_dir() -> str:
     from recsae.data.loaders import default_data_dir as _default
 
     return str(_default())
+
+
+def check_bundle_path(path: str) -> None:
+    """A missing bundle is refused before the command imports its (heavy) job modules."""
+    if not (Path(path) / "manifest.json").is_file():
+        raise BundleError(f"no bundle at {path} (no manifest.json): build one with `recsae train --out {path}`")
 
 
 def _bundle_data_dir(given: str | None) -> str | None:
@@ -271,6 +277,7 @@ def print_summary(s: dict) -> None:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
+    check_bundle_path(a.bundle)
     from recsae.bundle import verify_bundle
 
     m = verify_bundle(a.bundle)
@@ -281,13 +288,28 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_fetch(a: argparse.Namespace) -> int:
     from recsae.data.fetch import fetch_movielens
 
+    from recsae.data.fetch import MARKER
+    from recsae.data.loaders import locate_dataset
+
+    dest = a.dest or default_data_dir()
+    target = Path(dest) / a.name
+    if target.is_dir() and not (target / MARKER).exists() and not a.force:
+        try:  # a copy put there by hand (e.g. a shared licensed one): use it, never overwrite it
+            locate_dataset(a.name, dest)
+            print(f"{a.name} is already in {target} (not downloaded by recsae): nothing to fetch", file=sys.stderr)
+            print(target)
+            return 0
+        except RecSAEError:
+            pass  # not a usable copy: fetch_movielens says what to do
     kw = {"base_url": a.base_url} if a.base_url else {}
-    path = fetch_movielens(a.name, a.dest or default_data_dir(), force=a.force, progress=not a.quiet, **kw)
+    path = fetch_movielens(a.name, dest, force=a.force, progress=not a.quiet, **kw)
     print(path)
     return 0
 
 
 def cmd_interpret(a: argparse.Namespace) -> int:
+    check_bundle_path(a.bundle)
+    _parse_kv(a.llm)
     from recsae.interpret import reinterpret_bundle
 
     summary = reinterpret_bundle(
@@ -363,6 +385,7 @@ def cmd_debias(a: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--{what} expects comma-separated numbers, got {text!r}") from None
 
+    check_bundle_path(a.bundle)
     if a.target_cut is not None and not 0 < a.target_cut <= 1:
         raise ConfigError(f"--target-cut {a.target_cut}: give the wanted relative cut in (0, 1], e.g. 0.33")
     if a.save_policy and not D.POLICY_NAME.match(a.save_policy):

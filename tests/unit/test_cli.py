@@ -65,20 +65,39 @@ def test_threads_flag_takes_a_count_or_auto(capsys):
         assert "whole number >= 1, or auto" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("dataset", ["ml-100kk", "no/such/folder"])
-def test_a_wrong_dataset_fails_before_torch_and_writes_nothing(tmp_path, dataset):
+def test_cpu_share_is_the_usable_cpus_less_the_load(monkeypatch):
+    from recsae import cpu_share
+
+    usable = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    idle = cpu_share()
+    assert 1 <= idle <= usable  # a cgroup quota may lower it further
+    monkeypatch.setattr(os, "getloadavg", lambda: (idle - 1.0, 0.0, 0.0))
+    assert cpu_share() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (10.0 * usable, 0.0, 0.0))
+    assert cpu_share() == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--dataset", "ml-100kk", "--out", "out/bundle", "--data-dir", "data"],
+    ["train", "--dataset", "no/such/folder", "--out", "out/bundle"],
+    ["serve", "--dataset", "ml-100kk", "--bundle", "out/bundle"],
+    ["interpret", "no-bundle"],
+    ["debias", "no-bundle", "--out", "out/report"],
+], ids=["unknown-name", "missing-folder", "serve-unknown-name", "interpret-no-bundle", "debias-no-bundle"])
+def test_refused_input_fails_before_torch_and_writes_nothing(tmp_path, argv):
     """In a fresh interpreter: the refusal comes before ``import torch`` and before any folder."""
     code = (
         "import sys\n"
         "from recsae.cli import main\n"
-        f"rc = main(['train', '--dataset', {dataset!r}, '--out', 'out/bundle', '--data-dir', 'data'])\n"
+        f"rc = main({argv!r})\n"
         "print('RESULT', rc, 'torch' in sys.modules)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert "RESULT 2 False" in r.stdout, (r.stdout, r.stderr)
-    assert "known names are ml-100k" in r.stderr or "no such folder" in r.stderr, r.stderr
-    assert list(tmp_path.iterdir()) == [], "a refused job left files behind"
+    assert any(m in r.stderr for m in ("known names are ml-100k", "no such folder", "no bundle at no-bundle")), r.stderr
+    assert list(tmp_path.iterdir()) == [], "a refused command left files behind"
 
 
 def test_an_empty_or_unknown_folder_says_what_to_do_without_python_names(tmp_path):
@@ -153,3 +172,14 @@ def test_fetch_then_train_find_the_data_with_no_flags(tmp_path, monkeypatch):
     assert (ds["dataset"], ds["users"], ds["items"]) == ("ml-100k", 60, 40), ds
     assert ds["meta"]["source"].startswith(str(tmp_path / "data" / "ml-100k")), ds["meta"]
     assert Path(summary["bundle"]).resolve() == (tmp_path / "bundles" / "b").resolve()
+
+
+def test_fetch_keeps_a_copy_put_there_by_hand(tmp_path, monkeypatch, capsys):
+    """A dataset already in the data folder (e.g. a shared licensed copy) is used, never replaced;
+    the mirror given here does not exist, so any download attempt would fail."""
+    monkeypatch.setenv("RECSAE_DATA_DIR", str(tmp_path))
+    (tmp_path / "ml-100k").mkdir()
+    (tmp_path / "ml-100k" / "u.data").write_text("1\t1\t5\t1\n")
+    assert main(["fetch", "ml-100k", "--base-url", "http://127.0.0.1:9/", "-q"]) == 0
+    assert "already in" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "ml-100k").iterdir()) == ["u.data"]
