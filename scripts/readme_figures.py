@@ -49,7 +49,8 @@ def build(name: str, args: list[str], work: Path, threads: int | None) -> dict:
 
 def figures(s: dict[str, dict]) -> list[dict]:
     """Each figure: a name, its value, and the README text that states it (whitespace-normalised);
-    only those of the builds in ``s``."""
+    only those of the builds in ``s``. Quality figures only: durations depend on what else the
+    machine runs (they are in ``builds``; speed claims come from ``benchmarks/``)."""
     out = []
     d = s.get("ml100k")
     if d:
@@ -65,8 +66,6 @@ def figures(s: dict[str, dict]) -> list[dict]:
              f"| alive latents with confidence ≥ 0.8 | {c['share_confidence_ge_0.8']:.1%} | ≥ 60% |"),
             ("ml100k_detection", [c["mean_balanced_accuracy"], c["mean_auc"]],
              f"| strict detection: balanced accuracy / AUC | {c['mean_balanced_accuracy']:.3f} / {c['mean_auc']:.3f} |"),
-            ("ml100k_interpret_seconds", c["seconds"],
-             f"| describe + score all {c['n_latents']:,} latents | {c['seconds']:.0f} s | < 60 s |"),
         ]
     p = s.get("ml100k-pursuit")
     if d and p:
