@@ -668,8 +668,14 @@ class _Edge:
         replaced = False
 
         async def json_404(msg: dict) -> None:
-            # Starlette's router answers unknown paths in plain text: JSON like every other error
+            # Starlette's router answers unknown paths in plain text: JSON like every other error;
+            # its 405 names only the first route's methods in Allow: name every route's
             nonlocal replaced
+            if msg["type"] == "http.response.start" and msg["status"] == 405:
+                allow = allowed_methods(path)
+                if allow:
+                    msg = {**msg, "headers": [(k, v) for k, v in msg.get("headers") or [] if k.lower() != b"allow"]
+                           + [(b"allow", allow.encode())]}
             if msg["type"] == "http.response.start" and msg["status"] == 404:
                 ctype = dict(msg.get("headers") or []).get(b"content-type", b"")
                 if ctype.startswith(b"text/plain"):
@@ -728,3 +734,14 @@ def route_template(path: str) -> str:
 
 
 M.bound_endpoint_labels(route_template)
+
+
+@functools.lru_cache(maxsize=256)
+def allowed_methods(path: str) -> str:
+    """The methods of every app route matching ``path``, for a 405's Allow header ('' if none)."""
+    scope = {"type": "http", "path": path, "root_path": "", "method": "GET"}
+    methods: set[str] = set()
+    for route in app.routes:
+        if getattr(route, "methods", None) and route.matches(scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))

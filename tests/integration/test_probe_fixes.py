@@ -270,6 +270,17 @@ def test_unknown_paths_get_a_json_404(server):
         assert "detail" in json.loads(raw)
 
 
+def test_405_names_every_method_of_the_path(server):
+    for path, want in (("/recommend", {"GET", "POST"}), ("/admin/policies/p1", {"GET", "PUT", "DELETE"})):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("OPTIONS", path, headers=AUTH)
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        assert r.status == 405 and want <= {m.strip() for m in r.getheader("allow", "").split(",")}, (
+            path, r.status, r.getheader("allow"))
+
+
 def test_readme_states_how_many_latents_firing_rate_exports(server):
     from service.config import Settings
 
