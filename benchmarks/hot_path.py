@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the service sets it (service/__init__.py)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -61,7 +62,7 @@ class TreeServer(ServeProcess):
 
 
 def serve(tree: Path, bundle: Path, redis_url: str, **extra: str) -> TreeServer:
-    env = {"RECSAE_BUNDLE": str(bundle), "REDIS_URL": redis_url, "RECSAE_REDIS_PREFIX": f"hot-{uuid.uuid4().hex[:8]}",
+    env = {"RECSAE_BUNDLE": str(Path(bundle).resolve()), "REDIS_URL": redis_url, "RECSAE_REDIS_PREFIX": f"hot-{uuid.uuid4().hex[:8]}",
            "RECSAE_STATE_DIR": tempfile.mkdtemp(prefix="recsae-hot-"), "RECSAE_AUDIT_SAMPLE": "0", **extra}
     return TreeServer(tree, env).start(timeout=180)
 
@@ -190,8 +191,8 @@ def main() -> None:
     catalogue_scale.BASE = Path(args.bundle)
     parts = args.parts.split(",")
     load = os.getloadavg()
-    lines = [f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at start "
-             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; bundle {args.bundle}", ""]
+    lines = Printer([f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at start "
+                     f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; bundle {args.bundle}", ""])
     with RedisServer() as rs:
         if "price" in parts:
             lines += price(Path(args.bundle), rs.url, args.requests, args.rounds) + [""]
@@ -203,8 +204,21 @@ def main() -> None:
             lines += versus(args.base.resolve(), [int(s) for s in args.sizes.split(",")], Path(args.work), rs.url,
                             args.requests, args.rounds, 32) + [""]
     load = os.getloadavg()
-    lines.append(f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
-    print("\n".join(lines))
+    lines += [f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"]
+
+
+class Printer(list):
+    """A list of output lines that prints what is added as it comes (a long run shows its parts)."""
+
+    def __init__(self, first: list[str]):
+        super().__init__()
+        self += first
+
+    def __iadd__(self, more):  # type: ignore[override]
+        more = list(more)
+        print("\n".join(more), flush=True)
+        self.extend(more)
+        return self
 
 
 if __name__ == "__main__":

@@ -655,7 +655,10 @@ class Batcher:
             self._queue.append((job, fut, loop))
             start, self._busy = not self._busy, True
         if start:
-            self._pool.submit(self._drain)
+            try:
+                self._pool.submit(self._drain)
+            except RuntimeError:  # closed (this core was just swapped out by a reload): compute here
+                self._drain()
         return await fut
 
     def _drain(self) -> None:
@@ -672,7 +675,10 @@ class Batcher:
             except Exception as e:  # noqa: BLE001 - a failure of the shared part fails this batch only
                 results = [e] * len(batch)
             for (_, fut, loop), res in zip(batch, results):
-                loop.call_soon_threadsafe(_settle, fut, res)
+                try:
+                    loop.call_soon_threadsafe(_settle, fut, res)
+                except RuntimeError:  # that request's event loop has closed: nobody waits for it
+                    pass
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
