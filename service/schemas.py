@@ -189,6 +189,14 @@ class RecommendRequest(_Options):
         examples=[[12, {"latent": 57, "strength": 0.5}]],
     )
 
+    @field_validator("explain", "exclude_seen", mode="before")
+    @classmethod
+    def _json_bool(cls, v: Any) -> Any:
+        # a JSON body says true/false: 0, 1 or "yes" is a mistake (the query string's text is lax)
+        if not isinstance(v, bool):
+            raise ValueError("must be true or false")
+        return v
+
     def suppress_strengths(self) -> dict[int, float]:
         """Latent -> strength of this request's suppression."""
         return merge_strengths([(e, self.suppress_strength) if isinstance(e, int) else (e.latent, e.strength)
