@@ -47,7 +47,7 @@ NoBool = BeforeValidator(_no_bool)
 
 PolicyNameStr = Annotated[str, StringConstraints(pattern=POLICY_NAME)]
 OptionalPolicyName = Annotated[
-    PolicyNameStr | None,
+    PolicyNameStr | Annotated[str, StringConstraints(pattern=r"^\s*$")] | None,  # blank = none (documented)
     BeforeValidator(_blank_to_none),
     Field(
         default=None,
@@ -55,7 +55,7 @@ OptionalPolicyName = Annotated[
     ),
 ]
 ModeOption = Annotated[
-    SteerMode | None,
+    SteerMode | Literal[""] | None,  # "" = none, as the query string gives it
     BeforeValidator(_blank_to_none),
     Field(
         default=None,
