@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # schemathesis, all checks, over both OpenAPI documents (/openapi.json: 3.1, the app;
 # /docs.json: 3.0, with BentoML's routes) against a served instance with Redis and both tokens.
+# (Redis timeout 2 s: on a loaded machine the default 0.1 s makes policy changes answer 503.)
 #   scripts/fuzz-served.sh BUNDLE [MAX_EXAMPLES]     (needs redis-server; uses a free port)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ TOKEN=fuzz-$RANDOM$RANDOM
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & RPID=$!
 trap 'kill $SPID $RPID 2>/dev/null; rm -rf "$TMP"' EXIT
 RECSAE_BUNDLE=$BUNDLE REDIS_URL=redis://127.0.0.1:$RPORT/0 RECSAE_ADMIN_TOKEN=$TOKEN RECSAE_AUDIT_TOKEN=$TOKEN \
-  RECSAE_STATE_DIR=$TMP/state BENTOML_HOME=$TMP/bentoml BENTOML_DO_NOT_TRACK=True \
+  RECSAE_REDIS_TIMEOUT_S=2 RECSAE_STATE_DIR=$TMP/state BENTOML_HOME=$TMP/bentoml BENTOML_DO_NOT_TRACK=True \
   $BIN/bentoml serve service.service:RecSAEService --host 127.0.0.1 --port "$PORT" >"$TMP/serve.log" 2>&1 & SPID=$!
 for _ in $(seq 300); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
 rc=0

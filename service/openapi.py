@@ -47,6 +47,8 @@ def to_openapi_30(doc: Any) -> Any:
             else:
                 out[key] = rest
             out["nullable"] = True
+            if isinstance(out.get("enum"), list) and None not in out["enum"]:
+                out["enum"] = [*out["enum"], None]  # 3.0.3: an enum must list null to allow it
     if out.get("type") == "null":
         out.pop("type")
         out["nullable"] = True

@@ -47,7 +47,7 @@ NoBool = BeforeValidator(_no_bool)
 
 PolicyNameStr = Annotated[str, StringConstraints(pattern=POLICY_NAME)]
 OptionalPolicyName = Annotated[
-    PolicyNameStr | None,
+    PolicyNameStr | Annotated[str, StringConstraints(pattern=r"^\s*$")] | None,  # blank = none (documented)
     BeforeValidator(_blank_to_none),
     Field(
         default=None,
@@ -55,7 +55,7 @@ OptionalPolicyName = Annotated[
     ),
 ]
 ModeOption = Annotated[
-    SteerMode | None,
+    SteerMode | Literal[""] | None,  # "" = none, as the query string gives it
     BeforeValidator(_blank_to_none),
     Field(
         default=None,
@@ -188,6 +188,14 @@ class RecommendRequest(_Options):
         description="latents to switch off: ids (at `suppress_strength`) or {latent, strength} objects",
         examples=[[12, {"latent": 57, "strength": 0.5}]],
     )
+
+    @field_validator("explain", "exclude_seen", mode="before")
+    @classmethod
+    def _json_bool(cls, v: Any) -> Any:
+        # a JSON body says true/false: 0, 1 or "yes" is a mistake (the query string's text is lax)
+        if not isinstance(v, bool):
+            raise ValueError("must be true or false")
+        return v
 
     def suppress_strengths(self) -> dict[int, float]:
         """Latent -> strength of this request's suppression."""

@@ -82,6 +82,7 @@ app = FastAPI(
         "suppressed per request (`suppress=`; the baseline, i.e. what all users share, chiefly "
         "popularity, with `suppress_baseline=`) or by stored policy (`policy=`)."
     ),
+    responses={414: {"model": ErrorResponse, "description": "URL longer than 8 KiB"}},
     docs_url=None,  # served below from local assets: FastAPI's pages load theirs from a CDN
     redoc_url=None,
 )

@@ -238,6 +238,8 @@ def test_both_openapi_documents_are_valid(server):
     validate(served, cls=OpenAPIV30SpecValidator)
     assert {"/recommend", "/concepts/{latent}", "/admin/policies/{name}", "/admin/reload"} <= set(served["paths"])
     assert "exclusiveMinimum\": 0" not in json.dumps(served)
+    mode = served["components"]["schemas"]["RecommendRequest"]["properties"]["mode"]
+    assert mode.get("nullable") and None in mode["enum"], mode  # null is a valid mode: 3.0 must say so
 
 
 # -- item 11: the smaller ones ----------------------------------------------------------------------
@@ -252,7 +254,8 @@ def test_malformed_paths_types_and_repeated_parameters_get_422(server):
     assert st == 422 and json.loads(raw)["detail"][0]["loc"] == ["path", "latent"], raw
     for body in ({"history": ["50"], "suppress": [{"latent": False, "strength": 1}]},
                  {"history": ["50"], "suppress": [False]}, {"history": ["50"], "suppress_baseline": False},
-                 {"history": ["50"], "k": True}):
+                 {"history": ["50"], "k": True}, {"history": ["50"], "exclude_seen": 0},
+                 {"history": ["50"], "explain": "yes"}):
         st, resp = server.request("POST", "/recommend", body=body)
         assert st == 422, (body, resp)
     st, resp = server.request("PUT", "/admin/policies/bool-p", body={"baseline": False, "latents": [1]}, headers=AUTH)
