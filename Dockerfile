@@ -13,21 +13,27 @@
 
 ARG BASE_IMAGE=python:3.11-slim
 
-FROM ${BASE_IMAGE} AS deps
+# The dependency list from pyproject.toml (its one source) for the variant:
 # cpu -> the dependencies + extra `cpu` (onnxruntime); gpu -> + extra `gpu` (onnxruntime-gpu[cuda,cudnn]).
 # The two extras install the same `onnxruntime` module: exactly one of them, never both.
+FROM ${BASE_IMAGE} AS reqs
 ARG VARIANT=cpu
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
-# Only the dependency list (pyproject.toml stays its one source): a code change reuses this layer.
-COPY pyproject.toml ./
+COPY pyproject.toml /src/
 RUN case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu" >&2; exit 1;; esac \
- && python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies'][sys.argv[1]], sep='\n')" "$VARIANT" >requirements.txt \
- && python -m venv /opt/venv \
- && /opt/venv/bin/python -m pip install -q -r requirements.txt \
+ && python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies'][sys.argv[1]], sep='\n')" "$VARIANT" >/src/requirements.txt
+
+# The dependencies, in a layer cached on the list's content: a change elsewhere in pyproject.toml
+# or in the code reuses it.
+FROM ${BASE_IMAGE} AS deps
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=reqs /src/requirements.txt /src/
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip install -q -r /src/requirements.txt \
  && /opt/venv/bin/python -m pip uninstall -q -y pip setuptools wheel \
- && find /opt/venv -depth -type d -name tests -exec rm -rf {} + \
+ && find /opt/venv/lib -depth -type d \( -name tests -o -name test \) -path "*/site-packages/*" -exec rm -rf {} + \
  && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
+# labelled like the image: the smoke script prunes replaced (untagged) builds of either by it
+LABEL org.opencontainers.image.title="recsae-serve"
 
 FROM ${BASE_IMAGE}
 ARG VARIANT=cpu
