@@ -12,9 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, timeout: float = 3600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "recsae.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=3600,
+        [sys.executable, "-m", "recsae.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(cwd)},
     )
 
@@ -66,7 +66,8 @@ def test_auto_without_ml100k_says_so_and_sizes_the_synthetic_sae_to_its_data(tmp
     the synthetic data) until at most 10% are dead."""
     out = tmp_path / "b"
     r = run_cli("train", "--data-dir", str(tmp_path), "--out", str(out), "-q", "--describer", "none",
-                "--train-param", "epochs=3", "--json", str(tmp_path / "s.json"), cwd=tmp_path)
+                "--train-param", "epochs=3", "--sae-epochs", "20", "--json", str(tmp_path / "s.json"),
+                cwd=tmp_path, timeout=3600)  # two SAEs, one of 1,024 latents: slow on a busy machine
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"dataset auto: {tmp_path / 'ml-100k'} not found" in r.stderr and ": synthetic" in r.stderr, r.stderr
     assert "retraining the SAE with expansion 16 ->" in r.stderr, r.stderr[-3000:]
