@@ -18,8 +18,8 @@ scores every latent and this script judges the dictionary without a person:
 * confidence: the paper protocol's mean and share >= 0.8 (and of the concepts that name nothing);
 * synthetic data: recovery / precision of the planted concepts.
 
-    .venv/bin/python benchmarks/concept_quality.py --work-dir runs/cq                  # all three
-    .venv/bin/python benchmarks/concept_quality.py --dataset grocery --work-dir runs/cq
+    .venv/bin/python benchmarks/concept_quality.py --threads 1 --work-dir runs/cq      # all three
+    .venv/bin/python benchmarks/concept_quality.py --threads 1 --dataset grocery --work-dir runs/cq
 
 Model / SAE settings per dataset are fixed (modest epochs: the point is the describer, run on
 the same cached SAE before and after a change).
@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SETTINGS = {  # dataset -> (SASRec epochs, SAE epochs): modest, the machine is shared
     "synthetic": (5, 8),
-    "ml-100k": (10, 10),
-    "grocery": (5, 10),
+    "ml-100k": (3, 20),
+    "grocery": (2, 20),
 }
 OLD_HEADLINE_LIFT, OLD_HEADLINE_TERMS = 1.3, 3
 
@@ -67,8 +67,9 @@ def names_nothing(c, terms: list[str]) -> bool:
     from recsae.interpret.evidence import Attribute
 
     specific = [t for t in terms if Attribute.parse(t).group != "popularity"]
-    items = [a for a in c.attributes if Attribute.parse(a).group == "item"] or getattr(c, "exemplars", None)
-    return not specific and not items
+    items = [a for a in c.attributes if Attribute.parse(a).group == "item"]
+    named = [e for e in getattr(c, "exemplars", []) if e in (c.description or "")]
+    return not specific and not items and not named
 
 
 def near_duplicates(concepts) -> set[int]:
