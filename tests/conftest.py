@@ -56,6 +56,7 @@ def build_small_bundle(data_dir: Path, name: str = "ml100k-sasrec", describer: s
         expansion=8,
         k=8,
         sae_epochs=6,
+        quality_budget=0,  # the SAE exactly as set here (tests/unit/test_quality_search.py tests the search)
         describer=describer,
         seed=0,
         progress=False,
