@@ -520,6 +520,24 @@ def search_sae(
     return SAESearch(sae, metrics, ev, replace(c), record)
 
 
+def fit_sae_to_target(cfg: JobConfig, model, split: Split, acts: Activations, work: Path,
+                      reserved: np.ndarray | None = None) -> tuple[SAESearch, "FidelityProbe"]:
+    """The job's SAE stage: :func:`search_sae` scoring each SAE by NDCG@10 kept (held-out rows,
+    or the test users when those are more) and held-out FVU, with the bundle's inference encoder,
+    as the gate measures it; also returns the probe, for the chosen SAE's full fidelity."""
+    probe = FidelityProbe(model, split, heldout_rows(split, cfg, model, acts))
+
+    def evaluate(sae: TopKSAE, metrics: dict) -> dict:
+        kern = kernel_of(sae, cfg.sae_encoder)
+        q = quality_report(metrics, probe.measures(kern), sae.cfg.n_latents)
+        same = cfg.sae_encoder == sae.cfg.encoder
+        held = (metrics.get("heldout") or metrics["train"]) if same else measure(kern, acts.heldout).as_dict()
+        return {"ndcg10_kept": q["ndcg10_ratio"], "measured_on": q["measured_on"], "fvu": held["fvu"],
+                "measures": {m["name"]: round(m["value"], 4) for m in q["measures"]}}
+
+    return search_sae(cfg, acts, work, evaluate, reserved), probe
+
+
 def _estimate_seconds(last: dict, nxt: dict, cached: bool) -> float:
     """Time the next setting will take, from the last one's: training (seconds per epoch scaled
     by the per-sample arithmetic, dominated by the dense d x latents encoder product) plus
@@ -771,21 +789,10 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
                     "(--expansion fixes it)", 100 * dead, sae.cfg.n_latents, cfg.expansion, fitted)
         cfg = replace(cfg, expansion=fitted)
         sae, sae_metrics = fit_sae(cfg, acts, work, reserved)
-    # the search starts from the SAE sized to the data (its first setting is the one just
+    # the quality search starts from the SAE sized to the data (its first setting is the one just
     # trained, read back from the cache) and raises k / latents / epochs while the target is missed
-    probe = FidelityProbe(model, split, heldout_rows(split, cfg, model, acts))
-
-    def evaluate(sae: TopKSAE, metrics: dict) -> dict:
-        # with the bundle's inference encoder, as the gate below measures it
-        kern = kernel_of(sae, cfg.sae_encoder)
-        q = quality_report(metrics, probe.measures(kern), sae.cfg.n_latents)
-        same = cfg.sae_encoder == sae.cfg.encoder
-        held = (metrics.get("heldout") or metrics["train"]) if same else measure(kern, acts.heldout).as_dict()
-        return {"ndcg10_kept": q["ndcg10_ratio"], "measured_on": q["measured_on"], "fvu": held["fvu"],
-                "measures": {m["name"]: round(m["value"], 4) for m in q["measures"]}}
-
     asked = (cfg.k, cfg.expansion, cfg.sae_epochs)
-    found = search_sae(cfg, acts, work, evaluate, reserved)
+    found, probe = fit_sae_to_target(cfg, model, split, acts, work, reserved)
     cfg, sae, sae_metrics = found.cfg, found.sae, found.metrics
     if (cfg.k, cfg.expansion, cfg.sae_epochs) != asked:
         log.info("quality search: %s", found.record["why"])

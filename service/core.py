@@ -483,9 +483,15 @@ class Core:
         # place of the activation / the original's (all held-out rows; the test users alone)
         fid = metrics.get("fidelity", {})
         for key, name in (("heldout_ndcg10_ratio_reconstruction", "sae_heldout_ndcg10_ratio"),
-                          ("ndcg10_ratio_reconstruction", "sae_test_ndcg10_ratio")):
+                          ("ndcg10_ratio_reconstruction", "sae_test_ndcg10_ratio"),
+                          ("ndcg10_ratio_reconstruction_sampled99", "sae_sampled99_ndcg10_ratio"),
+                          ("overlap10_reconstruction", "sae_top10_overlap")):
             if isinstance(fid.get(key), (int, float)):
                 headline[name] = round(float(fid[key]), 4)
+        worst = (metrics.get("quality") or {}).get("worst")
+        if isinstance(worst, dict) and isinstance(worst.get("value"), (int, float)):
+            # the fidelity measure the gate reads: the lowest of the four above
+            headline["sae_fidelity_worst"] = {"name": str(worst.get("name")), "value": round(float(worst["value"]), 4)}
         if "onnx_max_abs_diff" in metrics:
             headline["onnx_max_abs_diff"] = metrics["onnx_max_abs_diff"]
         describer = m.get("settings", {}).get("describer") or "unknown"

@@ -109,7 +109,9 @@ def build_test_bundle(name: str, dataset: str, data_dir: Path | None, **settings
     """Build (or reuse) a bundle of the offline job with these JobConfig settings."""
     from recsae.pipeline import JobConfig, run_job
 
-    cfg = JobConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, seed=0, progress=False)
+    # quality_budget=0: the SAE exactly as set here (tests/unit/test_quality_search.py tests the search)
+    cfg = JobConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, seed=0, progress=False,
+                    quality_budget=0)
     for k, v in settings.items():
         setattr(cfg, k, v)
     out = BUNDLE_CACHE / f"{name}-{cfg.key(*cfg.__dataclass_fields__)}-{code_digest('recsae', 'models')}"

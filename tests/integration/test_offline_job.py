@@ -84,7 +84,7 @@ def test_min_fidelity_refuses_a_weak_sae_and_writes_no_bundle(tmp_path):
     out = tmp_path / "b"
     r = run_cli("train", "--dataset", "synthetic", "--out", str(out), "-q", "-k", "1", "--expansion", "1",
                 "--sae-epochs", "1", "--describer", "none", "--train-param", "epochs=3",
-                "--min-fidelity", "0.99", cwd=tmp_path)
+                "--min-fidelity", "0.99", "--quality-budget", "0", cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-3000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "below --min-fidelity 0.99; no bundle written" in lines[0], r.stderr[-2000:]
@@ -126,7 +126,7 @@ def test_user_based_recommenders_build_a_bundle_on_ml100k(data_dir, tmp_path, mo
     from recsae.pipeline import JobConfig, run_job
 
     cfg = JobConfig(dataset="ml-100k", data_dir=str(data_dir), model=model, train_params={"epochs": 3},
-                    sae_epochs=3, describer="none", progress=False)
+                    sae_epochs=3, describer="none", progress=False, quality_budget=0)
     res = run_job(cfg, tmp_path / "b", tmp_path / "work")
     s = res.summary
     m = json.loads((res.bundle / "manifest.json").read_text())

@@ -55,8 +55,41 @@ def test_quality_report_reads_the_larger_set_and_warns_at_each_threshold():
     assert len(fvu) == 1 and "FVU 0.110" in fvu[0]
     dead = quality_report(_sae(0.035, WARN_DEAD + 0.05, 98_000), _fid(11_757, 0.95, 0.93), 1024)["warnings"]
     assert len(dead) == 1 and "15% of latents" in dead[0]
+    # user-based models: the few held-out users keep 50%, which the gate reads (the test users
+    # were trained on), and the advice points at the rows, not at k
     rows = quality_report(_sae(0.035, 0.0, 859), _fid(84, 0.5, 0.95), 2048)["warnings"]
-    assert len(rows) == 1 and "2,048 latents for 859 training rows" in rows[0]
+    assert len(rows) == 2 and "keeps only 50.0% of NDCG@10 over 84 held-out rows" in rows[0], rows
+    assert "too few training rows" in rows[0] and "2,048 latents for 859 training rows" in rows[1]
+
+
+def test_the_gate_reads_every_measure_and_names_the_worst_first():
+    """The music-log case of issue 22: the all-rows figure (0.911) passes the 0.90 bar while 99
+    sampled negatives keep 0.554. The warning leads with the worst measure, lists them all, and
+    never advises the setting that was just tried (balanced, here)."""
+    from recsae.pipeline import quality_report
+
+    fid = {**_fid(40_000, 0.911, 0.95), "ndcg10_ratio_reconstruction_sampled99": 0.554, "overlap10_reconstruction": 0.86}
+    balanced = {"k": 16, "expansion": 16, "epochs": 60, "encoder": "topk", "d_in": 64}
+    q = quality_report(_sae(0.05, 0.0, 98_000), fid, 1024, balanced)
+    assert [m["name"] for m in q["measures"]] == ["sampled99", "top10_overlap", "heldout_rows", "test_users"]
+    assert q["worst"]["name"] == "sampled99" and q["worst"]["value"] == 0.554
+    assert q["ndcg10_ratio"] == 0.911  # the headline of older bundles is still there
+    (w,) = q["warnings"]
+    assert w.startswith("the SAE keeps only 55.4% of NDCG@10 against 99 sampled negatives (943 test users)"), w
+    assert w.index("55.4%") < w.index("86.0%") < w.index("91.1%") < w.index("95.0%"), w
+    assert "balanced" not in w and "--sae-preset fidelity" in w and "--sae-encoder pursuit" in w, w
+    # after the largest preset (and with pursuit already on) the advice is a setting not yet tried
+    fidelity = {"k": 32, "expansion": 32, "epochs": 120, "encoder": "pursuit", "d_in": 64}
+    advice = quality_report(_sae(0.05, 0.0, 98_000), fid, 2048, fidelity)["advice"]
+    assert advice == "try -k 32 --expansion 64 --sae-epochs 180", advice
+    # a search that already tried (32, 64, 120) and kept balanced as the closest advises beyond it
+    tried = [(8, 16, 60), (16, 16, 60), (32, 32, 120), (32, 64, 120)]
+    advice = quality_report(_sae(0.05, 0.0, 98_000), fid, 1024, balanced, tried)["advice"]
+    assert "--sae-preset" not in advice and "-k 32 --expansion 128 --sae-epochs 180" in advice, advice
+    # above the bar on every measure: no warning, and the worst is still named
+    fine = {**fid, "ndcg10_ratio_reconstruction_sampled99": 0.97, "overlap10_reconstruction": 0.92, "heldout_ndcg10_ratio_reconstruction": 0.96}
+    q = quality_report(_sae(0.05, 0.0, 98_000), fine, 1024, balanced)
+    assert q["warnings"] == [] and q["worst"]["name"] == "top10_overlap"
 
 
 def test_concept_warnings_only_below_the_confidence_bar():

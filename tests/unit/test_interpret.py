@@ -375,7 +375,7 @@ def test_synthetic_ground_truth_recovery_and_precision(tmp_path):
     from recsae.pipeline import JobConfig, run_job
 
     cfg = JobConfig(dataset="synthetic", train_params={"epochs": 5}, expansion=1, k=4, sae_epochs=8,
-                    describer="stats", progress=False, threads=2)  # fmt: skip
+                    describer="stats", progress=False, threads=2, quality_budget=0)  # fmt: skip
     res = run_job(cfg, tmp_path / "bundle", tmp_path / "work")
     d = ConceptDictionary.model_validate_json((res.bundle / "concepts.json").read_text())
     _, truth = make_synthetic()
