@@ -272,7 +272,7 @@ class Core:
         for r, i in enumerate(live):
             try:
                 plans.append((i, self._plan(jobs[i], x[r : r + 1], Codes(codes.acts[r : r + 1], codes.idx[r : r + 1]))))
-            except ClientError as e:
+            except Exception as e:  # noqa: BLE001 - a 422 (or a bug) of one request stays that request's
                 out[i] = e
         if plans:
             xs = np.concatenate([p.xs for _, p in plans]) if len(plans) > 1 else plans[0][1].xs
@@ -285,7 +285,10 @@ class Core:
             ids, sc = top_items(scores, k_max)
             for row, (i, plan) in enumerate(plans):
                 k = jobs[i].opts["k"]
-                out[i] = self._finish(jobs[i], plan, ids[row, :k], sc[row, :k])
+                try:
+                    out[i] = self._finish(jobs[i], plan, ids[row, :k], sc[row, :k])
+                except Exception as e:  # noqa: BLE001 - one request's failure is not its batch's
+                    out[i] = e
         return out  # type: ignore[return-value]
 
     def _prepare(self, job: "_Job") -> None:

@@ -224,6 +224,7 @@ class Tracker:
         self.tracking = threading.Event()  # set while subscribed and resynced: the copy is coherent
         self._stop = threading.Event()
         self._conn: Any = None
+        self._refused = False
         self._thread = threading.Thread(target=self._run, name="recsae-redis-tracking", daemon=True)
 
     def start(self, wait_s: float = 1.0) -> bool:
@@ -269,6 +270,13 @@ class Tracker:
                 REDIS_ERRORS.labels("tracking").inc()
                 if not isinstance(e, RedisUnavailable):
                     self.link._mark_down(e)
+            except redis.ResponseError as e:  # e.g. Redis < 6: no CLIENT TRACKING
+                self.tracking.clear()
+                if not self._refused:
+                    log.error("Redis refused invalidation tracking (%s; needs Redis >= 6): concepts are served from "
+                              "the bundle and policies from the copy the periodic sync refreshes", e)
+                self._refused = True
+                self._stop.wait(30.0)
             except Exception:  # noqa: BLE001 - the tracker must survive anything
                 self.tracking.clear()
                 log.exception("Redis invalidation tracking failed; reconnecting")
