@@ -81,10 +81,10 @@ def test_cpu_share_is_the_usable_cpus_less_the_load(monkeypatch):
 @pytest.mark.parametrize("argv", [
     ["train", "--dataset", "ml-100kk", "--out", "out/bundle", "--data-dir", "data"],
     ["train", "--dataset", "no/such/folder", "--out", "out/bundle"],
-    ["serve", "--dataset", "ml-100kk", "--bundle", "out/bundle"],
+    ["serve", "--bundle", "no-bundle"],
     ["interpret", "no-bundle"],
     ["debias", "no-bundle", "--out", "out/report"],
-], ids=["unknown-name", "missing-folder", "serve-unknown-name", "interpret-no-bundle", "debias-no-bundle"])
+], ids=["unknown-name", "missing-folder", "serve-no-bundle", "interpret-no-bundle", "debias-no-bundle"])
 def test_refused_input_fails_before_torch_and_writes_nothing(tmp_path, argv):
     """In a fresh interpreter: the refusal comes before ``import torch`` and before any folder."""
     code = (
