@@ -39,6 +39,8 @@ def to_openapi_30(doc: Any) -> Any:
         nulls = ({"type": "null"}, {"nullable": True})  # (children are converted already)
         if isinstance(alts, list) and any(a in nulls for a in alts):
             rest = [a for a in alts if a not in nulls]
+            if len(rest) > 1 and all(set(a) == {"type", "enum"} and a["type"] == rest[0]["type"] for a in rest):
+                rest = [{"type": rest[0]["type"], "enum": [v for a in rest for v in a["enum"]]}]
             out.pop(key)
             if len(rest) == 1 and "$ref" not in rest[0]:
                 out.update(rest[0])

@@ -189,6 +189,14 @@ class RecommendRequest(_Options):
         examples=[[12, {"latent": 57, "strength": 0.5}]],
     )
 
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _json_name(cls, v: Any) -> Any:
+        # numbers are read as item ids in `history` (coerce_numbers_to_str), never as a policy name
+        if v is not None and not isinstance(v, str):
+            raise ValueError("must be a policy name (a string) or null")
+        return v
+
     @field_validator("explain", "exclude_seen", mode="before")
     @classmethod
     def _json_bool(cls, v: Any) -> Any:

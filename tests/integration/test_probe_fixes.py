@@ -255,7 +255,7 @@ def test_malformed_paths_types_and_repeated_parameters_get_422(server):
     for body in ({"history": ["50"], "suppress": [{"latent": False, "strength": 1}]},
                  {"history": ["50"], "suppress": [False]}, {"history": ["50"], "suppress_baseline": False},
                  {"history": ["50"], "k": True}, {"history": ["50"], "exclude_seen": 0},
-                 {"history": ["50"], "explain": "yes"}):
+                 {"history": ["50"], "explain": "yes"}, {"history": ["50"], "policy": 0}):
         st, resp = server.request("POST", "/recommend", body=body)
         assert st == 422, (body, resp)
     st, resp = server.request("PUT", "/admin/policies/bool-p", body={"baseline": False, "latents": [1]}, headers=AUTH)
