@@ -1,8 +1,10 @@
 """The quality search on small generated activations with a known answer.
 
 Every row is the sum of exactly 4 of 32 dictionary atoms (plus a little noise): an SAE with k < 4
-cannot reconstruct it and one with k = 4 can, so the search started at k = 1 must climb the
-ladder, stop at the first k = 4 setting (the target met) and not train the next one.
+cannot reconstruct it and one with k = 4 largely can (a few epochs here: held-out FVU 0.51 /
+0.38 / 0.21 at k = 1 / 2 / 4, NDCG@10 kept 0.54 / 0.61 / 0.74), so against a target the data
+puts between k = 2 and k = 4 (FVU <= 0.30, NDCG@10 kept >= 0.70) the search started at k = 1 must
+climb the ladder, stop at the first k = 4 setting and not train the next one.
 NDCG@10 kept is measured for real: each held-out row's target is its own top item under random
 item embeddings, so the original keeps NDCG@10 = 1 and the reconstruction keeps what it ranks.
 Nothing here is timed: the budget is tested with an injected clock.
@@ -65,8 +67,8 @@ def evaluator(acts: Activations):
 
 
 def config(**kw) -> JobConfig:
-    base = dict(dataset="generated", k=1, expansion=4, sae_epochs=10, sae_batch_size=128, progress=False, quality_budget=3600.0,
-                target_ndcg=0.95, target_fvu=0.10)
+    base = dict(dataset="generated", k=1, expansion=4, sae_epochs=10, sae_batch_size=128, progress=False,
+                quality_budget=3600.0, target_ndcg=0.70, target_fvu=0.30)
     return JobConfig(**{**base, **kw})
 
 
@@ -86,14 +88,14 @@ def test_search_stops_at_the_first_setting_that_meets_the_target_and_records_its
     found = search_sae(cfg, acts, tmp_path, evaluate)
     rec = found.record
     tried = [(t["k"], t["expansion"], t["epochs"]) for t in rec["trials"]]
-    # k=1 and k=2 cannot reconstruct 4 active atoms; k=4 can: the search stops there
+    # k=1 and k=2 cannot reconstruct 4 active atoms; k=4 can, to the target: the search stops there
     assert tried == sae_ladder(1, 4, 10, D)[:3] == [(1, 4, 10), (2, 4, 10), (4, 8, 20)], rec
     assert [t["meets"] for t in rec["trials"]] == [False, False, True], rec
     assert rec["met"] and rec["stopped"] == "target met" and rec["chosen"] == 2
     assert (found.cfg.k, found.cfg.expansion, found.cfg.sae_epochs) == (4, 8, 20) and found.sae.cfg.k == 4
     last = rec["trials"][-1]
-    assert last["ndcg10_kept"] >= 0.95 and last["fvu"] <= 0.10, last
-    assert rec["trials"][0]["fvu"] > 0.10
+    assert last["ndcg10_kept"] >= 0.70 and last["fvu"] <= 0.30, last
+    assert rec["trials"][0]["fvu"] > 0.30
     assert all(t["seconds"] >= 0 and not t["cached"] for t in rec["trials"])
     assert "first setting that meets the target" in rec["why"] and search_warning(rec) == []
     json.dumps(rec)  # goes into the manifest as it is
@@ -120,7 +122,7 @@ def test_a_spent_budget_starts_nothing_more_and_says_what_came_closest(tmp_path)
     rec = found.record
     assert calls == [1] and len(rec["trials"]) == 1 and rec["chosen"] == 0 and not rec["met"]
     assert rec["stopped"].startswith("budget: k=2 x 64 latents, 10 epochs would take"), rec["stopped"]
-    assert "the closest, k=1 x 64 latents, 10 epochs, misses on FVU" in rec["why"], rec["why"]
+    assert "the closest, k=1 x 64 latents, 10 epochs, misses on NDCG@10 kept and FVU" in rec["why"], rec["why"]
     (warning,) = search_warning(rec)
     assert "a larger --quality-budget lets it go on" in warning
     # switched off: the SAE exactly as asked, and no warning about a search
@@ -129,18 +131,19 @@ def test_a_spent_budget_starts_nothing_more_and_says_what_came_closest(tmp_path)
 
 
 def test_a_setting_that_runs_past_the_budget_is_stopped_and_not_kept(tmp_path):
-    """A clock that advances one second per reading: the second setting starts with ~15 s left
-    and is asked after each epoch whether to stop, so it ends after ~15 of its 60 epochs."""
+    """A clock that advances 10,000 s per reading against a 100,000 s budget: the second setting
+    starts (its estimate, from real seconds per epoch, is far below what is left) and is asked
+    after each epoch whether to stop, so it ends after a handful of its 60 epochs."""
     acts = make_acts(n_train=600, n_held=200)
     evaluate, calls = evaluator(acts)
     ticks = itertools.count()
-    cfg = config(sae_epochs=60, quality_budget=20.0)
-    found = search_sae(cfg, acts, tmp_path, evaluate, clock=lambda: float(next(ticks)))
+    cfg = config(sae_epochs=60, quality_budget=100_000.0)
+    found = search_sae(cfg, acts, tmp_path, evaluate, clock=lambda: 10_000.0 * next(ticks))
     rec = found.record
     assert calls == [1] and len(rec["trials"]) == 2, rec
     stopped = rec["trials"][1]
     assert "stopped" in stopped and "of 60 epochs" in stopped["stopped"] and "fvu" not in stopped, stopped
     assert rec["stopped"].startswith("budget: ran out while training k=2"), rec["stopped"]
     assert rec["chosen"] == 0 and found.sae.cfg.k == 1
-    half = config(k=2, sae_epochs=60, quality_budget=20.0)
+    half = config(k=2, sae_epochs=60, quality_budget=100_000.0)
     assert not (sae_folder(half, tmp_path) / "metrics.json").exists()  # a stopped SAE is not cached
