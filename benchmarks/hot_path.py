@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import catalogue_scale  # noqa: E402
 from benchmarks.serving import run_cell, user_ids  # noqa: E402
-from service.devserver import Client, RedisServer, ServeProcess  # noqa: E402
+from tests.devserver import Client, RedisServer, ServeProcess  # noqa: E402
 
 
 class TreeServer(ServeProcess):

@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=$(realpath "$1"); N=${2:-60}
 BIN=.venv/bin
-PORT=$($BIN/python -c 'from service.devserver import free_port; print(free_port())')
-RPORT=$($BIN/python -c 'from service.devserver import free_port; print(free_port())')
+PORT=$($BIN/python -c 'from tests.devserver import free_port; print(free_port())')
+RPORT=$($BIN/python -c 'from tests.devserver import free_port; print(free_port())')
 TMP=$(mktemp -d)
 TOKEN=fuzz-$RANDOM$RANDOM
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & RPID=$!

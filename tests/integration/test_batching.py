@@ -18,12 +18,12 @@ from service.core import ClientError, NotFound, _Job  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def core(small_bundle, tmp_path_factory):
+def core(synthetic_bundle, tmp_path_factory):
     from service.config import Settings
     from service.core import Core
     from service.schemas import PolicyIn
 
-    c = Core(Settings(bundle=str(small_bundle), redis_url=None, redis_prefix=f"batch-{uuid.uuid4().hex[:8]}",
+    c = Core(Settings(bundle=str(synthetic_bundle), redis_url=None, redis_prefix=f"batch-{uuid.uuid4().hex[:8]}",
                       state_dir=str(tmp_path_factory.mktemp("state")), warmup=False))
     c.start()
     uid = str(c.bundle.users.user_ids[0])

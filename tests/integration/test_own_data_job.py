@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from recsae.cli import main
-from service.devserver import REPO, Client, ServeProcess
+from tests.devserver import REPO, Client, ServeProcess
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from service.devserver import REPO, Client, RedisServer, ServeProcess, free_port
+from tests.devserver import REPO, Client, RedisServer, ServeProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -43,9 +43,9 @@ needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="r
 
 @pytest.fixture(scope="module")
 def bundle() -> Path:
-    from tests.conftest import small_bundle_or_skip
+    from tests.conftest import serving_bundle
 
-    return small_bundle_or_skip()
+    return serving_bundle()
 
 
 @pytest.fixture(scope="module")
