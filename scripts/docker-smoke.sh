@@ -105,7 +105,7 @@ fi
 # -- 3. Images (the bundle trains meanwhile) ---------------------------------------------------
 step "training a small bundle in the background (recsae train --dataset synthetic --model bprmf)"
 "$PY" -m recsae.cli train --dataset synthetic --model bprmf --out "$WORK/bundle" --work-dir "$WORK/train-work" \
-  -q --sae-epochs 2 --expansion 8 --train-param epochs=2 >"$WORK/train.log" 2>&1 &
+  -q --sae-epochs 2 --expansion 8 --train-param epochs=2 --quality-budget 0 >"$WORK/train.log" 2>&1 &
 TRAIN_PID=$!
 build() {  # TAG VARIANT
   local t=$(date +%s)

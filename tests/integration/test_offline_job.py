@@ -42,7 +42,8 @@ def test_bad_input_is_one_clear_line_and_leaves_no_bundle(tmp_path, args, messag
 def test_synthetic_job_builds_a_bundle_and_a_rerun_resumes(tmp_path):
     out = tmp_path / "b"
     args = ["train", "--dataset", "synthetic", "--out", str(out), "-q", "--sae-epochs", "4",
-            "--expansion", "8", "--describer", "none", "--train-param", "epochs=3", "--json", str(tmp_path / "s.json")]
+            "--expansion", "8", "--describer", "none", "--train-param", "epochs=3", "--quality-budget", "0",
+            "--json", str(tmp_path / "s.json")]
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     first = json.loads((tmp_path / "s.json").read_text())
@@ -66,7 +67,7 @@ def test_auto_without_ml100k_says_so_and_sizes_the_synthetic_sae_to_its_data(tmp
     the synthetic data) until at most 10% are dead."""
     out = tmp_path / "b"
     r = run_cli("train", "--data-dir", str(tmp_path), "--out", str(out), "-q", "--describer", "none",
-                "--train-param", "epochs=3", "--sae-epochs", "20", "--json", str(tmp_path / "s.json"),
+                "--train-param", "epochs=3", "--sae-epochs", "20", "--quality-budget", "0", "--json", str(tmp_path / "s.json"),
                 cwd=tmp_path, timeout=3600)  # two SAEs, one of 1,024 latents: slow on a busy machine
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"dataset auto: {tmp_path / 'ml-100k'} not found" in r.stderr and ": synthetic" in r.stderr, r.stderr

@@ -54,7 +54,9 @@ def jobs(tmp_path_factory):
             argv = shlex.split(cmd)
             assert argv[0].endswith("recsae") and argv[1] == "train", argv
             out = argv[argv.index("--out") + 1]
-            assert main([*argv[1:], "-q", "--json", f"{out}.json"]) == 0, cmd
+            # --quality-budget 0: the SAE as the defaults set it, not the up-to-10-minute search for
+            # a better one (tests/unit/test_quality_search.py tests the search)
+            assert main([*argv[1:], "-q", "--quality-budget", "0", "--json", f"{out}.json"]) == 0, cmd
             summaries[Path(out).name] = json.loads(Path(f"{out}.json").read_text())
     finally:
         os.chdir(old)
