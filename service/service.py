@@ -82,7 +82,7 @@ app = FastAPI(
         "suppressed per request (`suppress=`; the baseline, i.e. what all users share, chiefly "
         "popularity, with `suppress_baseline=`) or by stored policy (`policy=`)."
     ),
-    responses={414: {"model": ErrorResponse, "description": "URL longer than 8 KiB"}},
+    responses={414: {"model": ErrorResponse, "description": "URL longer than 64 KiB"}},
     docs_url=None,  # served below from local assets: FastAPI's pages load theirs from a CDN
     redoc_url=None,
 )
@@ -614,7 +614,7 @@ class RecSAEService:
         return content.rstrip("\n") + "\n" + self.core.drift.exposition()
 
 
-MAX_URL_BYTES = 8192
+MAX_URL_BYTES = 64 * 1024  # above the longest schema-valid URL (4,096-char `suppress`, percent-encoded)
 # uvicorn's h11 parser drops a request whose head exceeds 16 KiB with a plain-text 400 (or a
 # reset while the client still sends): let heads up to 1 MiB through so a long URL gets its 414.
 h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE = max(h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, 1 << 20)
