@@ -47,7 +47,8 @@ NoBool = BeforeValidator(_no_bool)
 
 PolicyNameStr = Annotated[str, StringConstraints(pattern=POLICY_NAME)]
 OptionalPolicyName = Annotated[
-    PolicyNameStr | Annotated[str, StringConstraints(pattern=r"^\s*$")] | None,  # blank = none (documented)
+    # blank = none (documented); one pattern, not a union, so an error names the field itself
+    Annotated[str, StringConstraints(pattern=rf"^(?:{POLICY_NAME[1:-1]}|\s*)$")] | None,
     BeforeValidator(_blank_to_none),
     Field(
         default=None,
@@ -55,7 +56,7 @@ OptionalPolicyName = Annotated[
     ),
 ]
 ModeOption = Annotated[
-    SteerMode | Literal[""] | None,  # "" = none, as the query string gives it
+    Literal["error", "reconstruction", ""] | None,  # "" = none, as the query string gives it
     BeforeValidator(_blank_to_none),
     Field(
         default=None,
