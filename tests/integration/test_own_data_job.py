@@ -99,6 +99,11 @@ def test_play_count_domain_beats_popularity_and_is_served(jobs, tmp_path) -> Non
     titles = dict(zip(catalog["item_ids"], catalog["titles"], strict=True))
     assert all(titles[i] == names[i] for i in titles)  # names decoded from latin-1, not mangled
     assert any(n.startswith("tag:") for n in catalog["feature_names"])
+    # items known only by name and tags: concepts are named by exemplar artists (issue 19, item 4)
+    described = [c for c in json.loads((bundle / "concepts.json").read_text())["concepts"] if c["status"] == "described"]
+    named = [c for c in described if c.get("exemplars") and any(n in c["description"] for n in c["exemplars"])]
+    assert described and len(named) >= 0.9 * len(described), [c["description"] for c in described[:5]]
+    assert all(n in names.values() for c in named for n in c["exemplars"])
 
     try:
         redis.Redis.from_url(SHARED_REDIS, socket_timeout=2).ping()
