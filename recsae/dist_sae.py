@@ -13,6 +13,7 @@ import argparse
 import glob
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,10 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    # Leave without running C++ static destructors: at interpreter teardown gloo's transport
+    # threads can still be joinable, and destroying them aborts the process ("terminate called
+    # without an active exception", SIGABRT) after all work is done and written — seen on a
+    # loaded 2-core machine. Everything is flushed and the group destroyed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
