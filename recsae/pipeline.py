@@ -712,7 +712,9 @@ class JobResult:
 
 def work_dir_for(cfg: JobConfig, root: Path) -> Path:
     """The cache folder of one (dataset, recommender) pair; SAE runs live inside it."""
-    work = Path(root) / f"{cfg.dataset.replace('/', '_')}-{cfg.model}-{cfg.key(*MODEL_KEYS)}"
+    # a log file names the folder (the CLI passes its stem as ``dataset``; the Python API may not)
+    name = Path(cfg.data["path"]).name.split(".")[0] if cfg.data and cfg.data.get("path") else cfg.dataset
+    work = Path(root) / f"{name.replace('/', '_')}-{cfg.model}-{cfg.key(*MODEL_KEYS)}"
     work.mkdir(parents=True, exist_ok=True)
     return work
 
