@@ -1,9 +1,9 @@
 """What a request does, independent of the web framework.
 
 ``Core`` holds the verified bundle (through ``recsae.engine.Engine``), the concept store, the
-policy store and the drift tracker; ``service.service`` maps HTTP onto it. All numbers come from
-the one kernel in ``recsae.kernel`` (encode, steer, top_items, explain), so a served answer is
-the offline answer.
+policy store and the drift tracker; the routes (``service.routes``) map HTTP onto it. All
+numbers come from the one kernel in ``recsae.kernel`` (encode, steer, top_items, explain), so a
+served answer is the offline answer. A request's options arrive parsed (``RecommendOptions``).
 """
 
 from __future__ import annotations
