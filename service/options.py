@@ -23,6 +23,9 @@ def _frozen(m: Mapping[int, float]) -> Mapping[int, float]:
 
 @dataclass(frozen=True, slots=True)
 class RecommendOptions:
+    """What one recommendation request asks for, validated: built by ``RecommendQuery.options()``
+    or ``RecommendRequest.options()`` (or directly, in tests and benchmarks)."""
+
     k: int = 10
     """number of items to return"""
     explain: bool = False
