@@ -112,6 +112,7 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
     from recsae.kernel import Codes, top_items
     from service.config import Settings
     from service.core import Core
+    from service.options import RecommendOptions
 
     core = Core(Settings(bundle=str(bundle), redis_url=SHARED_REDIS, redis_prefix=prefix,
                          state_dir=tempfile.mkdtemp(prefix="recsae-bench-"), policy_sync_s=0, warmup=True))
@@ -151,7 +152,7 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
                     t["redis"].append(t6 - t5)
                     t["explain"].append(t7 - t6)
                 t8 = time.perf_counter()
-                core.recommend_user(uid, k=10, explain=explain, suppress={}, policy=None, exclude_seen=True, mode=None)
+                core.recommend_user(uid, RecommendOptions(k=10, explain=explain))
                 t["core_total"].append(time.perf_counter() - t8)
             out[explain] = t
     finally:

@@ -170,9 +170,15 @@ class SAEKernel:
         suppressed. ``baseline`` in [0, 1] is the strength with which ``b_dec`` — what every user
         shares, in a recommender chiefly popularity — is removed.
         """
+        return self.steer_weighted(x, codes, self.suppression_weights(codes, suppress or {}), mode, baseline)
+
+    def steer_weighted(
+        self, x: np.ndarray, codes: Codes, w: np.ndarray, mode: SteerMode = "error", baseline: float = 0.0
+    ) -> np.ndarray:
+        """``steer`` with the (B, k) weights of ``suppression_weights`` already computed (the
+        service computes them once per request and hands them to the explanation too)."""
         check_baseline(baseline)
         x = np.atleast_2d(np.asarray(x, dtype=np.float32))
-        w = self.suppression_weights(codes, suppress or {})
         if mode == "error":
             if w.any():
                 x = x - np.einsum("bk,bkd->bd", codes.acts * w, self.W_dec[codes.idx])

@@ -1,15 +1,22 @@
-"""Service settings, read once from the environment (12-factor style; see docs/SERVICE.md)."""
+"""Service settings: the one place that reads the environment (12-factor style; docs/SERVICE.md).
+
+Two objects, each built once: ``SERVER`` (what BentoML's decorator and the ASGI app need when
+``service.service`` is imported: workers, port, body limit) and ``Settings`` (what a worker
+serves: bundle, Redis, tokens, batching; built when the worker starts). No other module of
+``service/`` reads ``os.environ`` (tests/unit/test_service_config.py greps for it).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from recsae import ConfigError
 
 
-def _float(env: dict, name: str, default: float, lo: float, hi: float) -> float:
+def _float(env: Mapping, name: str, default: float, lo: float, hi: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -22,16 +29,51 @@ def _float(env: dict, name: str, default: float, lo: float, hi: float) -> float:
     return v
 
 
-def _int(env: dict, name: str, default: int, lo: int, hi: int) -> int:
+def _int(env: Mapping, name: str, default: int, lo: int, hi: int) -> int:
     v = _float(env, name, default, lo, hi)
     if v != int(v):
         raise ConfigError(f"{name} must be an integer")
     return int(v)
 
 
-def default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+def _share(env: Mapping, name: str, default: float) -> float:
+    """A share in [0, 1], clamped; not a number -> the default (lenient, as it always was)."""
+    try:
+        return min(1.0, max(0.0, float(env.get(name, str(default)))))
+    except ValueError:
+        return default
+
+
+def _state_dir(env: Mapping) -> str:
+    return env.get("RECSAE_STATE_DIR", "").strip() or default_state_dir(env)
+
+
+def default_state_dir(env: Mapping | None = None) -> str:
+    env = os.environ if env is None else env
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "recsae")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Process-wide settings, needed when the service module is imported (BentoML's decorator
+    takes workers and port then; the body limit is middleware of the app built then)."""
+
+    workers: int = 1
+    """RECSAE_WORKERS: BentoML workers per replica."""
+    port: int = 3000
+    """RECSAE_PORT: the HTTP port (``bentoml serve --port`` overrides it)."""
+    max_body_bytes: int = 64 * 1024
+    """RECSAE_MAX_BODY_BYTES: larger request bodies get 413 before a route runs."""
+
+    @classmethod
+    def from_env(cls, env: Mapping | None = None) -> "ServerSettings":
+        env = os.environ if env is None else env
+        return cls(
+            workers=_int(env, "RECSAE_WORKERS", 1, 1, 1024),
+            port=_int(env, "RECSAE_PORT", 3000, 0, 65535),
+            max_body_bytes=_int(env, "RECSAE_MAX_BODY_BYTES", 64 * 1024, 0, 1 << 40),
+        )
 
 
 @dataclass(frozen=True)
@@ -50,6 +92,10 @@ class Settings:
     """RECSAE_CONCEPT_TTL_S: lifetime of cached concept entries."""
     admin_token: str | None = None
     """RECSAE_ADMIN_TOKEN: bearer token of the admin endpoints; unset -> they answer 503."""
+    audit_token: str | None = None
+    """RECSAE_AUDIT_TOKEN: bearer token of /audit/recent, /audit/policies, /drift; unset -> open."""
+    audit_sample: float = 0.1
+    """RECSAE_AUDIT_SAMPLE: share of served answers kept for /audit/recent (0 = none, 1 = all)."""
     state_dir: str = ""
     """RECSAE_STATE_DIR: durable copy of the policies (survives a Redis restart)."""
     policy_sync_s: float = 2.0
@@ -58,11 +104,19 @@ class Settings:
     """RECSAE_DRIFT_WINDOW: requests in the sliding window of live firing counts."""
     drift_top: int = 10
     """RECSAE_DRIFT_TOP: latents exported in recsae_concept_firing_rate."""
+    ort_threads: int = 1
+    """RECSAE_ORT_THREADS: ONNX Runtime intra-op threads (0 = its own default)."""
+    max_batch: int = 32
+    """RECSAE_MAX_BATCH: most concurrent recommendation requests computed as one batch."""
+    plain_scores: bool = False
+    """RECSAE_PLAIN_SCORES=1: the recommender alone (no SAE encode, steering or explanation),
+    the baseline of benchmarks/hot_path.py's "price of explanation"."""
     warmup: bool = True
+    """RECSAE_WARMUP: run the request path before reporting ready."""
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Settings":
-        env = dict(os.environ if env is None else env)
+    def from_env(cls, env: Mapping | None = None) -> "Settings":
+        env = os.environ if env is None else env
         bundle = env.get("RECSAE_BUNDLE", "").strip()
         if not bundle:
             raise ConfigError(
@@ -80,9 +134,35 @@ class Settings:
             redis_backoff_s=_float(env, "RECSAE_REDIS_BACKOFF_S", 1.0, 0.05, 60.0),
             concept_ttl_s=_int(env, "RECSAE_CONCEPT_TTL_S", 3600, 1, 30 * 86400),
             admin_token=env.get("RECSAE_ADMIN_TOKEN") or None,
-            state_dir=env.get("RECSAE_STATE_DIR", "").strip() or default_state_dir(),
+            audit_token=env.get("RECSAE_AUDIT_TOKEN") or None,
+            audit_sample=_share(env, "RECSAE_AUDIT_SAMPLE", 0.1),
+            state_dir=_state_dir(env),
             policy_sync_s=_float(env, "RECSAE_POLICY_SYNC_S", 2.0, 0.0, 3600.0),
             drift_window=_int(env, "RECSAE_DRIFT_WINDOW", 2000, 10, 1_000_000),
             drift_top=_int(env, "RECSAE_DRIFT_TOP", 10, 1, 100),
+            ort_threads=_int(env, "RECSAE_ORT_THREADS", 1, 0, 1024),
+            max_batch=_int(env, "RECSAE_MAX_BATCH", 32, 0, 1_000_000),
+            plain_scores=env.get("RECSAE_PLAIN_SCORES") == "1",
             warmup=env.get("RECSAE_WARMUP", "1") not in ("0", "false", "False", "no"),
         )
+
+
+# -- the few variables the service sets for the libraries it loads -------------------------------
+def set_env_default(name: str, value: str) -> None:
+    """Set a variable read by a library (OpenBLAS, BentoML) unless the operator already set it."""
+    os.environ.setdefault(name, value)
+
+
+def worker_metrics_dirs() -> tuple[str | None, str]:
+    """(PROMETHEUS_MULTIPROC_DIR as BentoML set it, the state directory): see
+    ``service.metrics.instance_multiproc_dir``."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR"), _state_dir(os.environ)
+
+
+def use_metrics_dir(path: str) -> None:
+    """Point prometheus_client (read when it is imported) at this worker's metrics folder."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+SERVER = ServerSettings.from_env()
+"""Read once, when the service is imported."""

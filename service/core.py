@@ -1,25 +1,16 @@
 """What a request does, independent of the web framework.
 
 ``Core`` holds the verified bundle (through ``recsae.engine.Engine``), the concept store, the
-policy store and the drift tracker; ``service.service`` maps HTTP onto it. All numbers come from
-the one kernel in ``recsae.kernel`` (encode, steer, top_items, explain), so a served answer is
-the offline answer.
+policy store and the drift tracker; the routes (``service.routes``) map HTTP onto it. All
+numbers come from the one kernel in ``recsae.kernel`` (encode, steer, top_items, explain), so a
+served answer is the offline answer. A request's options arrive parsed (``RecommendOptions``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import json
 import logging
-import os
-import queue
-import random
-import threading
 import time
-from collections import deque
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,10 +22,13 @@ from recsae.engine import Engine
 from recsae.kernel import Codes, top_items
 from service import metrics as M
 from service.concepts import ConceptStore, Described, label_of
+from service.batching import Batcher
 from service.metrics import DriftTracker
 from service.config import Settings
+from service.options import RecommendOptions
 from service.policies import PolicyStore
-from service.redis_link import RedisLink, RedisUnavailable, Tracker
+from service.recent import RecentLog
+from service.redis_link import RedisLink, Tracker
 from service.schemas import (
     BundleInfo,
     ModelInfo,
@@ -88,7 +82,7 @@ class Core:
     def __init__(self, settings: Settings):
         self.settings = settings
         _prepare_gpu()
-        self.engine = Engine.from_path(settings.bundle)
+        self.engine = Engine.from_path(settings.bundle, threads=settings.ort_threads)
         self.provider = self.engine.session.get_providers()[0]
         bundle = self.engine.bundle
         self.bundle = bundle
@@ -118,7 +112,7 @@ class Core:
                                   reference_mean_activation=bundle.mean_activation)
         self.titles = bundle.catalog.titles
         self.item_ids = bundle.catalog.item_ids
-        self.recent = RecentLog(self.link, settings.redis_prefix)
+        self.recent = RecentLog(self.link, settings.redis_prefix, settings.audit_sample)
         # concepts and policies are read from process memory; Redis reports every change to
         # their keys to this tracker, which re-reads them (see ``service.redis_link.Tracker``)
         self.tracker = (
@@ -129,10 +123,10 @@ class Core:
         )
         if self.tracker is not None:
             self.store.tracked = self.tracker.tracking.is_set
-        # RECSAE_PLAIN_SCORES=1: serve the recommender alone (no SAE encode, no steering, no
-        # explanation) — the baseline of benchmarks/hot_path.py's "price of explanation"
-        self.plain = os.environ.get("RECSAE_PLAIN_SCORES") == "1"
-        self.batcher = Batcher(self.run_batch, int(os.environ.get("RECSAE_MAX_BATCH", "32")))
+        # plain: serve the recommender alone (no SAE encode, no steering, no explanation) — the
+        # baseline of benchmarks/hot_path.py's "price of explanation"
+        self.plain = settings.plain_scores
+        self.batcher = Batcher(self.run_batch, settings.max_batch)
         self.ready = False
         self._warming = False
 
@@ -167,11 +161,9 @@ class Core:
             if len(self.bundle.users.user_ids):
                 uid = str(self.bundle.users.user_ids[0])
                 for explain in (False, True):
-                    self.recommend_user(uid, k=10, explain=explain, suppress={}, policy=None,
-                                        exclude_seen=True, mode=None)
+                    self.recommend_user(uid, RecommendOptions(k=10, explain=explain))
             if self.engine.accepts_history and self.item_ids:
-                self.recommend_history(self.item_ids[:3], k=10, explain=True, suppress={}, policy=None,
-                                       exclude_seen=True, mode=None)
+                self.recommend_history(self.item_ids[:3], RecommendOptions(k=10, explain=True, where="body"))
         finally:
             self._warming = False
 
@@ -183,10 +175,9 @@ class Core:
         if not len(self.bundle.users.user_ids):
             return [f"curl '{base_url}/concepts?limit=5'"]
         uid = str(self.bundle.users.user_ids[0])
-        opts = dict(k=5, policy=None, exclude_seen=True, mode=None)
         self._warming, warming = True, self._warming  # not a user's request: no metrics, drift, log
         try:
-            body = self.recommend_user(uid, explain=True, suppress={}, **opts)
+            body = self.recommend_user(uid, RecommendOptions(k=5, explain=True))
             weight: dict[int, float] = {}
             for item in body["items"]:
                 for c in item["explanation"]["contributions"]:
@@ -230,21 +221,21 @@ class Core:
             self.link.close()
 
     # -- recommendations --------------------------------------------------------------------------
-    def recommend_user(self, user_id: str, **opts: Any) -> dict[str, Any]:
-        return _answer(self.run_batch([_Job("query", "user", user_id, None, opts)])[0])
+    def recommend_user(self, user_id: str, opts: RecommendOptions) -> dict[str, Any]:
+        return _answer(self.run_batch([Job("user", user_id, None, opts)])[0])
 
-    def recommend_history(self, history: list[str], **opts: Any) -> dict[str, Any]:
-        return _answer(self.run_batch([_Job("body", "history", None, history, opts)])[0])
+    def recommend_history(self, history: list[str], opts: RecommendOptions) -> dict[str, Any]:
+        return _answer(self.run_batch([Job("history", None, history, opts)])[0])
 
-    async def recommend_user_async(self, user_id: str, **opts: Any) -> dict[str, Any]:
+    async def recommend_user_async(self, user_id: str, opts: RecommendOptions) -> dict[str, Any]:
         """``recommend_user`` through the batcher: shares its encoder call, SAE encode and
         scoring pass with the requests that arrive while the previous batch computes."""
-        return await self.batcher.submit(_Job("query", "user", user_id, None, opts))
+        return await self.batcher.submit(Job("user", user_id, None, opts))
 
-    async def recommend_history_async(self, history: list[str], **opts: Any) -> dict[str, Any]:
-        return await self.batcher.submit(_Job("body", "history", None, history, opts))
+    async def recommend_history_async(self, history: list[str], opts: RecommendOptions) -> dict[str, Any]:
+        return await self.batcher.submit(Job("history", None, history, opts))
 
-    def run_batch(self, jobs: list["_Job"]) -> list[dict[str, Any] | Exception]:
+    def run_batch(self, jobs: list["Job"]) -> list[dict[str, Any] | Exception]:
         """Answer several requests with one encoder call, one SAE encode and one matrix-matrix
         scoring pass; everything per request (validation, policy, suppression, exclusion,
         explanation) is done per row exactly as for a single request — a single request IS a
@@ -277,21 +268,21 @@ class Core:
         if plans:
             xs = np.concatenate([p.xs for _, p in plans]) if len(plans) > 1 else plans[0][1].xs
             scores = xs @ eng.item_emb.T  # (B, n_items): the item matrix is read once per batch
-            k_max = max(jobs[i].opts["k"] for i, _ in plans)
+            k_max = max(jobs[i].opts.k for i, _ in plans)
             for row, (i, _) in enumerate(plans):  # in place: no copy of the (B, n_items) scores
-                if jobs[i].opts["exclude_seen"] and len(jobs[i].seen):
+                if jobs[i].opts.exclude_seen and len(jobs[i].seen):
                     scores[row, jobs[i].seen] = -np.inf
             # the first k of the top-k_max are the top-k (best first, ties by lower id)
             ids, sc = top_items(scores, k_max)
             for row, (i, plan) in enumerate(plans):
-                k = jobs[i].opts["k"]
+                k = jobs[i].opts.k
                 try:
                     out[i] = self._finish(jobs[i], plan, ids[row, :k], sc[row, :k])
                 except Exception as e:  # noqa: BLE001 - one request's failure is not its batch's
                     out[i] = e
         return out  # type: ignore[return-value]
 
-    def _prepare(self, job: "_Job") -> None:
+    def _prepare(self, job: "Job") -> None:
         """Resolve the user (or the history's items): what to encode and what was seen."""
         if job.source == "user":
             u = self.bundle.users.index_of(job.user_id)
@@ -319,10 +310,11 @@ class Core:
             )
         job.seen = np.asarray(idx, dtype=np.int64)
 
-    def _plan(self, job: "_Job", x: np.ndarray, codes: Codes) -> "_Plan":
-        """Validate this request's suppression, resolve its policy and steer its representation."""
-        sae, where, o = self.sae, job.where, job.opts
-        suppress: Mapping[int, float] = o["suppress"]
+    def _plan(self, job: "Job", x: np.ndarray, codes: Codes) -> "_Plan":
+        """Validate this request's suppression against the bundle, resolve its policy, compute the
+        suppression weights (once: scoring and the explanation both use them) and steer."""
+        sae, o = self.sae, job.opts
+        where, suppress = o.where, o.suppress
         bad = [j for j in suppress if not 0 <= j < sae.n_latents]
         if bad:
             raise ClientError(
@@ -333,7 +325,7 @@ class Core:
         active = [int(j) for j in codes.idx[0][firing]]
         # policies and concepts come from process memory, kept coherent by the Redis tracker:
         # no round trip on the request path
-        policy = o["policy"]
+        policy = o.policy
         pol = self.policies.current(policy) if policy is not None else None
         if policy is not None and pol is None:
             raise ClientError((where, "policy"), f"unknown policy {policy!r}; see GET /admin/policies")
@@ -350,18 +342,19 @@ class Core:
         baseline, baseline_source = 0.0, None
         if pol is not None and pol.baseline > 0:
             baseline, baseline_source = float(pol.baseline), f"policy:{pol.name}"
-        suppress_baseline = o.get("suppress_baseline", 0.0)
+        suppress_baseline = o.suppress_baseline
         if suppress_baseline > 0 and suppress_baseline >= baseline:
             baseline, baseline_source = float(suppress_baseline), "request"
-        use_mode: SteerMode = o["mode"] or (pol.mode if pol is not None else "error")
-        xs = sae.steer(x, codes, strengths, use_mode, baseline)
-        return _Plan(xs, codes, active, pol, strengths, sources, baseline, baseline_source, use_mode)
+        use_mode: SteerMode = o.mode or (pol.mode if pol is not None else "error")
+        weights = sae.suppression_weights(codes, strengths)
+        xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)
+        return _Plan(xs, codes, weights, active, pol, strengths, sources, baseline, baseline_source, use_mode)
 
-    def _finish(self, job: "_Job", plan: "_Plan", ids: np.ndarray, sc: np.ndarray) -> dict[str, Any]:
+    def _finish(self, job: "Job", plan: "_Plan", ids: np.ndarray, sc: np.ndarray) -> dict[str, Any]:
         """The response body (schema: ``service.schemas.RecommendResponse``) from the top-k."""
         keep = np.isfinite(sc)  # everything excluded in a tiny catalogue: never -inf in JSON
         ids, sc = ids[keep], sc[keep]
-        k, explain = job.opts["k"], job.opts["explain"] and not self.plain
+        k, explain = job.opts.k, job.opts.explain and not self.plain
         pol, strengths, baseline, active = plan.pol, plan.strengths, plan.baseline, plan.active
         # The hot path builds the wire body as plain dicts (field for field the schema's
         # RecommendResponse; tests check served bodies round-trip through it unchanged):
@@ -372,7 +365,7 @@ class Core:
         ]
         active_out: list[dict] = []
         if explain:
-            active_out = self._explain(plan.xs, plan.codes, strengths, ids, items, baseline)
+            active_out = self._explain(plan.xs, plan.codes, plan.weights, ids, items, baseline)
 
         if not self._warming:
             self.drift.record(np.asarray(active, dtype=np.int64), plan.codes.acts[0][: len(active)])
@@ -423,7 +416,7 @@ class Core:
         self,
         xs: np.ndarray,
         codes: Codes,
-        strengths: dict[int, float],
+        w: np.ndarray,
         ids: np.ndarray,
         items: list[dict],
         baseline: float = 0.0,
@@ -432,11 +425,10 @@ class Core:
         (their descriptions and labels are filled in by ``_describe`` once the lookup answers).
 
         Uses ``SAEKernel.explain`` on the steered representation, the steered codes (z_j scaled
-        by 1 - strength_j) and the steered bias ((1 - baseline) b_dec), so bias +
-        sum(contributions) + error == steered score.
+        by 1 - w_j, ``w`` the (1, k) suppression weights the steering used) and the steered bias
+        ((1 - baseline) b_dec), so bias + sum(contributions) + error == steered score.
         """
         sae = self.sae
-        w = sae.suppression_weights(codes, strengths)
         steered = Codes(codes.acts * (1.0 - w), codes.idx)
         ex = sae.explain(xs, steered, self.engine.item_emb[ids][None], baseline)
         firing = np.flatnonzero(codes.acts[0] > 0)
@@ -520,99 +512,17 @@ class Core:
         )
 
 
-class RecentLog:
-    """A bounded sample of served recommendations for the audit page (``GET /audit/recent``).
-
-    A share ``RECSAE_AUDIT_SAMPLE`` (default 0.1) of served answers is kept: in a Redis stream
-    ``{prefix}:recent`` capped with ``XADD MAXLEN ~ 500`` (shared by the replicas), written by a
-    background thread so the request never waits for Redis; always also in an in-process deque
-    of 500 (the answer without Redis or while it is down). Entries: time, user (or history),
-    top items, firing latents, suppression.
-    """
-
-    MAXLEN = 500
-
-    def __init__(self, link: RedisLink | None, prefix: str):
-        self.link, self.key = link, f"{prefix}:recent"
-        try:
-            self.rate = min(1.0, max(0.0, float(os.environ.get("RECSAE_AUDIT_SAMPLE", "0.1"))))
-        except ValueError:
-            self.rate = 0.1
-        self.local: deque[dict] = deque(maxlen=self.MAXLEN)
-        self._seq = 0
-        self._q: queue.Queue[dict | None] = queue.Queue(maxsize=1000)
-        self._thread: threading.Thread | None = None
-        if link is not None:
-            self._thread = threading.Thread(target=self._drain, name="recsae-recent", daemon=True)
-            self._thread.start()
-
-    def maybe_record(self, user_id: str | None, items: list[dict], active: list[int],
-                     strengths: dict[int, float], policy: str | None, baseline: float = 0.0) -> None:
-        if self.rate <= 0 or (self.rate < 1 and random.random() >= self.rate):
-            return
-        self._seq += 1
-        entry = {
-            "id": f"local-{self._seq}", "ts": round(time.time(), 3), "user_id": user_id, "policy": policy,
-            "suppressed": sorted(strengths), "baseline": baseline, "active": active,
-            "items": [{"item_id": it["item_id"], "title": it["title"]} for it in items[:10]],
-        }
-        self.local.append(entry)
-        if self._thread is not None:
-            try:
-                self._q.put_nowait(entry)
-            except queue.Full:  # Redis slower than traffic: drop the sample, never the request
-                pass
-
-    def _drain(self) -> None:
-        while True:
-            entry = self._q.get()
-            if entry is None:
-                return
-            data = json.dumps({k: v for k, v in entry.items() if k != "id"})
-            try:
-                self.link.run("recent", lambda r: r.xadd(self.key, {"e": data}, maxlen=self.MAXLEN, approximate=True))
-            except RedisUnavailable:
-                pass
-            except Exception:  # noqa: BLE001 - a sample must never take the writer thread down
-                log.exception("could not record a recent-traffic sample")
-
-    def recent(self, limit: int) -> list[dict]:
-        """Newest first: from the Redis stream (all replicas), else this worker's deque."""
-        if self.link is not None:
-            try:
-                rows = self.link.run("recent", lambda r: r.xrevrange(self.key, "+", "-", count=limit))
-                out = []
-                for sid, fields in rows:
-                    try:
-                        e = json.loads(fields[b"e"])
-                    except (KeyError, ValueError):
-                        continue
-                    if isinstance(e, dict):
-                        out.append({**e, "id": sid.decode()})
-                return out
-            except RedisUnavailable:
-                pass
-        return list(reversed(self.local))[:limit]
-
-    def close(self) -> None:
-        if self._thread is not None:
-            try:
-                self._q.put_nowait(None)
-            except queue.Full:
-                pass
-
-
 _NONE = np.zeros(0, dtype=np.int64)
 
 
-class _Job:
-    """One recommendation request on its way through ``Core.run_batch``."""
+class Job:
+    """One recommendation request on its way through ``Core.run_batch``: a known user
+    (source 'user') or an explicit history ('history'), with its options."""
 
-    __slots__ = ("where", "source", "user_id", "history", "opts", "u", "seen")
+    __slots__ = ("source", "user_id", "history", "opts", "u", "seen")
 
-    def __init__(self, where: str, source: str, user_id: str | None, history: list[str] | None,
-                 opts: dict[str, Any]):
-        self.where, self.source, self.user_id, self.history, self.opts = where, source, user_id, history, opts
+    def __init__(self, source: str, user_id: str | None, history: list[str] | None, opts: RecommendOptions):
+        self.source, self.user_id, self.history, self.opts = source, user_id, history, opts
         self.u: int | None = None
         self.seen: np.ndarray = _NONE
 
@@ -622,6 +532,8 @@ class _Plan(NamedTuple):
 
     xs: np.ndarray
     codes: Codes
+    weights: np.ndarray
+    """(1, k) strength with which each of ``codes``' latents is suppressed (steering and explanation)"""
     active: list[int]
     pol: Policy | None
     strengths: dict[int, float]
@@ -635,68 +547,3 @@ def _answer(result: dict[str, Any] | Exception) -> dict[str, Any]:
     if isinstance(result, Exception):
         raise result
     return result
-
-
-class Batcher:
-    """Concurrent requests share one ``Core.run_batch`` call.
-
-    An in-process batcher rather than BentoML's adaptive batching: that batches ``@bentoml.api``
-    POST endpoints, while ``GET /recommend`` is a route of the mounted FastAPI app (and the
-    per-request parts — policies, suppression, explanation — must stay per request anyway).
-    No timer: one worker thread computes; whatever arrived while it computed (the event loop
-    keeps accepting requests, as NumPy and ONNX Runtime release the GIL) is the next batch. A
-    lone request therefore waits for nothing but a thread hop, and under load the batch grows
-    with the load. At most ``max_batch`` requests per batch (bounds the (B, n_items) scores).
-    """
-
-    def __init__(self, run: "Any", max_batch: int = 32):
-        self.run, self.max_batch = run, max(1, int(max_batch))
-        self._queue: list[tuple[_Job, Any, Any]] = []
-        self._lock = threading.Lock()
-        self._busy = False
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="recsae-batch")
-        self.sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes (benchmarks read them)
-
-    async def submit(self, job: _Job) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        with self._lock:
-            self._queue.append((job, fut, loop))
-            start, self._busy = not self._busy, True
-        if start:
-            try:
-                self._pool.submit(self._drain)
-            except RuntimeError:  # closed (this core was just swapped out by a reload): compute here
-                self._drain()
-        return await fut
-
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                if not batch:
-                    self._busy = False
-                    return
-            self.sizes.append(len(batch))
-            try:
-                results: list[Any] = self.run([job for job, _, _ in batch])
-            except Exception as e:  # noqa: BLE001 - a failure of the shared part fails this batch only
-                results = [e] * len(batch)
-            for (_, fut, loop), res in zip(batch, results):
-                try:
-                    loop.call_soon_threadsafe(_settle, fut, res)
-                except RuntimeError:  # that request's event loop has closed: nobody waits for it
-                    pass
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)
-
-
-def _settle(fut: Any, res: Any) -> None:
-    if fut.cancelled():
-        return
-    if isinstance(res, Exception):
-        fut.set_exception(res)
-    else:
-        fut.set_result(res)

@@ -34,7 +34,7 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def instance_multiproc_dir(state_dir: str, env: Any = os.environ) -> str | None:
+def instance_multiproc_dir(state_dir: str, shared: str | None) -> str | None:
     """Give this ``bentoml serve`` instance its own Prometheus multiprocess directory.
 
     BentoML points every instance on a host at ``$BENTOML_HOME/prometheus_multiproc_dir`` and
@@ -42,8 +42,7 @@ def instance_multiproc_dir(state_dir: str, env: Any = os.environ) -> str | None:
     the other's counts. Workers (children of the instance's main process) switch to
     ``{state_dir}/metrics/{main pid}-{its start time}`` before any metric value exists; folders
     of instances no longer running are removed. Other settings of the variable are left alone.
-    Returns the folder used, or None."""
-    shared = env.get("PROMETHEUS_MULTIPROC_DIR")
+    ``shared``: PROMETHEUS_MULTIPROC_DIR as BentoML set it. Returns the folder to use, or None."""
     if not shared or Path(shared).name != "prometheus_multiproc_dir":
         return None
     ppid = os.getppid()
@@ -57,14 +56,16 @@ def instance_multiproc_dir(state_dir: str, env: Any = os.environ) -> str | None:
                 shutil.rmtree(old, ignore_errors=True)
     except OSError:
         return None  # keep BentoML's folder rather than fail to start
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(root / me)
     return str(root / me)
 
 
 if "_bentoml_impl" in (sys.argv[0] if sys.argv else ""):  # a `bentoml serve` worker
-    from service.config import default_state_dir
+    from service.config import use_metrics_dir, worker_metrics_dirs
 
-    instance_multiproc_dir(os.environ.get("RECSAE_STATE_DIR", "").strip() or default_state_dir())
+    _shared, _state = worker_metrics_dirs()
+    _mine = instance_multiproc_dir(_state, _shared)
+    if _mine is not None:
+        use_metrics_dir(_mine)
 
 from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,9 @@ def to_openapi_30(doc: Any) -> Any:
 
 
 def render() -> str:
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    from service.config import set_env_default
+
+    set_env_default("BENTOML_DO_NOT_TRACK", "True")
     from service.service import app
 
     return json.dumps(app.openapi(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"

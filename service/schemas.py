@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from recsae.concepts import Concept, ConceptStatus
+from service.options import RecommendOptions
 
 SteerMode = Literal["error", "reconstruction"]
 
@@ -91,32 +92,46 @@ def _strength(v: float, where: str) -> float:
     return float(v)
 
 
-def merge_strengths(pairs: list[tuple[int, float]]) -> dict[int, float]:
-    """Latent -> strength, first-mention order; a latent named twice keeps the stronger."""
+def merge_strengths(pairs: list[tuple[int, float | None]], default: float = 1.0) -> dict[int, float]:
+    """Latent -> strength, first-mention order; a latent named twice keeps the stronger; a
+    strength of None is ``default``."""
     out: dict[int, float] = {}
     for j, s in pairs:
-        out[j] = max(s, out.get(j, 0.0))
+        out[j] = max(default if s is None else s, out.get(j, 0.0))
     if len(out) > MAX_SUPPRESS:
         raise ValueError(f"at most {MAX_SUPPRESS} latents may be suppressed per request")
     return out
 
 
-def parse_latent_list(raw: str | None, default: float = 1.0) -> dict[int, float]:
-    """'12, 57:0.5' -> {12: default, 57: 0.5}: latent ids, each with an optional ``:strength``
-    in (0, 1]; '' or None -> {}."""
+def parse_latent_pairs(raw: str | None) -> list[tuple[int, float | None]]:
+    """'12, 57:0.5' -> [(12, None), (57, 0.5)]: latent ids, each with an optional ``:strength``
+    in (0, 1] (None: the request's default), at most ``MAX_SUPPRESS`` different ids; '' or None -> []."""
     if raw is None or raw.strip() == "":
-        return {}
+        return []
     if not _LATENT_LIST.match(raw):
         raise ValueError("must be comma-separated latent ids, each optionally with ':strength', e.g. '12,57:0.5'")
-    pairs = []
+    pairs: list[tuple[int, float | None]] = []
     for part in raw.split(","):
         j, _, s = part.partition(":")
         try:
-            strength = float(s) if s.strip() else default
+            strength = float(s) if s.strip() else None
         except ValueError:
             raise ValueError(f"{part.strip()!r}: strength must be a number in (0, 1]") from None
-        pairs.append((int(j), _strength(strength, part.strip())))
-    return merge_strengths(pairs)
+        pairs.append((int(j), None if strength is None else _strength(strength, part.strip())))
+    if len({j for j, _ in pairs}) > MAX_SUPPRESS:
+        raise ValueError(f"at most {MAX_SUPPRESS} latents may be suppressed per request")
+    return pairs
+
+
+def parse_latent_list(raw: str | None, default: float = 1.0) -> dict[int, float]:
+    """'12, 57:0.5' -> {12: default, 57: 0.5}; '' or None -> {}."""
+    return merge_strengths(parse_latent_pairs(raw), default)
+
+
+class LatentList(str):
+    """``GET /recommend``'s ``suppress`` text as validated: the text, with its parse (``pairs``)."""
+
+    pairs: list[tuple[int, float | None]]
 
 
 class LatentStrength(BaseModel):
@@ -164,13 +179,20 @@ class RecommendQuery(_Options):
 
     @field_validator("suppress")
     @classmethod
-    def _check_suppress(cls, v: str | None) -> str | None:
-        parse_latent_list(v)
-        return v
+    def _parse_suppress(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        out = LatentList(v)  # parsed here, once: the options below read the parse
+        out.pairs = parse_latent_pairs(v)
+        return out
 
     def suppress_strengths(self) -> dict[int, float]:
         """Latent -> strength of this request's suppression."""
-        return parse_latent_list(self.suppress, self.suppress_strength)
+        s = self.suppress
+        return merge_strengths(s.pairs if isinstance(s, LatentList) else parse_latent_pairs(s), self.suppress_strength)
+
+    def options(self) -> RecommendOptions:
+        return RecommendOptions.of(self, "query")
 
 
 class RecommendRequest(_Options):
@@ -208,8 +230,11 @@ class RecommendRequest(_Options):
 
     def suppress_strengths(self) -> dict[int, float]:
         """Latent -> strength of this request's suppression."""
-        return merge_strengths([(e, self.suppress_strength) if isinstance(e, int) else (e.latent, e.strength)
-                                for e in self.suppress])
+        return merge_strengths([(e, None) if isinstance(e, int) else (e.latent, e.strength) for e in self.suppress],
+                               self.suppress_strength)
+
+    def options(self) -> RecommendOptions:
+        return RecommendOptions.of(self, "body")
 
 
 # -- recommendation responses --------------------------------------------------------------------

@@ -14,7 +14,8 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsa
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from service.core import ClientError, NotFound, _Job  # noqa: E402
+from service.core import ClientError, Job, NotFound  # noqa: E402
+from service.options import RecommendOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +28,19 @@ def core(synthetic_bundle, tmp_path_factory):
                       state_dir=str(tmp_path_factory.mktemp("state")), warmup=False))
     c.start()
     uid = str(c.bundle.users.user_ids[0])
-    active = [a["latent"] for a in c.recommend_user(uid, **opts())["active_latents"]]
+    active = [a["latent"] for a in c.recommend_user(uid, opts())["active_latents"]]
     c.policies.put("calm", PolicyIn(latents=active[:2], strength=0.7, baseline=0.3), who="test")
     yield c
     c.close()
 
 
-def opts(**kw):
-    return {"k": 10, "explain": True, "suppress": {}, "policy": None, "exclude_seen": True, "mode": None,
-            "suppress_baseline": 0.0, **kw}
+def opts(**kw) -> RecommendOptions:
+    return RecommendOptions(**{"k": 10, "explain": True, **kw})
 
 
-def requests(core) -> list[_Job]:
+def requests(core) -> list[Job]:
     users = [str(u) for u in core.bundle.users.user_ids[:12]]
-    first = [a["latent"] for a in core.recommend_user(users[1], **opts())["active_latents"]]
+    first = [a["latent"] for a in core.recommend_user(users[1], opts())["active_latents"]]
     variants = [
         opts(),
         opts(explain=False, k=5),
@@ -52,19 +52,19 @@ def requests(core) -> list[_Job]:
         opts(policy="no-such-policy"),  # 422, alone and in a batch
         opts(suppress={10**6: 1.0}),  # 422
     ]
-    jobs = [_Job("query", "user", u, None, variants[i % len(variants)]) for i, u in enumerate(users)]
-    jobs.append(_Job("query", "user", "no-such-user", None, opts()))  # 404
+    jobs = [Job("user", u, None, variants[i % len(variants)]) for i, u in enumerate(users)]
+    jobs.append(Job("user", "no-such-user", None, opts()))  # 404
     if core.engine.accepts_history:
-        jobs.append(_Job("body", "history", None, core.item_ids[:5], opts(suppress={first[0]: 1.0})))
-        jobs.append(_Job("body", "history", None, ["not-an-item"], opts()))  # 422
+        jobs.append(Job("history", None, core.item_ids[:5], opts(suppress={first[0]: 1.0}, where="body")))
+        jobs.append(Job("history", None, ["not-an-item"], opts(where="body")))  # 422
     return jobs
 
 
-def alone(core, job: _Job):
+def alone(core, job: Job):
     try:
         if job.source == "user":
-            return core.recommend_user(job.user_id, **job.opts)
-        return core.recommend_history(job.history, **job.opts)
+            return core.recommend_user(job.user_id, job.opts)
+        return core.recommend_history(job.history, job.opts)
     except (NotFound, ClientError) as e:
         return e
 
@@ -116,8 +116,8 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(core):
         async def one(job):
             try:
                 if job.source == "user":
-                    return await core.recommend_user_async(job.user_id, **job.opts)
-                return await core.recommend_history_async(job.history, **job.opts)
+                    return await core.recommend_user_async(job.user_id, job.opts)
+                return await core.recommend_history_async(job.history, job.opts)
             except (NotFound, ClientError) as e:
                 return e
         return await asyncio.gather(*[one(j) for j in requests(core) * 3])

@@ -66,8 +66,9 @@ def make_core(bundle, url, state_dir, prefix=None, **kw):
 
 
 def rec(core, uid="1", **kw):
-    opts = {"k": 10, "explain": True, "suppress": {}, "policy": None, "exclude_seen": True, "mode": None, **kw}
-    return core.recommend_user(uid, **opts)
+    from service.options import RecommendOptions
+
+    return core.recommend_user(uid, RecommendOptions(**{"k": 10, "explain": True, **kw}))
 
 
 def ids(body):
@@ -204,9 +205,10 @@ def test_no_round_trip_per_request_in_the_steady_state(bundle, redis_server, tmp
     from service import metrics as M
     from service.schemas import PolicyIn
 
-    monkeypatch.setenv("RECSAE_AUDIT_SAMPLE", "0")  # no background XADDs of the recent-traffic sample
-    core = make_core(bundle, redis_server.url, tmp_path)
-    other = make_core(bundle, redis_server.url, tmp_path / "other", prefix=core.settings.redis_prefix)
+    # audit_sample=0: no background XADDs of the recent-traffic sample
+    core = make_core(bundle, redis_server.url, tmp_path, audit_sample=0.0)
+    other = make_core(bundle, redis_server.url, tmp_path / "other", prefix=core.settings.redis_prefix,
+                      audit_sample=0.0)
     try:
         core.policies.put("p", PolicyIn(latents=[1, 2]), who="t")
         uids = [str(u) for u in core.bundle.users.user_ids[:25]]
