@@ -23,6 +23,7 @@ Without ``REDIS_URL`` the same copy is the store (one process).
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 import logging
 import os
 import re
@@ -374,6 +375,13 @@ class PolicyStore:
 
     def put(self, name: str, body: PolicyIn, who: str) -> Policy:
         latents = self.resolve_latents(body)
+        with self._patient():
+            return self._put(name, body, who, latents)
+
+    def _patient(self) -> Any:
+        return self.link.patient() if self.link is not None else nullcontext()
+
+    def _put(self, name: str, body: PolicyIn, who: str, latents: list[int]) -> Policy:
         now = time.time()
         self._require_redis_sync()
         with self._lock:
@@ -391,11 +399,12 @@ class PolicyStore:
         return policy
 
     def delete(self, name: str, who: str) -> bool:
-        self._require_redis_sync()
-        with self._lock:
-            if name not in self._mirror:
-                return False
-            self._commit("delete", name, None, who, "")
+        with self._patient():
+            self._require_redis_sync()
+            with self._lock:
+                if name not in self._mirror:
+                    return False
+                self._commit("delete", name, None, who, "")
         return True
 
     def _require_redis_sync(self) -> None:

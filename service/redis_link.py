@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import redis
 from redis.backoff import NoBackoff
@@ -41,6 +42,9 @@ class RedisLink:
             health_check_interval=0,
             decode_responses=False,
         )
+        self._patient_client: redis.Redis | None = None
+        self._patient_timeout_s = max(1.0, timeout_s)
+        self._local = threading.local()
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._retry_at = 0.0
@@ -55,13 +59,37 @@ class RedisLink:
         """Call ``fn`` (in the calling thread, errors logged) when Redis answers after an outage."""
         self._recovered.append(fn)
 
+    @contextmanager
+    def patient(self) -> Iterator[None]:
+        """Operator writes (policy changes) in this block: a longer timeout, and no backoff.
+
+        The request path's timeout is short because a slow Redis must not slow answers; a policy
+        change is a deliberate, rare action, and refusing it because one read on a loaded machine
+        took 0.1 s (or because the hot path marked Redis down a moment ago) helps no one.
+        """
+        if self._patient_client is None:
+            self._patient_client = self.client.__class__(
+                connection_pool=redis.ConnectionPool(
+                    connection_class=self.client.connection_pool.connection_class,
+                    **{**self.client.connection_pool.connection_kwargs,
+                       "socket_timeout": self._patient_timeout_s,
+                       "socket_connect_timeout": self._patient_timeout_s},
+                )
+            )
+        self._local.patient = True
+        try:
+            yield
+        finally:
+            self._local.patient = False
+
     def run(self, op: str, fn: Callable[[redis.Redis], Any]) -> Any:
         """One round trip: ``fn(client)`` must issue exactly one command or one pipeline."""
-        if self._down_since is not None and time.monotonic() < self._retry_at:
+        patient = getattr(self._local, "patient", False)
+        if not patient and self._down_since is not None and time.monotonic() < self._retry_at:
             raise RedisUnavailable("Redis is down (backing off)")
         REDIS_ROUNDTRIPS.labels(op).inc()
         try:
-            result = fn(self.client)
+            result = fn(self._patient_client if patient and self._patient_client is not None else self.client)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             REDIS_ERRORS.labels(op).inc()
             self._mark_down(e)

@@ -425,3 +425,32 @@ def test_two_served_replicas_apply_each_others_changes_within_a_second(bundle, r
               f"{concept_s * 1000:.0f} ms")
         ca.close()
         cb.close()
+
+
+def test_a_policy_change_waits_out_a_slow_redis_while_the_request_path_does_not(bundle, redis_server, tmp_path):
+    """Redis paused (SIGSTOP) for 0.4 s: a request-path read gives up at the 0.1 s socket timeout
+    and marks Redis down, as designed; an operator's policy change right after it is neither
+    refused by that backoff nor by the short timeout: it waits (up to 1 s) and lands."""
+    import signal
+    import threading
+
+    from service.redis_link import RedisUnavailable
+    from service.schemas import PolicyIn
+
+    core = make_core(bundle, redis_server.url, tmp_path / "a", redis_timeout_s=0.1)
+    pid = redis_server.proc.pid
+    try:
+        active = [a["latent"] for a in rec(core)["active_latents"]]
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(0.4, os.kill, (pid, signal.SIGCONT)).start()
+        with pytest.raises(RedisUnavailable):
+            core.policies.link.run("probe", lambda r: r.get("nothing"))
+        assert not core.policies.link.up
+        core.policies.put("slow", PolicyIn(latents=active[:1]), who="test")
+        assert redis_server.client().hexists(core.policies.hash_key, "slow")
+        assert core.policies.link.up
+        assert core.policies.delete("slow", who="test")
+        assert not redis_server.client().hexists(core.policies.hash_key, "slow")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        core.close()
