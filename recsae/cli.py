@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from recsae import BundleError, ConfigError, RecSAEError, cpu_share
+from recsae.config import SAE_PRESETS
 
 DESCRIPTION = """\
 Train a TopK sparse autoencoder (SAE) on a recommender's user representation, describe each
@@ -57,7 +58,7 @@ def resolve_dataset(name: str, data_dir: str | None) -> str:
     """``auto``: the real ml-100k when it is on disk, else the embedded synthetic dataset."""
     if name != "auto":
         return name
-    where = Path(data_dir or DEFAULT_DATA_DIR) / "ml-100k"
+    where = Path(data_dir or default_data_dir()) / "ml-100k"
     chosen = "ml-100k" if data_dir and (where / "u.data").is_file() else "synthetic"
     why = "found" if chosen == "ml-100k" else "not found (set --data-dir or RECSAE_DATA_DIR)"
     print(f"dataset auto: {where} {why}: {chosen}", file=sys.stderr, flush=True)
@@ -77,13 +78,6 @@ def _parse_kv(items: list[str]) -> dict:
     return out
 
 
-# Named SAE shapes (k, expansion, epochs): "paper" is the RecSAE paper's setting and the default
-# (8 concepts per explanation, a 35 s SAE stage on ml-100k, ~97% of NDCG@10 with the
-# reconstruction in the path); "balanced" keeps 99% of it on ml-100k at the same training time,
-# with 16 concepts per explanation; "fidelity" 99.5% for 2.5-3.5 min of SAE training. Other data
-# keeps less (Grocery: 84% / 90% / 95%): figures, not promises (README, "Defaults"); the quality
-# search climbs these presets when the first falls short.
-SAE_PRESETS = {"paper": (8, 16, 60), "balanced": (16, 16, 60), "fidelity": (32, 32, 120)}
 
 
 def sae_shape(a: argparse.Namespace) -> tuple[int, int, int]:
@@ -287,9 +281,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_fetch(a: argparse.Namespace) -> int:
-    from recsae.data.fetch import fetch_movielens
-
-    from recsae.data.fetch import MARKER
+    from recsae.data.fetch import MARKER, fetch_movielens
     from recsae.data.loaders import locate_dataset
 
     dest = a.dest or default_data_dir()
