@@ -32,9 +32,7 @@ from recsae.interpret.atlas import render_atlas, write_atlas
 from recsae.interpret.describers import (
     Describer,
     Description,
-    LLMClient,
     LLMDescriber,
-    LLMSettings,
     StatsDescriber,
     names_nothing,
     parse_describe,
@@ -48,6 +46,7 @@ from recsae.interpret.evidence import (
     calibrate,
     latent_evidence,
 )
+from recsae.interpret.llm import LLMClient, LLMSettings
 from recsae.interpret.scorers import LLMScorer, RequestCollector, Scorer, StatsScorer, score_latent
 from recsae.kernel import SAEKernel
 
