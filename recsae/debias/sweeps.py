@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from recsae import ConfigError
+from recsae.debias.config import DebiasConfig
 from recsae.debias.inputs import (
     DEFAULT_RERANK_GRID,
     DebiasData,
@@ -42,10 +43,10 @@ def run_experiment(
     bias: str,
     counts: Sequence[int] = DEFAULT_COUNTS,
     strengths: Sequence[float] = DEFAULT_STRENGTHS,
-    mode: SteerMode = "error",
-    seeds: int = 5,
-    min_freq: float = 0.005,
-    max_ndcg_loss: float = 0.10,
+    mode: SteerMode = DebiasConfig.mode,
+    seeds: int = DebiasConfig.seeds,
+    min_freq: float = DebiasConfig.min_freq,
+    max_ndcg_loss: float = DebiasConfig.max_ndcg_loss,
     methods: Sequence[str] = METHODS,
     rerank_grid: Sequence[float] = DEFAULT_RERANK_GRID,
     progress: Callable[[str], None] | None = None,
