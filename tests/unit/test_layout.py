@@ -119,3 +119,29 @@ def test_no_file_over_600_lines(package):
     assert set(over) <= OVER_LIMIT_ALLOWED, f"files over {MAX_LINES} lines (split them by job): {over}"
     stale = sorted(f for f in OVER_LIMIT_ALLOWED if f.startswith(package + "/") and f not in over)
     assert not stale, f"{stale} are within the limit now: drop them from OVER_LIMIT_ALLOWED"
+
+
+def test_the_bento_ships_every_recsae_module_the_service_imports_and_recsae_never_imports_service():
+    """``bentofile.yaml`` lists the serve-time half of recsae by hand: a module the service
+    imports (directly or through another) and the bento lacks fails only when the bento starts."""
+    g = graph()
+    known = set(g)
+    todo = set()
+    for p in sorted((ROOT / "service").rglob("*.py")):
+        todo |= {m for m in imports_of(module_name(p), p, known | {"service"}) if m.startswith("recsae")}
+    needed: set[str] = set()
+    while todo:
+        m = todo.pop()
+        if m not in needed:
+            needed.add(m)
+            todo |= g.get(m, set())
+    files = {str(modules()[m].relative_to(ROOT)) for m in needed | {"recsae"}}
+    shipped = {line.strip()[3:-1] for line in (ROOT / "bentofile.yaml").read_text().splitlines()
+               if line.strip().startswith('- "recsae/')}
+    assert files <= shipped, f"add to bentofile.yaml's include: {sorted(files - shipped)}"
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        bad = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+               and any(t.split(".")[0] == "service" for t in
+                       ([a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""]))]
+        assert not bad, f"{name} imports service/: the service is built on recsae, never the reverse"
