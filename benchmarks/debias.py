@@ -230,7 +230,7 @@ def render(runs, extra, a, t_load: float, reserved=None) -> str:
     lines = [
         "# De-biasing recommendations by suppressing SAE concepts",
         "",
-        "GitHub issue 5, part 2. Code: `recsae/debias.py` (NumPy; the same kernel the service runs), CLI "
+        "GitHub issue 5, part 2. Code: `recsae/debias/` (NumPy; the same kernel the service runs), CLI "
         "`recsae debias`, benchmark `benchmarks/debias.py` (which wrote this file and `docs/debias/`).",
         "",
         f"Bundle `{src['bundle']}` (version `{src['version']}`): {src['model']} on {src['dataset']}, "

@@ -3,22 +3,23 @@
 NumPy only (``plot_tradeoff`` imports matplotlib lazily). Everything goes through the serving
 kernel (``recsae.kernel``) so a saved policy does in the service exactly what was measured here.
 
-Pieces, in the order an experiment uses them:
+Modules, in the order an experiment uses them (this package re-exports their names):
 
-1. **Bias measures** on top-k lists (:func:`popularity_share`, :func:`mean_popularity`,
+1. **Bias measures** (``measures``) on top-k lists (:func:`popularity_share`, :func:`mean_popularity`,
    :func:`gender_gap`, :func:`gender_auc`) and their experiment wrappers
    :class:`PopularityBias` / :class:`GenderBias` (a per-user list statistic ``b_u`` and user
    weights ``w_u``; the bias is ``sum_u w_u b_u``).
-2. **Inputs** (:func:`load_data`, :func:`data_from_engine`): a bundle's engine, the dataset's
+2. **Inputs** (``inputs``: :func:`load_data`, :func:`data_from_engine`): a bundle's engine, the dataset's
    leave-one-out split, dev-stage inputs (pick latents) and test-stage inputs (report).
-3. **Candidate latents** (:func:`latent_evidence`, :func:`greedy_selection`), chosen from
+3. **Candidate latents** (``selection``: :func:`latent_evidence`, :func:`greedy_selection`), chosen from
    dev-stage data only: the test items never influence which latents are picked; and the
    evidence that the SAE's *baseline* ``b_dec`` is the popularity concept (:func:`baseline_evidence`).
-4. **Sweep** (:func:`run_experiment`): number of suppressed latents x strength, against random
+4. **Sweep** (``sweeps``: :func:`run_experiment`; its settings and the CLI flags: ``config``): number of suppressed latents x strength, against random
    latents; baseline strength (``x - beta * b_dec``), against random directions of the same norm;
    both combined; and a post-hoc re-ranking baseline at matched accuracy.
-5. **Policies** (:func:`choose_policy`, :func:`save_policy`): the chosen suppression as a JSON
-   file ``{"name", "latents", "strength", "mode", "baseline", "description"}`` the service can import.
+5. **Policies** (``policy``: :func:`choose_policy`, :func:`save_policy`): the chosen suppression as
+   the file the service takes as is (``recsae.policy.PolicyFile``, steered by ``recsae.policy.steering``).
+6. **Report** (``report``, ``plots``): tables, markdown and the trade-off plot.
 
 Why a baseline method: a TopK SAE absorbs what every input shares into its decoder bias (it starts
 at the data mean) and spends no sparse latent on it. In a recommender that is chiefly popularity,

@@ -302,7 +302,7 @@ def describe_bundle_latents(cfg, ds, split, model, kernel: SAEKernel, acts, work
 
 # -- re-describing a finished bundle --------------------------------------------------------------
 class _OnnxEncoder:
-    """Just enough of a recommender for ``pipeline.capture_activations``: the bundle's encoder."""
+    """Just enough of a recommender for ``stages.capture_activations``: the bundle's encoder."""
 
     def __init__(self, path: Path, model: dict) -> None:
         from recsae.engine import make_session
