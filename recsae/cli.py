@@ -87,8 +87,6 @@ def _parse_kv(items: list[str]) -> dict:
     return out
 
 
-
-
 def sae_shape(a: argparse.Namespace) -> tuple[int, int, int]:
     """(k, expansion, epochs): the preset's, each overridden by its explicit flag."""
     k, expansion, epochs = SAE_PRESETS[a.sae_preset]

@@ -2,7 +2,9 @@
 
 Every stage caches its output in a work directory keyed by the settings that made it, so a
 re-run with the same settings skips finished stages (resume after an interruption) and a
-changed setting recomputes only what depends on it.
+changed setting recomputes only what depends on it. The stages are in ``recsae.stages``, the
+fidelity measures and the quality search in ``recsae.quality``, the settings in ``recsae.config``;
+this module runs them in order and writes the bundle (``run_job``'s ``fill``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from recsae.stages import (
 from recsae.train import measure
 
 log = logging.getLogger(__name__)
+
+
 # -- the job -------------------------------------------------------------------------------------
 @dataclass
 class JobResult:

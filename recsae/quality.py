@@ -30,6 +30,8 @@ from recsae.stages import Activations, fit_sae, heldout_targets, item_embeddings
 from recsae.train import TrainingStopped, measure
 
 log = logging.getLogger(__name__)
+
+
 def sae_ladder(k: int, expansion: int, epochs: int, d_in: int) -> list[tuple[int, int, int]]:
     """The ``(k, expansion, epochs)`` settings the quality search tries, in order: the configured
     one; k doubled; k x4 with twice the latents and epochs; then twice the latents again. From

@@ -23,6 +23,8 @@ from recsae.sae import SAEConfig, TopKSAE
 from recsae.train import SAETrainConfig, SAETrainResult, train_sae
 
 log = logging.getLogger(__name__)
+
+
 # -- data --------------------------------------------------------------------------------------
 def load_data(cfg: JobConfig) -> Dataset:
     """The job's dataset; a log without time is split with the job's seed (``meta["split_seed"]``)."""

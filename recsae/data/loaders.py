@@ -70,7 +70,6 @@ DATASET_NAMES: dict[str, str | None] = {
 }
 
 
-
 #: ``shared/data`` next to the repository checkout (licensed copies read in place, never copied in).
 SHARED_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 

@@ -30,6 +30,7 @@ strengths lie between "a little" and "all of it"; steps of 0.05 where a third of
 goes on ml-100k (0.5-0.6 across SASRec seeds; README, "De-biasing")."""
 DEFAULT_BASELINE_STRENGTHS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
+
 # =============================================================================================
 # 1. Bias measures on top-k lists
 # =============================================================================================

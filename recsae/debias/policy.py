@@ -22,6 +22,7 @@ POLICY_REQUIRED = tuple(n for n, f in PolicyFile.model_fields.items() if f.is_re
 """The file's keys, from the one policy model (``recsae.policy.PolicyFile``, which the service's
 ``PUT /admin/policies/{name}`` accepts as is)."""
 
+
 def _key(row: dict) -> tuple:
     """A sweep point: (n latents, their strength, baseline strength)."""
     return row["n"], row["strength"], row.get("baseline", 0.0)
