@@ -3,6 +3,8 @@ are picked), and the evidence that the SAE's baseline ``b_dec`` is the popularit
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 
 from recsae import ConfigError
@@ -38,8 +40,8 @@ class _Incremental:
     def __init__(self, data: DebiasData, measure: BiasMeasure, strength: float, mode: SteerMode,
                  baseline: float = 0.0):
         self.data, self.measure, self.strength = data, measure, float(strength)
-        if mode not in ("error", "reconstruction"):
-            raise ConfigError(f"unknown steering mode {mode!r}; use 'error' or 'reconstruction'")
+        if mode not in get_args(SteerMode):
+            raise ConfigError(f"unknown steering mode {mode!r}; use one of {list(get_args(SteerMode))}")
         st = data.select
         self.st = st
         self.x = np.array(data.kernel.steer(st.x, st.codes, {}, mode, baseline), dtype=np.float32)
