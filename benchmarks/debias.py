@@ -36,7 +36,8 @@ baseline is shared by women and men alike, so it cannot carry a between-group ga
 
 def default_job_sae(work_dir: Path, data_dir: str) -> Path | None:
     """The SAE folder of ``JobConfig(dataset='ml-100k', data_dir=...)`` (defaults) in the cache."""
-    from recsae.pipeline import MODEL_KEYS, JobConfig, sae_folder
+    from recsae.pipeline import MODEL_KEYS, JobConfig
+    from recsae.stages import sae_folder
 
     cfg = JobConfig(dataset="ml-100k", data_dir=data_dir)
     folder = sae_folder(cfg, work_dir / f"ml-100k-{cfg.model}-{cfg.key(*MODEL_KEYS)}")
@@ -229,7 +230,7 @@ def render(runs, extra, a, t_load: float, reserved=None) -> str:
     lines = [
         "# De-biasing recommendations by suppressing SAE concepts",
         "",
-        "GitHub issue 5, part 2. Code: `recsae/debias.py` (NumPy; the same kernel the service runs), CLI "
+        "GitHub issue 5, part 2. Code: `recsae/debias/` (NumPy; the same kernel the service runs), CLI "
         "`recsae debias`, benchmark `benchmarks/debias.py` (which wrote this file and `docs/debias/`).",
         "",
         f"Bundle `{src['bundle']}` (version `{src['version']}`): {src['model']} on {src['dataset']}, "

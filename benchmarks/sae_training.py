@@ -24,16 +24,8 @@ import numpy as np
 import torch
 
 from recsae.data import leave_one_out
-from recsae.pipeline import (
-    JobConfig,
-    capture_activations,
-    fidelity,
-    heldout_rows,
-    kernel_of,
-    load_data,
-    train_recommender,
-    work_dir_for,
-)
+from recsae.pipeline import JobConfig, capture_activations, fidelity, kernel_of, load_data, train_recommender, work_dir_for
+from recsae.quality import heldout_rows
 from recsae.sae import SAEConfig
 from recsae.train import SAETrainConfig, measure, train_sae
 

@@ -2,6 +2,11 @@
 
 Layers are one-way: ``service`` -> ``recsae`` -> numpy/onnxruntime. Modules that need torch
 (``recsae.sae``, ``recsae.train``, ``models``) are never imported by the service.
+
+``recsae`` itself is two layers (docs/ARCHITECTURE.md; tests/unit/test_layout.py holds them):
+the **core** (``data``, ``kernel``, ``bundle``, ``concepts``, ``evaluate``, ``sae``, ``engine``,
+``policy``), which the service and every job build on, and the **jobs** (``config``, ``stages``,
+``quality``, ``pipeline``, ``interpret``, ``debias``, ``train``, ``cli``). The core never imports a job.
 """
 
 __version__ = "0.1.0"

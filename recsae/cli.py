@@ -12,9 +12,19 @@ import json
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from recsae import BundleError, ConfigError, RecSAEError, cpu_share
+from recsae.config import (
+    DESCRIBERS,
+    LLM_HELP,
+    SAE_PRESETS,
+    JobConfig,
+    add_flags,
+    min_rating_arg,
+    parse_duration,  # noqa: F401 (tests and scripts parse budgets with it)
+)
 
 DESCRIPTION = """\
 Train a TopK sparse autoencoder (SAE) on a recommender's user representation, describe each
@@ -57,7 +67,7 @@ def resolve_dataset(name: str, data_dir: str | None) -> str:
     """``auto``: the real ml-100k when it is on disk, else the embedded synthetic dataset."""
     if name != "auto":
         return name
-    where = Path(data_dir or DEFAULT_DATA_DIR) / "ml-100k"
+    where = Path(data_dir or default_data_dir()) / "ml-100k"
     chosen = "ml-100k" if data_dir and (where / "u.data").is_file() else "synthetic"
     why = "found" if chosen == "ml-100k" else "not found (set --data-dir or RECSAE_DATA_DIR)"
     print(f"dataset auto: {where} {why}: {chosen}", file=sys.stderr, flush=True)
@@ -77,15 +87,6 @@ def _parse_kv(items: list[str]) -> dict:
     return out
 
 
-# Named SAE shapes (k, expansion, epochs): "paper" is the RecSAE paper's setting and the default
-# (8 concepts per explanation, a 35 s SAE stage on ml-100k, ~97% of NDCG@10 with the
-# reconstruction in the path); "balanced" keeps 99% of it on ml-100k at the same training time,
-# with 16 concepts per explanation; "fidelity" 99.5% for 2.5-3.5 min of SAE training. Other data
-# keeps less (Grocery: 84% / 90% / 95%): figures, not promises (README, "Defaults"); the quality
-# search climbs these presets when the first falls short.
-SAE_PRESETS = {"paper": (8, 16, 60), "balanced": (16, 16, 60), "fidelity": (32, 32, 120)}
-
-
 def sae_shape(a: argparse.Namespace) -> tuple[int, int, int]:
     """(k, expansion, epochs): the preset's, each overridden by its explicit flag."""
     k, expansion, epochs = SAE_PRESETS[a.sae_preset]
@@ -94,31 +95,6 @@ def sae_shape(a: argparse.Namespace) -> tuple[int, int, int]:
         expansion if a.expansion is None else a.expansion,
         epochs if a.sae_epochs is None else a.sae_epochs,
     )
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``600``, ``90s``, ``10m``, ``1.5h``; ``0`` or ``off`` is 0 (no quality search)."""
-    t = text.strip().lower()
-    if t in ("off", "none", "no"):
-        return 0.0
-    scale = {"s": 1, "m": 60, "h": 3600}.get(t[-1:], None)
-    try:
-        value = float(t[:-1] if scale else t) * (scale or 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give seconds (600), minutes (10m), hours (1h), or off") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: the budget must be a finite time >= 0")
-    return value
-
-
-def min_rating_arg(text: str) -> float | str | None:
-    """``--min-rating``: a number, ``auto`` (the scale's midpoint where there are ratings) or ``all``."""
-    if text in ("auto", "all"):
-        return None if text == "all" else "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'all', not {text!r}") from None
 
 
 def _sep_arg(text: str | None) -> str | None:
@@ -287,9 +263,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_fetch(a: argparse.Namespace) -> int:
-    from recsae.data.fetch import fetch_movielens
-
-    from recsae.data.fetch import MARKER
+    from recsae.data.fetch import MARKER, fetch_movielens
     from recsae.data.loaders import locate_dataset
 
     dest = a.dest or default_data_dir()
@@ -436,18 +410,6 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def _threads(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= 1, or auto")
-    return n
-
-
 def _port(text: str) -> int:
     try:
         n = int(text)
@@ -463,32 +425,18 @@ def _sub(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
                           epilog=f"example:\n  {example}", formatter_class=_HelpFormatter)
 
 
-LLM_HELP = (
-    "LLM describer setting, repeatable: base_url=http://host:8000/v1, model=NAME, concurrency=N, "
-    "temperature=0, api_key_env=VAR, price_input_per_1m=USD ... (the API key itself is read from $OPENAI_API_KEY "
-    "or the variable named by api_key_env, never from the command line)")
-DATA_DIR_HELP = ("folder holding the datasets (default: $RECSAE_DATA_DIR, else ../shared/data next to the "
-                 "repository if present, else ~/.cache/recsae/data)")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from recsae.data.fetch import KNOWN_SHA256
+    from recsae.data.logfile import WEIGHT_KINDS
+    from recsae.debias.config import DebiasConfig
+
     p = argparse.ArgumentParser(prog="recsae", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=_HelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log what each stage does (INFO level)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     t = _sub(sub, "train", "dataset -> recommender -> SAE -> concepts -> bundle",
              "recsae train --dataset ml-100k --model sasrec --sae-preset balanced --out bundles/ml100k")
-    t.add_argument("--dataset", default="auto", help=(
-        "ml-100k, ml-1m, ml-latest-small, grocery, synthetic, a dataset folder, or auto = ml-100k when "
-        "the data folder has it, else synthetic (default: auto)"))
-    t.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
-    t.add_argument("--min-rating", type=min_rating_arg, default="auto", metavar="auto|all|NUMBER", help=(
-        "keep ratings >= this as positive interactions; auto (default) = the rating scale's midpoint "
-        "(3 on MovieLens' 1-5: 1-2 stars are dislikes), nothing for data without ratings; all keeps every rating"))
-    t.add_argument("--kcore", type=int, default=0, help="drop users and items with fewer interactions than this, repeatedly (0 = keep all)")
-    t.add_argument("--model", default="auto", choices=["auto", "sasrec", "bprmf", "lightgcn"], help=(
-        "auto (default): sasrec when the data has timestamps, lightgcn when it has none (a sequential model "
-        "needs an order)"))
+    add_flags(t, JobConfig, ("dataset", "data_dir", "min_rating", "kcore", "model"))
     g = t.add_argument_group("your own log (README, \"Bring your own data\")")
     g.add_argument("--data", default=None, metavar="FILE", help=(
         "an interaction log instead of --dataset: CSV/TSV (separator sniffed), gzip or Parquet, with a header row"))
@@ -499,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         "timestamp column (unix seconds or ISO dates); without it the split is a seeded random leave-one-out "
         "and the model defaults to lightgcn"))
     g.add_argument("--weight-col", default=None, help="a rating or count column (see --weight-kind, --min-weight)")
-    g.add_argument("--weight-kind", default="auto", choices=["auto", "rating", "count"], help=(
+    g.add_argument("--weight-kind", default="auto", choices=WEIGHT_KINDS, help=(
         "auto (default): ratings are 2-20 distinct half-steps within 0-10, anything else counts"))
     g.add_argument("--min-weight", type=lambda v: "all" if v == "all" else min_rating_arg(v), default=None, metavar="auto|all|NUMBER", help=(
         "keep rows whose weight >= this (default auto: ratings >= the scale's midpoint, counts > 0; a count is "
@@ -515,43 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--list-sep", default="|", help="separator inside --item-list-col values (default '|')")
     g.add_argument("--items-sep", default=None, help="separator of --items (default: sniffed)")
     g.add_argument("--items-encoding", default=None, help="text encoding of --items (default: --encoding)")
-    t.add_argument("--model-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="recommender setting, repeatable, e.g. dim=64 (see models/)")
-    t.add_argument("--train-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="recommender training setting, repeatable, e.g. epochs=50 or lr=1e-3 (see models/training.py)")
+    add_flags(t, JobConfig, ("model_params", "train_params"))
     t.add_argument("--sae-preset", default="paper", choices=sorted(SAE_PRESETS), help=(
         "SAE shape: paper = k 8 of 1,024 latents, 60 epochs (default); balanced = k 16 of 1,024, "
         "60 epochs (99%% of NDCG@10 kept on ml-100k, 90%% on Grocery); fidelity = k 32 of "
         "2,048, 120 epochs (99.5%% on ml-100k)"))
-    t.add_argument("--expansion", type=int, default=None, help="latents = expansion x d (overrides the preset)")
-    t.add_argument("-k", "--k", type=int, default=None, help="active latents per sample (overrides the preset)")
-    t.add_argument("--sae-epochs", type=int, default=None, help="SAE epochs (overrides the preset)")
-    t.add_argument("--sae-encoder", default="topk", choices=["topk", "pursuit"], help=(
-        "how the bundle encodes at inference: topk = the trained encoder (default); pursuit = "
-        "matching pursuit over the same decoder, k latents still: keeps more of the model (k=8 on "
-        "ml-100k: 98.5%% of NDCG@10 instead of 97.3%%) for ~0.3 ms more per request"))
-    t.add_argument("--sae-reserve", default=None, choices=["popularity"], help=(
-        "reserve latent 0 for this direction and keep it out of every other latent and of the "
-        "decoder bias, so suppressing latent 0 removes it (popularity: the direction that raises "
-        "the 20%% most popular items' scores; default: none)"))
-    t.add_argument("--describer", default="stats", choices=["stats", "llm", "none"],
-                   help="how latents get names: stats = from item features, llm = an OpenAI-compatible model, none")
-    t.add_argument("--llm", action="append", default=[], metavar="KEY=VALUE", help=LLM_HELP)
-    t.add_argument("--seed", type=int, default=0, help="random seed of the recommender and the SAE")
-    t.add_argument("--threads", type=_threads, default=1, metavar="N|auto", help=(
-        "torch intra-op threads for training; more than the CPUs this job really gets slows it down "
-        "on a busy machine; auto = the CPUs it may use less the current load average (at least 1)"))
+    add_flags(t, JobConfig, ("expansion", "k", "sae_epochs", "sae_encoder", "sae_reserve", "describer", "llm",
+                            "seed", "threads"))
     t.add_argument("--out", default="bundles/default", help="bundle folder to write")
     t.add_argument("--work-dir", default=None, help="cache of finished stages (default: .recsae-work next to --out)")
     t.add_argument("--json", default=None, help="also write the summary here")
-    t.add_argument("--min-fidelity", type=float, default=None, metavar="RATIO", help=(
-        "fail (exit 2, no bundle) when NDCG@10 with the SAE's reconstruction in the path is below "
-        "this share of the model's, e.g. 0.95; without it, a low figure is only a warning"))
-    t.add_argument("--quality-budget", type=parse_duration, default=600.0, metavar="TIME", help=(
-        "when the SAE keeps < 95%% of NDCG@10 (held-out rows) or held-out FVU > 0.10, train larger "
-        "ones (k doubled, then more latents and epochs) on the cached activations until one does, "
-        "for at most this long: 600 (seconds), 10m, 1h; 0 or off = the SAE exactly as asked "
-        "(default 10m)"))
+    add_flags(t, JobConfig, ("min_fidelity", "quality_budget"))
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
@@ -561,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = _sub(sub, "fetch", "download a MovieLens dataset (checksum-verified) into the data folder",
              "recsae fetch ml-100k && recsae train --dataset ml-100k")
-    f.add_argument("name", choices=["ml-100k", "ml-1m", "ml-latest-small"], help="dataset to download")
+    f.add_argument("name", choices=list(KNOWN_SHA256), help="dataset to download")
     f.add_argument("--dest", default=None, help=(
         "folder to unpack into (default: the data folder `recsae train` reads: $RECSAE_DATA_DIR, else "
         "../shared/data next to the repository if present, else ~/.cache/recsae/data)"))
@@ -572,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     it = _sub(sub, "interpret", "(re)describe the latents of a bundle", "recsae interpret bundles/default --describer stats")
     it.add_argument("bundle", help="bundle folder (holds manifest.json)")
-    it.add_argument("--describer", default="stats", choices=["stats", "llm"],
+    it.add_argument("--describer", default="stats", choices=[d for d in DESCRIBERS if d != "none"],
                     help="stats = from item features, llm = an OpenAI-compatible model (see --llm)")
     it.add_argument("--llm", action="append", default=[], metavar="KEY=VALUE", help=LLM_HELP)
     it.add_argument("--data-dir", default=None, help=(
@@ -593,32 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = _sub(sub, "debias", "find latents carrying a bias, sweep their (and the baseline's) suppression, save a policy",
              "recsae debias bundles/default --bias popularity --save-policy less-popular")
     d.add_argument("bundle", help="bundle folder (holds manifest.json)")
-    d.add_argument("--bias", default="popularity", choices=["popularity", "gender"],
-                   help="popularity = head items' share of the top 10; gender = the gap between female and male users' "
-                        "lists (needs user gender features, e.g. ml-100k)")
+    add_flags(d, DebiasConfig, ("bias",))
     d.add_argument("--data-dir", default=None, help=(
         "folder holding the bundle's dataset (default: the data folder if it exists, else the one the "
         "bundle was trained from)"))
-    d.add_argument("--counts", default="1,2,4,8,16,32", help="numbers of suppressed latents to sweep")
-    d.add_argument("--strengths", default=None, help=(
-        "suppression strengths to sweep, in [0, 1] (default 0.5,1.0; 0.1 to 1.0, in steps of 0.05 between 0.3 and 0.7, for a bundle "
-        "trained with --sae-reserve)"))
-    d.add_argument("--baseline-strengths", default="0.1,0.2,0.3,0.4,0.5",
-                   help="baseline (SAE decoder bias: what all users share, chiefly popularity) suppression "
-                        "strengths to sweep, in (0, 1]; empty = latents only")
-    d.add_argument("--mode", default="error", choices=["error", "reconstruction"], help=(
-        "error = subtract the suppressed latents' share from the representation, keeping the SAE's "
-        "error (nothing suppressed: unchanged); reconstruction = decode the scaled latents, dropping "
-        "the error (the paper's)"))
-    d.add_argument("--seeds", type=int, default=5, help="random-latent draws per sweep point")
-    d.add_argument("--min-freq", type=float, default=0.005, help="candidates fire for at least this share of dev-stage users")
-    d.add_argument("--max-ndcg-loss", type=float, default=0.10, help="relative dev NDCG@10 loss allowed (greedy selection and policy choice)")
-    d.add_argument("--method", default="best", choices=["best", "greedy", "association", "baseline", "baseline+greedy"],
-                   help="method the saved policy uses; best = lowest dev-stage bias within the NDCG budget among "
-                        "greedy, baseline, baseline+greedy")
-    d.add_argument("--target-cut", type=float, default=None, metavar="FRACTION",
-                   help="choose the policy as the dev point with the least NDCG loss that cuts the bias by at least "
-                        "FRACTION (e.g. 0.33) instead of the lowest bias within --max-ndcg-loss")
+    add_flags(d, DebiasConfig, [f.name for f in fields(DebiasConfig)][1:])
     d.add_argument("--out", default="debias-report", help="folder for report-<bias>.md, tradeoff-<bias>.png, debias-<bias>.json")
     d.add_argument("--save-policy", default=None, metavar="NAME", help="write the chosen suppression to <policy-dir>/NAME.json")
     d.add_argument("--policy-dir", default="policies", help="where policies go (not inside the bundle: bundles are hash-verified)")

@@ -20,10 +20,12 @@ With a single held-out item, ``HR@k = [rank < k]`` and ``NDCG@k = [rank < k] / l
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Sequence
 
 import numpy as np
 
+from recsae import ConfigError
 from recsae.data.core import Split
 
 Ties = Literal["pessimistic", "optimistic"]
@@ -319,3 +321,41 @@ def _stage_targets(split: Split, stage: str) -> np.ndarray:
     if stage == "test":
         return split.test
     raise ValueError(f"stage must be one of {_STAGES}, not {stage!r}")
+
+
+# -- list measures shared by the offline job and the de-bias experiment ----------------------
+HEAD_FRACTION = 0.2
+
+
+def head_items(popularity: np.ndarray, fraction: float = HEAD_FRACTION) -> np.ndarray:
+    """Boolean mask of the ``ceil(fraction * n)`` most popular items (ties: lower item id first)."""
+    pop = np.asarray(popularity)
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"head fraction must be in (0, 1], not {fraction}")
+    n = len(pop)
+    order = np.argsort(-pop, kind="stable")
+    head = np.zeros(n, dtype=bool)
+    head[order[: max(1, math.ceil(fraction * n))]] = True
+    return head
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank."""
+    _, inv, counts = np.unique(np.asarray(values, dtype=np.float64), return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    return (upper - (counts - 1) / 2.0)[inv.reshape(-1)]
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U; ties count one half)."""
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = average_ranks(scores)
+    return float((r[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def head_of(n_items: int, split: Split) -> np.ndarray:
+    """Mask of the top-20% items by training interactions: the de-bias head."""
+    return head_items(np.bincount(np.concatenate(split.train), minlength=n_items))

@@ -20,6 +20,7 @@ from recsae import BundleError
 from recsae.concepts import Concept
 from recsae.engine import Engine
 from recsae.kernel import Codes, top_items
+from recsae.policy import steering
 from service import metrics as M
 from service.concepts import ConceptStore, Described, label_of
 from service.batching import Batcher
@@ -330,22 +331,15 @@ class Core:
         if policy is not None and pol is None:
             raise ClientError((where, "policy"), f"unknown policy {policy!r}; see GET /admin/policies")
 
-        strengths: dict[int, float] = {}
-        sources: dict[int, str] = {}
-        if pol is not None:
-            for j, s in self.policies.effective_latents(pol).items():
-                strengths[j], sources[j] = s, f"policy:{pol.name}"
-        for j, s in suppress.items():  # like the baseline: the stronger of the policy's and the request's
-            if s >= strengths.get(j, 0.0):
-                strengths[j], sources[j] = float(s), "request"
-        # the baseline (b_dec): the stronger of the policy's and the request's, like latents
-        baseline, baseline_source = 0.0, None
-        if pol is not None and pol.baseline > 0:
-            baseline, baseline_source = float(pol.baseline), f"policy:{pol.name}"
-        suppress_baseline = o.suppress_baseline
-        if suppress_baseline > 0 and suppress_baseline >= baseline:
-            baseline, baseline_source = float(suppress_baseline), "request"
-        use_mode: SteerMode = o.mode or (pol.mode if pol is not None else "error")
+        # one rule with `recsae debias` (recsae.policy.steering): the stronger of the policy's and
+        # the request's suppression, per latent and for the baseline (b_dec)
+        st = steering(
+            pol.name if pol is not None else None,
+            self.policies.effective_latents(pol) if pol is not None else None,
+            pol.baseline if pol is not None else 0.0, pol.mode if pol is not None else None,
+            suppress, o.suppress_baseline, o.mode,
+        )
+        strengths, sources, baseline, baseline_source, use_mode = st
         weights = sae.suppression_weights(codes, strengths)
         xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)
         return _Plan(xs, codes, weights, active, pol, strengths, sources, baseline, baseline_source, use_mode)

@@ -8,7 +8,7 @@ generated from them. Concept entries reuse ``recsae.concepts.Concept`` (the bund
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -21,14 +21,12 @@ from pydantic import (
 )
 
 from recsae.concepts import Concept, ConceptStatus
+from recsae.policy import MAX_DESCRIPTION, POLICY_NAME, Encoder, SteerMode
 from service.options import RecommendOptions
-
-SteerMode = Literal["error", "reconstruction"]
 
 MAX_K = 100
 MAX_HISTORY = 200
 MAX_SUPPRESS = 256
-POLICY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _LATENT_ITEM = r"\s*\d{1,9}\s*(?::\s*[0-9.eE+-]{1,24}\s*)?"
 _LATENT_LIST = re.compile(rf"^{_LATENT_ITEM}(,{_LATENT_ITEM})*$")
 
@@ -57,7 +55,7 @@ OptionalPolicyName = Annotated[
     ),
 ]
 ModeOption = Annotated[
-    Literal["error", "reconstruction", ""] | None,  # "" = none, as the query string gives it
+    Literal[(*get_args(SteerMode), "")] | None,  # "" = none, as the query string gives it
     BeforeValidator(_blank_to_none),
     Field(
         default=None,
@@ -366,7 +364,7 @@ class SAEInfo(BaseModel):
     k: int
     n_latents: int
     expansion: int | None = None
-    encoder: Literal["topk", "pursuit"] = Field(
+    encoder: Encoder = Field(
         "topk", description="how activations are encoded: the trained TopK encoder, or matching pursuit "
         "over the decoder (recsae train --sae-encoder)")
 
@@ -416,7 +414,7 @@ class PolicyIn(BaseModel):
         f"strength in [0, 1] with which to suppress the baseline, {BASELINE_DOC}; 0 = none. "
         "Applies whatever the bundle (every SAE has its own b_dec)."
     )
-    description: str | None = Field(None, max_length=500)
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION)
     name: PolicyNameStr | None = Field(
         None, description="optional; when given, must be the name in the path (a `recsae debias --save-policy` "
         "file is a body as is)")

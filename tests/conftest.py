@@ -68,7 +68,8 @@ def data_dir() -> Path:
 # Both digests read the code, not the text: docstrings and comments do not count.
 BUNDLE_CACHE = REPO_ROOT / ".pytest-bundles"
 WEIGHT_SOURCES = ("models", "recsae/__init__.py", "recsae/data", "recsae/sae.py", "recsae/train.py",
-                  "recsae/kernel.py", "recsae/evaluate.py", "recsae/pipeline.py")  # fmt: skip
+                  "recsae/kernel.py", "recsae/evaluate.py", "recsae/pipeline.py", "recsae/config.py",
+                  "recsae/stages.py", "recsae/quality.py")  # fmt: skip
 
 
 def _code_text(path: Path) -> str:

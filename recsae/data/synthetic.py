@@ -21,6 +21,7 @@ import numpy as np
 
 from recsae import ConfigError
 from recsae.data.core import Dataset, FeatureTable
+from recsae.data.features import add_popularity
 
 __all__ = ["Concept", "PlantedTruth", "make_synthetic", "GENRES", "DECADES", "STYLES"]
 
@@ -210,8 +211,6 @@ def make_synthetic(
             items.append(item)
             times.append(t)
             labels.append(label)
-
-    from recsae.data.loaders import add_popularity
 
     items_a = np.asarray(items, dtype=np.int32)
     params = {

@@ -25,14 +25,14 @@ from typing import Any, Callable
 import numpy as np
 
 from recsae import BundleError, ConfigError
-from recsae.concepts import Concept, ConceptDictionary
+from recsae.concepts import Concept, ConceptDictionary, DetectionScore
+from recsae.data.core import Split
+from recsae.evaluate import auc, head_of
 from recsae.interpret.atlas import render_atlas, write_atlas
 from recsae.interpret.describers import (
     Describer,
     Description,
-    LLMClient,
     LLMDescriber,
-    LLMSettings,
     StatsDescriber,
     names_nothing,
     parse_describe,
@@ -46,13 +46,14 @@ from recsae.interpret.evidence import (
     calibrate,
     latent_evidence,
 )
+from recsae.interpret.llm import LLMClient, LLMSettings
 from recsae.interpret.scorers import LLMScorer, RequestCollector, Scorer, StatsScorer, score_latent
 from recsae.kernel import SAEKernel
 
 __all__ = [
     "Describer", "Description", "EvidenceContext", "FeatureSpace", "LLMSettings", "LatentEvidence",
     "SampleSet", "Scorer", "StatsDescriber", "StatsScorer", "LLMDescriber", "LLMScorer",
-    "build_dictionary", "connect_llm", "describe_bundle_latents", "interpret_activations", "reinterpret_bundle",
+    "build_dictionary", "connect_llm", "describe_bundle_latents", "describe_reserved_popularity", "measure_freq", "interpret_activations", "reinterpret_bundle",
     "render_atlas", "summarize", "write_atlas",
 ]  # fmt: skip
 
@@ -301,7 +302,7 @@ def describe_bundle_latents(cfg, ds, split, model, kernel: SAEKernel, acts, work
 
 # -- re-describing a finished bundle --------------------------------------------------------------
 class _OnnxEncoder:
-    """Just enough of a recommender for ``pipeline.capture_activations``: the bundle's encoder."""
+    """Just enough of a recommender for ``stages.capture_activations``: the bundle's encoder."""
 
     def __init__(self, path: Path, model: dict) -> None:
         from recsae.engine import make_session
@@ -335,8 +336,9 @@ def reinterpret_bundle(
     from dataclasses import fields
 
     from recsae.bundle import MANIFEST, verify_bundle, write_bundle
+    from recsae.config import JobConfig
     from recsae.data import leave_one_out
-    from recsae.pipeline import JobConfig, capture_activations, load_data
+    from recsae.stages import capture_activations, load_data
 
     bundle = Path(bundle_path)
     manifest = verify_bundle(bundle)
@@ -364,8 +366,6 @@ def reinterpret_bundle(
         ds, kernel, item_emb, acts, describer=describer, llm=client, seed=cfg.seed, work=work
     )
     if cfg.sae_reserve == "popularity":
-        from recsae.pipeline import describe_reserved_popularity
-
         describe_reserved_popularity(concepts, kernel, np.asarray(acts.heldout), item_emb, split)
 
     skip = {MANIFEST, "concepts.json", "atlas.html"}
@@ -384,3 +384,36 @@ def reinterpret_bundle(
     write_bundle(bundle, fill)
     write_atlas(bundle)
     return {"bundle": str(bundle), **concepts.summary}
+
+
+# -- the reserved popularity latent (sae_reserve="popularity") ------------------------------------
+def describe_reserved_popularity(concepts: ConceptDictionary, kernel: SAEKernel, x: np.ndarray, emb: np.ndarray,
+                                 split: Split) -> None:
+    """Latent 0 of a ``sae_reserve="popularity"`` SAE is popularity by construction; it fires for
+    almost everyone, so firing-based describers find nothing: its magnitude is what matters.
+    Its confidence is measured, not assumed: the AUC of its activation for whether the model's
+    top recommendation on a held-out row is one of the 20% most popular items."""
+    head = head_of(len(emb), split)
+    codes = kernel.encode(x)
+    a0 = np.where(codes.idx == 0, codes.acts, 0.0).sum(1)
+    top_is_head = head[np.concatenate([(x[s : s + 4096] @ emb.T).argmax(1) for s in range(0, len(x), 4096)])]
+    score = auc(a0, top_is_head)
+    c = concepts.by_latent()[0]
+    c.status = "described"
+    c.description = ("item popularity: how far this user's state leans to the 20% most popular items "
+                     "(a latent reserved for this direction when the SAE was trained)")
+    c.attributes = ["popularity:head"]
+    c.confidence = round(float(score), 4)
+    pred = a0 > np.median(a0)
+    bal = 0.5 * (float(pred[top_is_head].mean()) + float((~pred[~top_is_head]).mean())) if 0 < top_is_head.sum() < len(x) else 0.5
+    c.detection = DetectionScore(balanced_accuracy=round(bal, 4), auc=float(score),
+                                 n_positive=int(top_is_head.sum()), n_negative=int((~top_is_head).sum()))
+    c.reason = None
+    if concepts.describer != "none":
+        concepts.summary = {**concepts.summary, **summarize(concepts.concepts)}  # counts it as described
+
+
+def measure_freq(kernel: SAEKernel, x: np.ndarray) -> np.ndarray:
+    codes = kernel.encode(np.asarray(x))
+    counts = np.bincount(codes.idx[codes.acts > 0], minlength=kernel.n_latents)
+    return counts / max(1, len(x))

@@ -22,8 +22,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from recsae.concepts import DetectionScore
-from recsae.interpret.describers import SYSTEM, Description, LLMClient, parse_json
+from recsae.interpret.describers import SYSTEM, Description
 from recsae.interpret.evidence import EvidenceContext, FeatureSpace, SampleSet, to_scale
+from recsae.interpret.llm import LLMClient, parse_json
 
 
 class ScoringError(Exception):

@@ -301,7 +301,7 @@ def tiny_world(n_latents_extra: int = 4, seed: int = 0):
     """
     from recsae.data import leave_one_out, make_synthetic
     from recsae.kernel import SAEKernel, history_windows
-    from recsae.pipeline import Activations
+    from recsae.stages import Activations
 
     ds, truth = make_synthetic(n_users=200, n_items=200, n_concepts=8, seed=seed, min_len=20, max_len=30)
     split = leave_one_out(ds)
@@ -356,9 +356,9 @@ def names_world(seed: int = 0):
     """
     from recsae.data import leave_one_out
     from recsae.data.core import Dataset
-    from recsae.data.loaders import _feature_table, add_popularity
+    from recsae.data.features import _feature_table, add_popularity
     from recsae.kernel import SAEKernel, history_windows
-    from recsae.pipeline import Activations
+    from recsae.stages import Activations
 
     rng = np.random.default_rng(seed)
     titles, feats, groups = [], [], []

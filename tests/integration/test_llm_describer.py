@@ -231,7 +231,7 @@ def test_the_token_bucket_is_exact_under_concurrency():
     import threading
     import time
 
-    from recsae.interpret.describers import RateLimiter
+    from recsae.interpret.llm import RateLimiter
 
     lim = RateLimiter(per_minute=1200)  # 20/s, burst 20
     times, lock = [], threading.Lock()
@@ -355,7 +355,7 @@ def test_batch_settings_are_validated(world, stub, tmp_path):
 def test_a_request_larger_than_the_token_bucket_leaves_it_in_debt():
     import time
 
-    from recsae.interpret.describers import RateLimiter
+    from recsae.interpret.llm import RateLimiter
 
     lim = RateLimiter(per_minute=600)  # 10 tokens/s, bucket 10
     t0 = time.monotonic()

@@ -41,7 +41,8 @@ def _sae(fvu: float, dead: float, n_train: int) -> dict:
 
 
 def test_quality_report_reads_the_larger_set_and_warns_at_each_threshold():
-    from recsae.pipeline import WARN_DEAD, WARN_FVU, WARN_NDCG_RATIO, quality_report
+    from recsae.pipeline import WARN_DEAD, quality_report
+    from recsae.quality import WARN_FVU, WARN_NDCG_RATIO
 
     ok = quality_report(_sae(0.035, 0.0, 98_000), _fid(11_757, 0.973, 0.93), 1024)
     assert ok["ndcg10_ratio"] == 0.973 and ok["measured_on"] == "11,757 held-out rows" and ok["warnings"] == []
@@ -93,7 +94,8 @@ def test_the_gate_reads_every_measure_and_names_the_worst_first():
 
 
 def test_concept_warnings_only_below_the_confidence_bar():
-    from recsae.pipeline import WARN_CONFIDENCE, concept_warnings
+    from recsae.pipeline import concept_warnings
+    from recsae.quality import WARN_CONFIDENCE
 
     assert concept_warnings({"mean_confidence": 0.887, "share_confidence_ge_0.8": 0.87}) == []
     assert concept_warnings({"describer": "none"}) == []  # nothing described, nothing to say

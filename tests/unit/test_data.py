@@ -21,7 +21,7 @@ from recsae.data import (
     load_movielens_latest,
     load_rechorus,
 )
-from recsae.data.loaders import popularity_features
+from recsae.data.features import popularity_features
 
 
 def _sub(data_dir: Path, rel: str) -> Path:

@@ -282,7 +282,8 @@ def test_heldout_targets_line_up_with_captured_rows(name: str, split: Split, tmp
     """Each held-out activation row's target is the item that followed its input in the user's
     history, and what it skips is exactly that input: what the wide fidelity figure relies on."""
     from recsae.kernel import history_windows
-    from recsae.pipeline import JobConfig, capture_activations, heldout_targets
+    from recsae.pipeline import JobConfig, capture_activations
+    from recsae.stages import heldout_targets
 
     cfg = JobConfig(dataset="tiny", heldout_fraction=0.3, progress=False)
     model = small(name, split)

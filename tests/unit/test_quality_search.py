@@ -20,16 +20,9 @@ import numpy as np
 import pytest
 
 from recsae.evaluate import ndcg_per_user, target_ranks
-from recsae.pipeline import (
-    Activations,
-    JobConfig,
-    kernel_of,
-    sae_folder,
-    sae_ladder,
-    search_sae,
-    search_warning,
-    shortfall,
-)
+from recsae.pipeline import JobConfig, kernel_of, search_warning
+from recsae.quality import sae_ladder, search_sae, shortfall
+from recsae.stages import Activations, sae_folder
 
 D, ATOMS, ACTIVE, ITEMS = 16, 32, 4, 100
 
