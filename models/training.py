@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -152,10 +153,17 @@ def fit(model: Recommender, split: Split, cfg: TrainConfig | None = None) -> Tra
         else:
             stale += 1
             if stale >= cfg.patience and epoch >= cfg.min_epochs:
+                ended = f"stopped early at epoch {epoch} of {cfg.epochs}: no dev gain in {stale} evaluations"
                 break
         if out_of_time:
+            ended = f"stopped at epoch {epoch} of {cfg.epochs}: the {cfg.max_seconds:g} s budget is spent"
             break
+    else:
+        ended = f"ran all {cfg.epochs} epochs"
     bar.close()
+    if cfg.progress:  # the bar vanishes (leave=False): say how the fit ended and what it kept
+        tqdm.write(f"fit {model.name}: {ended}; kept epoch {best_epoch} (dev {cfg.metric} {best_score:.4f})",
+                   file=sys.stderr)
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(

@@ -189,20 +189,26 @@ def cmd_train(a: argparse.Namespace) -> int:
         quality_budget=a.quality_budget,
     )
     res = run_job(cfg, a.out, a.work_dir)
-    print_summary(res.summary)
+    print_summary(res.summary, details=a.verbose)
     if a.json:
         Path(a.json).write_text(json.dumps(res.summary, indent=2, default=str))
     return 0
 
 
-def print_summary(s: dict) -> None:
+def print_summary(s: dict, details: bool = False) -> None:
+    """What a person needs after a run: the headline figures, the warnings, and how to serve it.
+
+    The internal rows (per-stage timings, FVU of each split, the describer's rules) only with
+    ``details`` (``recsae -v train``); everything is in ``--json`` and the bundle's manifest."""
     from rich.console import Console
     from rich.table import Table
 
-    c = Console()
-    t = Table(title=f"bundle {s['bundle']}  (version {s['version']})")
+    import shutil
+
+    c = Console(width=shutil.get_terminal_size((120, 24)).columns, soft_wrap=True)
+    t = Table(title=f"bundle {s['bundle']}  (version {s['version']})", title_justify="left")
     t.add_column("what")
-    t.add_column("value", justify="right")
+    t.add_column("value")
     d = s.get("data") or {}
     if d:
         t.add_row("data", f"{d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions")
@@ -212,45 +218,73 @@ def print_summary(s: dict) -> None:
         if d.get("item_file"):
             f = d["item_file"]
             t.add_row("item file", f"{f['items_described']:,} items named/described, {f['log_items_missing']:,} not in it")
-        t.add_row("split", str(d.get("split")))
-        t.add_row(f"model {d['model']}", str(d.get("model_because")))
+        t.add_row("recommender", f"{d['model']}: {d.get('model_because')}")
     rec = s["recommender"].get("test", {})
     pop = s["recommender"].get("popularity_baseline_test", {})
-    for m in ("HR@10", "NDCG@10", "NDCG@20"):
-        if m in rec:
-            t.add_row(f"recommender test {m}", f"{rec[m]:.4f}" + (f" (popularity {pop[m]:.4f})" if m in pop else ""))
+    if "NDCG@10" in rec:
+        t.add_row("recommender test NDCG@10", f"{rec['NDCG@10']:.4f}"
+                  + (f" (popularity alone {pop['NDCG@10']:.4f})" if "NDCG@10" in pop else ""))
     sae = s["sae"]
-    for part in ("train", "heldout"):
-        if part in sae:
-            t.add_row(f"SAE {part} FVU", f"{sae[part]['fvu']:.4f}")
-            t.add_row(f"SAE {part} dead latents", f"{sae[part]['dead_ratio']:.1%}")
-    t.add_row("SAE seconds / epoch", f"{sae['seconds_per_epoch']:.3f}")
+    held = sae.get("heldout") or sae.get("train") or {}
+    shape = s.get("sae_shape") or {}
+    if held:
+        t.add_row("SAE", (f"k={shape['k']} of {shape['n_latents']:,} latents; " if shape else "")
+                  + f"held-out FVU {held['fvu']:.4f}, {held['dead_ratio']:.1%} dead")
     q = s.get("quality") or {}
-    # every fidelity measure, worst first: the gate reads the first
-    t.add_row(f"SAE keeps (worst first; warns below {q.get('bar', 0.9):.2f})", "")
-    for m in q.get("measures", []):
+    for i, m in enumerate(q.get("measures", [])):  # worst first: the gate reads the first
         ci = m.get("ci95")
-        t.add_row(f"  {m['what']}", f"{m['value']:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""))
-    search = s.get("sae_search") or {}
-    if search.get("budget_s"):
-        t.add_row(f"quality search: {search['target']['text']}",
-                  f"{search['spent_s']:.0f} of {search['budget_s']:.0f} s")
-        for i, r in enumerate(search["trials"]):
-            mark = " <- bundle" if i == search["chosen"] else ""
-            what = (f"NDCG kept {r['ndcg10_kept']:.3f}, FVU {r['fvu']:.3f}" if "fvu" in r else r.get("stopped", ""))
-            t.add_row(f"  k={r['k']} x {r['n_latents']:,}, {r['epochs']} epochs{' (cached)' if r['cached'] else ''}{mark}",
-                      f"{what}, {r['seconds']:.0f} s")
-    t.add_row("ONNX vs PyTorch max abs diff", f"{s['onnx_max_abs_diff']:.2e}")
-    for k, v in (s.get("concepts") or {}).items():
-        if isinstance(v, (int, float)):
-            t.add_row(f"concepts {k}", f"{v:.3f}" if isinstance(v, float) else str(v))
-    for k, v in s["timings_s"].items():
-        t.add_row(f"time {k} (s)", f"{v:.1f}")
+        flag = "  < bar" if m["value"] < q.get("bar", 0.9) else ""
+        t.add_row(f"SAE keeps {m['what']}" if i == 0 else f"  {m['what']}",
+                  f"{m['value']:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "") + flag)
+    cs = s.get("concepts") or {}
+    if "n_described" in cs:
+        line = f"{cs['n_described']:,} of {cs.get('n_alive', cs['n_described']):,} live latents described"
+        if cs.get("mean_confidence") is not None:
+            line += f"; mean confidence {cs['mean_confidence']:.3f}, {cs.get('share_confidence_ge_0.8', 0):.0%} >= 0.8"
+        t.add_row("concepts", line)
+    if "total" in s["timings_s"]:
+        t.add_row("time", f"{s['timings_s']['total']:.0f} s")
     c.print(t)
+    search = s.get("sae_search") or {}
+    if details:
+        dt = Table(title="details", title_justify="left")
+        dt.add_column("what")
+        dt.add_column("value", justify="right")
+        dt.add_row("split", str(d.get("split")))
+        for m in ("HR@10", "NDCG@20"):
+            if m in rec:
+                dt.add_row(f"recommender test {m}", f"{rec[m]:.4f}" + (f" (popularity {pop[m]:.4f})" if m in pop else ""))
+        for part in ("train", "heldout"):
+            if part in sae:
+                dt.add_row(f"SAE {part} FVU / dead", f"{sae[part]['fvu']:.4f} / {sae[part]['dead_ratio']:.1%}")
+        dt.add_row("SAE seconds / epoch", f"{sae['seconds_per_epoch']:.3f}")
+        if search.get("budget_s"):
+            dt.add_row(f"quality search: {search['target']['text']}", f"{search['spent_s']:.0f} of {search['budget_s']:.0f} s")
+            for i, r in enumerate(search["trials"]):
+                mark = " <- bundle" if i == search["chosen"] else ""
+                what = (f"NDCG kept {r['ndcg10_kept']:.3f}, FVU {r['fvu']:.3f}" if "fvu" in r else r.get("stopped", ""))
+                dt.add_row(f"  k={r['k']} x {r['n_latents']:,}, {r['epochs']} epochs{' (cached)' if r['cached'] else ''}{mark}",
+                           f"{what}, {r['seconds']:.0f} s")
+        dt.add_row("ONNX vs PyTorch max abs diff", f"{s['onnx_max_abs_diff']:.2e}")
+        for k, v in cs.items():
+            if isinstance(v, (int, float)):
+                dt.add_row(f"concepts {k}", f"{v:.3f}" if isinstance(v, float) else str(v))
+        for k, v in s["timings_s"].items():
+            dt.add_row(f"time {k} (s)", f"{v:.1f}")
+        c.print(dt)
     if search.get("budget_s") and search.get("met"):
         c.print(f"quality search: {search['why']}", highlight=False)
-    for w in (s.get("quality") or {}).get("warnings", []):
+    for w in q.get("warnings", []):
         c.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    bundle = s["bundle"]
+    c.print(f"serve it:  recsae serve --bundle {bundle}   (or: make serve BUNDLE={bundle})", highlight=False)
+    c.print("then:      open http://127.0.0.1:3000/audit (the service prints example requests when it starts)",
+            highlight=False)
+    if (Path(bundle) / "atlas.html").exists():
+        c.print(f"atlas:     {Path(bundle) / 'atlas.html'}  (every concept on one static page)", highlight=False)
+    if not details:
+        c.print("details:   recsae info BUNDLE --details (or --json); recsae -v train ... shows them after a run",
+                highlight=False)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -258,7 +292,17 @@ def cmd_info(a: argparse.Namespace) -> int:
     from recsae.bundle import verify_bundle
 
     m = verify_bundle(a.bundle)
-    print(json.dumps({k: m[k] for k in ("version", "bundle_hash", "model", "sae", "metrics")}, indent=2, default=str))
+    if a.json:  # the manifest's own numbers, every digit
+        print(json.dumps({k: m[k] for k in ("version", "bundle_hash", "model", "sae", "metrics")}, indent=2, default=str))
+        return 0
+    met = m.get("metrics") or {}
+    summary = {"bundle": str(a.bundle), "version": m["version"], "data": {}, **met,
+               "sae_shape": m.get("sae"), "timings_s": {}}
+    ds = m.get("dataset") or {}
+    if {"users", "items", "interactions"} <= set(ds):
+        summary["data"] = {**ds, "model": m["model"]["name"], "model_because": m["model"].get("chosen_because", "")}
+    print(f"verified: every file matches its hash (bundle {m['bundle_hash'][:12]}...)")
+    print_summary(summary, details=a.details)
     return 0
 
 
@@ -479,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = _sub(sub, "info", "verify a bundle and print its manifest summary", "recsae info bundles/default")
     i.add_argument("bundle", help="bundle folder (holds manifest.json)")
+    i.add_argument("--json", action="store_true", help="print the manifest's summary as JSON, every digit")
+    i.add_argument("--details", action="store_true", help="also the internal rows (split, FVU per split, describer rules)")
     i.set_defaults(func=cmd_info)
 
     f = _sub(sub, "fetch", "download a MovieLens dataset (checksum-verified) into the data folder",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -87,6 +88,9 @@ def retain_freed_memory(limit: int = 1 << 30) -> bool:
         return False
 
 
+STAGES = ("data", "recommender", "capture", "sae", "fidelity", "interpret", "bundle")
+
+
 def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None) -> JobResult:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -117,7 +121,13 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
         timings[name] = round(now - t, 2)
         return now
 
+    def stage(name: str, what: str) -> None:
+        """A header per stage on stderr (with progress on): where a long job is, and what is next."""
+        if cfg.progress:
+            print(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name}: {what}", file=sys.stderr, flush=True)
+
     t = time.perf_counter()
+    stage("data", f"loading {cfg.data['path'] if cfg.data else cfg.dataset}")
     ds = load_data(cfg)  # before anything is written: a bad file leaves no trace
     split = leave_one_out(ds)
     model_name, model_why = choose_model(cfg, ds)
@@ -126,11 +136,15 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
     log.info("model %s: %s", model_name, model_why)
     work = work_dir_for(cfg, Path(work_dir) if work_dir else out.parent / ".recsae-work")
     t = lap("data", t)
+    stage("recommender", f"{model_name} on {ds.n_users:,} users x {ds.n_items:,} items (read from {work} if trained before)")
     model, rec_metrics = train_recommender(cfg, split, work)
     rec_metrics = {**rec_metrics, "popularity_baseline_test": popularity_baseline(split)}
     t = lap("recommender", t)
+    stage("capture", "the user representation the SAE reads, one row per training position")
     acts = capture_activations(model, split, cfg, work)
     t = lap("capture", t)
+    stage("sae", f"TopK SAE k={cfg.k} x {cfg.expansion * model.dim:,} latents, {cfg.sae_epochs} epochs"
+          + (f" (quality search up to {cfg.quality_budget:.0f} s)" if cfg.quality_budget else ""))
     reserved = popularity_direction(item_embeddings(model), split) if cfg.sae_reserve == "popularity" else None
     sae, sae_metrics = fit_sae(cfg, acts, work, reserved)
     while cfg.fit_latents and cfg.expansion > 1 and (dead := (sae_metrics.get("heldout") or {}).get("dead_ratio", 0.0)) > WARN_DEAD:
@@ -152,6 +166,7 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
                        "heldout": measure(kernel_of(sae), acts.heldout).as_dict(), "encoder": cfg.sae_encoder}
     kernel = kernel_of(sae)
     t = lap("sae", t)
+    stage("fidelity", "how much of the recommender's ranking the SAE keeps (four measures)")
     fid = fidelity(model, split, kernel, probe=probe)
     setting = {"k": cfg.k, "expansion": cfg.expansion, "epochs": cfg.sae_epochs, "encoder": cfg.sae_encoder,
                "d_in": int(sae.cfg.d_in)}
@@ -168,6 +183,7 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
             f"{quality['advice']}; the recommender, activations and SAEs are cached in {work}"
         )
     t = lap("fidelity", t)
+    stage("interpret", f"describing {sae.cfg.n_latents:,} latents ({cfg.describer} describer)")
 
     serve_users = np.arange(split.n_users)
     serve_x = represent(model, split, serve_users, "serve")
@@ -175,6 +191,8 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
     concepts = interpret_concepts(cfg, ds, split, model, kernel, acts, work)
     quality["warnings"] += concept_warnings(concepts.summary)
     t = lap("interpret", t)
+    stage("bundle", f"writing {out}: ONNX export checked against PyTorch, weights, concepts, hashes"
+          + (", atlas" if cfg.describer != "none" else ""))
 
     def fill(tmp: Path) -> dict:
         from models.base import check_onnx, export_onnx
@@ -238,7 +256,7 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
     lap("bundle", t)
     timings["total"] = round(time.perf_counter() - t0, 2)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    summary = {"bundle": str(bundle), "version": manifest["version"], "timings_s": timings,
+    summary = {"bundle": str(bundle), "version": manifest["version"], "timings_s": timings, "sae_shape": manifest["sae"],
                "data": data_summary(ds, model_name, model_why), **manifest["metrics"]}
     return JobResult(bundle, summary)
 

@@ -56,8 +56,12 @@ def test_synthetic_job_builds_a_bundle_and_a_rerun_resumes(tmp_path):
     second = json.loads((tmp_path / "s.json").read_text())
     assert second["timings_s"]["recommender"] < 2.0 and second["timings_s"]["sae"] < 2.0
     assert second["sae"] == first["sae"]
-    r = run_cli("info", str(out), cwd=tmp_path)
+    r = run_cli("info", str(out), "--json", cwd=tmp_path)
     assert r.returncode == 0 and json.loads(r.stdout)["model"]["name"] == "sasrec"
+    r = run_cli("info", str(out), cwd=tmp_path)  # for a person: verified, headline figures, how to serve
+    assert r.returncode == 0, r.stderr
+    assert "verified" in r.stdout and f"recsae serve --bundle {out}" in r.stdout, r.stdout
+    assert f"{first['recommender']['test']['NDCG@10']:.4f}" in r.stdout, r.stdout
 
 
 @pytest.mark.slow
