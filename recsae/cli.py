@@ -423,7 +423,7 @@ def cmd_debias(a: argparse.Namespace) -> int:
     )
     point = D.choose_policy(result, a.method, a.max_ndcg_loss, a.target_cut)
     doc = D.policy_document(a.save_policy or f"debias-{a.bias}", point, result)
-    paths = D.write_outputs(result, a.out, doc)
+    paths = D.write_outputs(result, a.out, doc, point)
     print(D.sweep_table(result))
     print()
     print(D.targets_markdown(result))

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_tradeoff(result: dict, path: str | Path) -> Path:
+def plot_tradeoff(result: dict, path: str | Path, chosen: dict | None = None) -> Path:
     """PNG: bias vs test NDCG@k for the selections, random latents and re-ranking; the right
-    panel zooms on the latent-suppression points."""
+    panel zooms on the latent-suppression points near the original model (within twice the NDCG
+    budget). ``chosen`` (the saved policy's sweep point) is ringed and named on both panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,7 +34,7 @@ def plot_tradeoff(result: dict, path: str | Path) -> Path:
                 continue
             ax.plot([n0] + [r["test"]["ndcg"] for r in rows], [b0] + [r["test"]["bias"] for r in rows], "-",
                     color=color, marker=marker, ms=5, label=label)
-            if method == "baseline":
+            if method == "baseline" and ax is axes[0]:
                 for r in rows:
                     ax.annotate(f"β={r['baseline']:g}", (r["test"]["ndcg"], r["test"]["bias"]), fontsize=7,
                                 textcoords="offset points", xytext=(4, -9), color=color)
@@ -62,24 +63,25 @@ def plot_tradeoff(result: dict, path: str | Path) -> Path:
                 zoom_y += ys
                 strongest = s == strengths[-1]
                 extra = f" (mean of {result['settings']['seeds']})" if method == "random" else ""
-                # one legend entry for the strongest line and one for all weaker (dashed) ones
-                label = (f"{method} latents, strength {s:g}{extra}" if strongest else
-                         f"{method} latents, strength {s:g}{extra}" if len(strengths) == 2 else
-                         f"{method} latents, strengths {strengths[0]:g}–{strengths[-2]:g} (dashed){extra}"
-                         if s == strengths[0] else None)
+                # one legend entry per method (its strongest line); weaker strengths share one entry
+                label = f"{method} latents, strength {s:g}{extra}" if strongest else None
                 ax.plot(xs, ys, "-" if strongest else "--", color=color, marker=marker, ms=5,
                         alpha=0.9 if strongest else 0.55, label=label)
                 if method == "random":
                     ax.errorbar(xs[1:], ys[1:], yerr=[r["test"].get("bias_std", 0) for r in rows], fmt="none",
                                 ecolor=color, alpha=0.4)
-                else:
-                    for r in rows:  # counts along the strongest line, strengths at n=1 on the others
-                        text = str(r["n"]) if strongest and r["n"] in (1, 4, 32) else (
-                            f"s={s:g}" if not strongest and r["n"] == 1 and method == "association" else None)
-                        if text:
-                            ax.annotate(text, (r["test"]["ndcg"], r["test"]["bias"]), fontsize=7,
+                elif ax is axes[1] and strongest:  # latent counts, on the zoom only (no overlap)
+                    for r in rows:
+                        if r["n"] in (1, 4, 32):
+                            ax.annotate(str(r["n"]), (r["test"]["ndcg"], r["test"]["bias"]), fontsize=8,
                                         textcoords="offset points", xytext=(3, 3), color=color)
         ax.plot([n0], [b0], "k*", ms=12, label="original model")
+        if chosen is not None:
+            cx, cy = chosen["test"]["ndcg"], chosen["test"]["bias"]
+            ax.plot([cx], [cy], "o", ms=16, mfc="none", mec="black", mew=1.8,
+                    label=f"saved policy ({chosen['method']}, chosen on dev)")
+            ax.annotate("saved policy", (cx, cy), fontsize=9, fontweight="bold", textcoords="offset points",
+                        xytext=(10, -14))
         if result["bias"] == "popularity":
             t = result["targets"]
             ax.axhline(b0 * (1 - t["min_cut"]), color="k", lw=0.6, ls="--")
@@ -95,18 +97,32 @@ def plot_tradeoff(result: dict, path: str | Path) -> Path:
         ax0.text(n0 * (1 - t["max_ndcg_loss"]), b0 * (1 - t["min_cut"]), " target: ≥1/3 cut, ≤10% NDCG loss",
                  fontsize=7, va="bottom")
     handles, labels = ax0.get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
+    if len(strengths) > 1:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="0.4", ls="--", alpha=0.7))
+        labels.append(f"dashed: the same methods at strength {strengths[0]:g}"
+                      + (f"–{strengths[-2]:g}" if len(strengths) > 2 else ""))
+    fig.legend(handles, labels, fontsize=9, loc="lower center", ncol=3, frameon=False)
     ax0.invert_xaxis()
-    dx = max(1e-4, max(zoom_x) - min(zoom_x)) * 0.15
-    dy = max(1e-3, max(zoom_y) - min(zoom_y)) * 0.15
-    ax1.set_xlim(max(zoom_x) + dx, min(zoom_x) - dx)
-    ax1.set_ylim(min(zoom_y) - dy, max(zoom_y) + dy)
-    ax1.set_title("zoom on latent suppression (baseline points lie outside)", fontsize=9)
+    # the zoom: latent-suppression points within twice the NDCG budget of the original model (the
+    # region a policy can come from), so it is a real zoom and not the main panel again
+    budget = 2 * result.get("targets", {}).get("max_ndcg_loss", 0.10)
+    near = [(x, y) for x, y in zip(zoom_x, zoom_y) if x >= (1 - budget) * n0] or list(zip(zoom_x, zoom_y))
+    if chosen is not None:
+        near.append((chosen["test"]["ndcg"], chosen["test"]["bias"]))
+    zx, zy = [x for x, _ in near], [y for _, y in near]
+    dx = max(1e-4, max(zx) - min(zx)) * 0.15
+    dy = max(1e-3, max(zy) - min(zy)) * 0.15
+    ax1.set_xlim(max(zx) + dx, min(zx) - dx)
+    ax1.set_ylim(min(zy) - dy, max(zy) + dy)
+    ax1.set_title(f"zoom: latent suppression within {budget:.0%} NDCG loss (counts = latents suppressed)",
+                  fontsize=9)
     src = result.get("source", {})
     sae = f", SAE {src['sae']}" if src.get("sae") else ""
     ax0.set_title(f"{result['bias']} bias vs accuracy — {src.get('model', '?')} / {src.get('dataset', '?')}{sae}",
                   fontsize=10)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

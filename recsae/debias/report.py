@@ -29,8 +29,8 @@ def sweep_table(result: dict) -> str:
     extra = "mean pop" if result["bias"] == "popularity" else "gender AUC"
     ekey = "mean_popularity" if result["bias"] == "popularity" else "gender_auc"
     lines = [
-        f"| method | n | strength | baseline | test {result['measure']['label']} | change | test NDCG@{k} | "
-        f"NDCG change | test HR@{k} | {extra} | dev bias | re-rank bias at same NDCG |",
+        f"| method | n | strength | baseline | test {result['measure']['label']} | bias cut | test NDCG@{k} | "
+        f"NDCG loss | test HR@{k} | {extra} | dev bias | re-rank bias at same NDCG |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = result["base"]["test"]
@@ -47,25 +47,26 @@ def sweep_table(result: dict) -> str:
         beta = f"{r['baseline']:g}" if r.get("baseline") else "-"
         lines.append(
             f"| {r['method']} | {r['n']} | {strength} | {beta} | {bias} | "
-            f"{_rel(t['bias'], b0)} | {_f(t['ndcg'], 4)} | {_rel(t['ndcg'], n0)} | {_f(t['hr'], 4)} | "
+            f"{_drop(t['bias'], b0)} | {_f(t['ndcg'], 4)} | {_drop(t['ndcg'], n0)} | {_f(t['hr'], 4)} | "
             f"{_f(t.get(ekey), 3 if ekey == 'gender_auc' else 1)} | {_f(r['dev']['bias'])} | "
             f"{_f(r['rerank_bias_at_matched_ndcg'])} |"
         )
     return "\n".join(lines)
 
 
-def _rel(v: float, base: float) -> str:
-    """Relative change of |v| against |base|, as a signed percentage."""
-    return f"{(abs(v) / abs(base) - 1) * 100:+.1f}%" if base else "-"
+def _drop(v: float, base: float) -> str:
+    """How much |v| fell below |base|, relative: +35.0% = a third lower. The same sign as the
+    targets table's "cut" and "NDCG loss" (a figure reads the same in every table)."""
+    return f"{(1 - abs(v) / abs(base)) * 100:+.1f}%" if base else "-"
 
 
 def rerank_table(result: dict) -> str:
     k = result["settings"]["top_k"]
     b0, n0 = result["base"]["test"]["bias"], result["base"]["test"]["ndcg"]
-    lines = [f"| lambda | test {result['measure']['label']} | change | test NDCG@{k} | NDCG change |",
+    lines = [f"| lambda | test {result['measure']['label']} | bias cut | test NDCG@{k} | NDCG loss |",
              "|---:|---:|---:|---:|---:|"]
     for p in result["rerank"]:
-        lines.append(f"| {p['lambda']:.3f} | {_f(p['bias'])} | {_rel(p['bias'], b0)} | {_f(p['ndcg'], 4)} | {_rel(p['ndcg'], n0)} |")
+        lines.append(f"| {p['lambda']:.3f} | {_f(p['bias'])} | {_drop(p['bias'], b0)} | {_f(p['ndcg'], 4)} | {_drop(p['ndcg'], n0)} |")
     return "\n".join(lines)
 
 
@@ -246,12 +247,13 @@ def render_section(result: dict, plot_rel: str) -> str:
     return "\n".join(parts)
 
 
-def write_outputs(result: dict, out_dir: str | Path, policy: dict | None = None) -> dict[str, Path]:
+def write_outputs(result: dict, out_dir: str | Path, policy: dict | None = None,
+                  chosen: dict | None = None) -> dict[str, Path]:
     """Write ``<out>/debias-<bias>.json``, ``tradeoff-<bias>.png`` and ``report-<bias>.md``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     b = result["bias"]
-    png = plot_tradeoff(result, out / f"tradeoff-{b}.png")
+    png = plot_tradeoff(result, out / f"tradeoff-{b}.png", chosen)
     js = out / f"debias-{b}.json"
     js.write_text(json.dumps(result, indent=1, default=_json_default))
     md = out / f"report-{b}.md"
