@@ -44,6 +44,8 @@ def atlas(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundle")
     (folder / "concepts.json").write_text(d.model_dump_json())
     (folder / "manifest.json").write_text(json.dumps({"version": "test", "dataset": {"dataset": "synthetic"}}))
+    (folder / "catalog.json").write_text(json.dumps({"item_ids": [str(i) for i in ds.item_ids],
+                                                     "titles": list(ds.item_titles)}))
     return write_atlas(folder), d
 
 
@@ -53,7 +55,7 @@ def test_every_latent_has_a_card_and_the_page_needs_no_network(atlas, tmp_path):
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing to fetch
     dom = chromium(tmp_path, "--dump-dom", path.as_uri()).stdout
     for c in d.concepts:
-        card = re.search(rf'<section class="card (\w+)" id="latent-{c.latent}">(.*?)</section>', dom, re.S)
+        card = re.search(rf'<section class="card (\w+)" id="latent-{c.latent}"[^>]*>(.*?)</section>', dom, re.S)
         assert card, f"no card for latent {c.latent}"
         assert card.group(1) == c.status
         if c.status == "described":
@@ -82,3 +84,33 @@ def test_screenshot(atlas, tmp_path):
     chromium(tmp_path, "--window-size=1280,1600", f"--screenshot={shot}", path.as_uri())
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def d_titles(atlas_path: Path) -> list[str]:
+    return json.loads((atlas_path.parent / "catalog.json").read_text())["titles"]
+
+
+def test_cards_are_collapsed_tags_are_readable_and_search_filters(atlas, tmp_path):
+    """#20 item 7: the page is short (cards collapsed, one opened by its link), attribute tags
+    read as words with titles (the raw feature name only in the tooltip), histograms have axes,
+    and a search (``#q=...``) filters the table to the concepts whose text has every word."""
+    path, d = atlas
+    dom = chromium(tmp_path, "--dump-dom", path.as_uri()).stdout
+    assert "<details open" not in dom.split('<div class="cards">', 1)[1]  # every card starts collapsed
+    tags = re.findall(r'<span class="tag[^"]*" title="([^"]+)">([^<]+)</span>', dom)
+    assert tags, "no attribute tags"
+    for raw, shown in tags:
+        assert raw != shown and not re.search(r"\b(last|next):", shown), (raw, shown)
+    item_tags = [(raw, shown) for raw, shown in tags if ":item:" in raw]
+    titles = set(d_titles(path))
+    assert all(shown.split(": ", 1)[1] in titles for _, shown in item_tags), item_tags[:5]
+    assert "activation (bar height: samples" in dom
+    described = [c for c in d.concepts if c.status == "described" and c.description]
+    word = max((w for c in described for w in re.findall(r"[A-Za-z]{5,}", c.description)),
+               key=lambda w: sum(w.lower() in (c.description or "").lower() for c in described))
+    expect = sorted(c.latent for c in d.concepts if word.lower() in (c.description or c.reason or "").lower())
+    dom = chromium(tmp_path, "--dump-dom", path.as_uri() + "#q=" + word).stdout
+    shown = sorted(int(r) for r in re.findall(r'<tr><td data-v="(\d+)"', dom))
+    hidden = sorted(int(r) for r in re.findall(r'<tr hidden=""><td data-v="(\d+)"', dom))
+    assert shown == expect and len(shown) + len(hidden) == len(d.concepts), (word, shown[:10], expect[:10])
+    assert f"{len(expect)} match" in dom
