@@ -97,43 +97,11 @@ def sae_shape(a: argparse.Namespace) -> tuple[int, int, int]:
     )
 
 
-def _sep_arg(text: str | None) -> str | None:
-    return {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}.get(text or "", text) or None
-
-
 def data_spec(a: argparse.Namespace) -> dict | None:
     """``load_csv``'s arguments from ``--data`` and its column flags (None without ``--data``)."""
-    from recsae import ConfigError
+    from recsae.config import LogFlags
 
-    if not a.data:
-        stray = [f"--{n.replace('_', '-')}" for n in ("items", "time_col", "weight_col", "min_weight") if getattr(a, n)]
-        if stray:
-            raise ConfigError(f"{', '.join(stray)} describe a --data FILE; give one, or drop them")
-        return None
-    if a.dataset != "auto":
-        raise ConfigError("give --dataset or --data FILE, not both")
-    if not Path(a.data).is_file():
-        raise ConfigError(f"--data {a.data}: no such file")
-    if a.min_weight is not None and not a.weight_col:
-        raise ConfigError("--min-weight needs --weight-col: the log's rating or count column")
-    min_weight = a.min_weight if a.min_weight is not None else a.min_rating
-    min_weight = None if min_weight == "all" else min_weight
-    spec = {
-        "path": str(Path(a.data).resolve()), "user_col": a.user_col, "item_col": a.item_col,
-        "time_col": a.time_col, "weight_col": a.weight_col, "weight_kind": a.weight_kind,
-        "min_weight": min_weight if a.weight_col else None, "sep": _sep_arg(a.sep), "encoding": a.encoding,
-    }
-    if a.items:
-        if not Path(a.items).is_file():
-            raise ConfigError(f"--items {a.items}: no such file")
-        spec["items"] = {
-            "path": str(Path(a.items).resolve()), "id_col": a.item_id_col or a.item_col,
-            "name_col": a.item_name_col, "text_cols": list(a.item_text_col), "list_cols": list(a.item_list_col),
-            "list_sep": a.list_sep, "sep": _sep_arg(a.items_sep), "encoding": a.items_encoding,
-        }
-    elif a.item_name_col or a.item_text_col or a.item_list_col:
-        raise ConfigError("--item-name-col/--item-text-col/--item-list-col name columns of --items FILE: give it")
-    return spec
+    return LogFlags(**{n: getattr(a, n) for n in LogFlags.names()}).spec(a.dataset, a.min_rating)
 
 
 def check_train_input(a: argparse.Namespace) -> tuple[str, str, dict | None]:
@@ -471,7 +439,7 @@ def _sub(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from recsae.data.fetch import KNOWN_SHA256
-    from recsae.data.logfile import WEIGHT_KINDS
+    from recsae.config import LogFlags
     from recsae.debias.config import DebiasConfig
 
     p = argparse.ArgumentParser(prog="recsae", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=_HelpFormatter)
@@ -482,31 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
              "recsae train --dataset ml-100k --model sasrec --sae-preset balanced --out bundles/ml100k")
     add_flags(t, JobConfig, ("dataset", "data_dir", "min_rating", "kcore", "model"))
     g = t.add_argument_group("your own log (README, \"Bring your own data\")")
-    g.add_argument("--data", default=None, metavar="FILE", help=(
-        "an interaction log instead of --dataset: CSV/TSV (separator sniffed), gzip or Parquet, with a header row"))
-    g.add_argument("--sep", default=None, help="the log's separator (tab, comma, semicolon, pipe or the character); default: sniffed")
-    g.add_argument("--user-col", default="user_id", help="user id column (default user_id)")
-    g.add_argument("--item-col", default="item_id", help="item id column (default item_id)")
-    g.add_argument("--time-col", default=None, help=(
-        "timestamp column (unix seconds or ISO dates); without it the split is a seeded random leave-one-out "
-        "and the model defaults to lightgcn"))
-    g.add_argument("--weight-col", default=None, help="a rating or count column (see --weight-kind, --min-weight)")
-    g.add_argument("--weight-kind", default="auto", choices=WEIGHT_KINDS, help=(
-        "auto (default): ratings are 2-20 distinct half-steps within 0-10, anything else counts"))
-    g.add_argument("--min-weight", type=lambda v: "all" if v == "all" else min_rating_arg(v), default=None, metavar="auto|all|NUMBER", help=(
-        "keep rows whose weight >= this (default auto: ratings >= the scale's midpoint, counts > 0; a count is "
-        "binarised, never a sample weight: README)"))
-    g.add_argument("--encoding", default="utf-8", help="text encoding of the log (and of --items unless --items-encoding), e.g. latin-1")
-    g.add_argument("--items", default=None, metavar="FILE", help="item file: names and attributes (tags, category) per item")
-    g.add_argument("--item-id-col", default=None, help="item id column of --items (default: --item-col)")
-    g.add_argument("--item-name-col", default=None, help="item name column of --items (titles)")
-    g.add_argument("--item-text-col", action="append", default=[], metavar="COL",
-                   help="a one-value attribute column of --items (e.g. category), repeatable")
-    g.add_argument("--item-list-col", action="append", default=[], metavar="COL",
-                   help="a multi-value attribute column of --items (e.g. tags), split on --list-sep, repeatable")
-    g.add_argument("--list-sep", default="|", help="separator inside --item-list-col values (default '|')")
-    g.add_argument("--items-sep", default=None, help="separator of --items (default: sniffed)")
-    g.add_argument("--items-encoding", default=None, help="text encoding of --items (default: --encoding)")
+    add_flags(g, LogFlags, LogFlags.names())
     add_flags(t, JobConfig, ("model_params", "train_params"))
     t.add_argument("--sae-preset", default="paper", choices=sorted(SAE_PRESETS), help=(
         "SAE shape: paper = k 8 of 1,024 latents, 60 epochs (default); balanced = k 16 of 1,024, "

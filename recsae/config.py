@@ -13,6 +13,8 @@ import json
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any, Sequence, get_args
 
+from recsae import ConfigError
+from recsae.data.logfile import WEIGHT_KINDS
 from recsae.kernel import ENCODERS, SteerMode
 
 DESCRIBERS = ("stats", "llm", "none")
@@ -191,3 +193,83 @@ SAE_KEYS = MODEL_KEYS + ("expansion", "k", "sae_epochs", "sae_batch_size", "sae_
 # keeps less (Grocery: 84% / 90% / 95%): figures, not promises (README, "Defaults"); the quality
 # search climbs these presets when the first falls short.
 SAE_PRESETS = {"paper": (8, 16, 60), "balanced": (16, 16, 60), "fidelity": (32, 32, 120)}
+
+
+def _min_weight_arg(text: str) -> float | str | None:
+    return "all" if text == "all" else min_rating_arg(text)
+
+
+def sep_arg(text: str | None) -> str | None:
+    """``--sep tab|comma|semicolon|pipe|CHAR``; None = sniffed."""
+    return {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}.get(text or "", text) or None
+
+
+@dataclass
+class LogFlags:
+    """``recsae train --data FILE`` and its column flags: the single source of those flags (help,
+    defaults, choices); :meth:`spec` turns them into ``JobConfig.data`` (``load_csv``'s keyword
+    arguments, with ``items`` holding ``ItemFile``'s fields) after the checks a person needs."""
+
+    data: str | None = option(None, "an interaction log instead of --dataset: CSV/TSV (separator sniffed), gzip "
+                                    "or Parquet, with a header row", metavar="FILE")
+    sep: str | None = option(None, "the log's separator (tab, comma, semicolon, pipe or the character); default: sniffed")
+    user_col: str = option("user_id", "user id column (default user_id)")
+    item_col: str = option("item_id", "item id column (default item_id)")
+    time_col: str | None = option(None, "timestamp column (unix seconds or ISO dates); without it the split is a "
+                                        "seeded random leave-one-out and the model defaults to lightgcn")
+    weight_col: str | None = option(None, "a rating or count column (see --weight-kind, --min-weight)")
+    weight_kind: str = option("auto", "auto (default): ratings are 2-20 distinct half-steps within 0-10, anything "
+                                      "else counts", choices=WEIGHT_KINDS)
+    min_weight: float | str | None = option(
+        None, "keep rows whose weight >= this (default auto: ratings >= the scale's midpoint, counts > 0; a count "
+              "is binarised, never a sample weight: README)", type=_min_weight_arg, metavar="auto|all|NUMBER")
+    encoding: str = option("utf-8", "text encoding of the log (and of --items unless --items-encoding), e.g. latin-1")
+    items: str | None = option(None, "item file: names and attributes (tags, category) per item", metavar="FILE")
+    item_id_col: str | None = option(None, "item id column of --items (default: --item-col)")
+    item_name_col: str | None = option(None, "item name column of --items (titles)")
+    item_text_col: list = option(help="a one-value attribute column of --items (e.g. category), repeatable",
+                                 factory=list, action="append", metavar="COL")
+    item_list_col: list = option(help="a multi-value attribute column of --items (e.g. tags), split on --list-sep, "
+                                      "repeatable", factory=list, action="append", metavar="COL")
+    list_sep: str = option("|", "separator inside --item-list-col values (default '|')")
+    items_sep: str | None = option(None, "separator of --items (default: sniffed)")
+    items_encoding: str | None = option(None, "text encoding of --items (default: --encoding)")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def spec(self, dataset: str, min_rating: float | str | None) -> dict | None:
+        """``JobConfig.data`` (None without ``--data``); raises ``ConfigError`` saying what to fix."""
+        from pathlib import Path
+
+        if not self.data:
+            stray = [f"--{n.replace('_', '-')}" for n in ("items", "time_col", "weight_col", "min_weight") if getattr(self, n)]
+            if stray:
+                raise ConfigError(f"{', '.join(stray)} describe a --data FILE; give one, or drop them")
+            return None
+        if dataset != "auto":
+            raise ConfigError("give --dataset or --data FILE, not both")
+        if not Path(self.data).is_file():
+            raise ConfigError(f"--data {self.data}: no such file")
+        if self.min_weight is not None and not self.weight_col:
+            raise ConfigError("--min-weight needs --weight-col: the log's rating or count column")
+        min_weight = self.min_weight if self.min_weight is not None else min_rating
+        min_weight = None if min_weight == "all" else min_weight
+        spec: dict = {
+            "path": str(Path(self.data).resolve()), "user_col": self.user_col, "item_col": self.item_col,
+            "time_col": self.time_col, "weight_col": self.weight_col, "weight_kind": self.weight_kind,
+            "min_weight": min_weight if self.weight_col else None, "sep": sep_arg(self.sep), "encoding": self.encoding,
+        }
+        if self.items:
+            if not Path(self.items).is_file():
+                raise ConfigError(f"--items {self.items}: no such file")
+            spec["items"] = {
+                "path": str(Path(self.items).resolve()), "id_col": self.item_id_col or self.item_col,
+                "name_col": self.item_name_col, "text_cols": list(self.item_text_col),
+                "list_cols": list(self.item_list_col), "list_sep": self.list_sep, "sep": sep_arg(self.items_sep),
+                "encoding": self.items_encoding,
+            }
+        elif self.item_name_col or self.item_text_col or self.item_list_col:
+            raise ConfigError("--item-name-col/--item-text-col/--item-list-col name columns of --items FILE: give it")
+        return spec

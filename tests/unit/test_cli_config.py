@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import MISSING, fields
 
 from recsae.cli import build_parser
-from recsae.config import MODEL_CHOICES, JobConfig
+from recsae.config import MODEL_CHOICES, JobConfig, LogFlags
 from recsae.debias.config import DebiasConfig, csv
 
 
@@ -20,7 +20,7 @@ def _actions(name: str) -> dict:
 
 
 def test_every_flag_field_is_a_flag_with_the_fields_help_choices_and_default():
-    for cmd, config in (("train", JobConfig), ("debias", DebiasConfig)):
+    for cmd, config in (("train", JobConfig), ("train", LogFlags), ("debias", DebiasConfig)):
         acts = {a.help: a for a in _sub(cmd)._actions}
         for f in fields(config):
             if "cli" not in f.metadata:
@@ -50,3 +50,17 @@ def test_model_choices_are_the_registered_models():
     from models import MODELS
 
     assert set(MODEL_CHOICES) - {"auto"} == set(MODELS)
+
+
+def test_the_own_log_flags_come_from_logflags_and_round_trip_into_the_job_spec(tmp_path):
+    """Every ``LogFlags`` field is a ``recsae train`` flag, and parsing the flags back gives the
+    dataclass its values (so ``data_spec`` reads nothing the dataclass does not declare)."""
+    acts = _actions("train")
+    assert set(LogFlags.names()) <= set(acts)
+    log = tmp_path / "log.csv"
+    log.write_text("u,i,r\n1,2,4\n")
+    a = build_parser().parse_args(["train", "--data", str(log), "--user-col", "u", "--item-col", "i",
+                                   "--weight-col", "r", "--sep", "comma"])
+    flags = LogFlags(**{n: getattr(a, n) for n in LogFlags.names()})
+    spec = flags.spec(a.dataset, a.min_rating)
+    assert (spec["user_col"], spec["item_col"], spec["weight_col"], spec["sep"]) == ("u", "i", "r", ",")
