@@ -211,6 +211,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         sae_reserve=a.sae_reserve,
         sae_encoder=a.sae_encoder,
         quality_budget=a.quality_budget,
+        ann=a.ann,
     )
     res = run_job(cfg, a.out, a.work_dir)
     print_summary(res.summary)
@@ -552,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ones (k doubled, then more latents and epochs) on the cached activations until one does, "
         "for at most this long: 600 (seconds), 10m, 1h; 0 or off = the SAE exactly as asked "
         "(default 10m)"))
+    t.add_argument("--ann", default="auto", choices=["auto", "off", "ivf", "hnsw"], help=(
+        "approximate retrieval: a faiss index in the bundle whose candidates the service re-scores "
+        "exactly; auto = IVF from 100k items on, exact below (needs the `ann` extra, faiss-cpu)"))
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
