@@ -501,6 +501,10 @@ class Core:
             headline["sae_fidelity_worst"] = {"name": str(worst.get("name")), "value": round(float(worst["value"]), 4)}
         if "onnx_max_abs_diff" in metrics:
             headline["onnx_max_abs_diff"] = metrics["onnx_max_abs_diff"]
+        if m.get("ann"):  # approximate retrieval: the bundle's index, and whether this process uses it
+            a = m["ann"]
+            headline["ann"] = {"kind": a.get("kind"), "depth": a.get("nprobe") or a.get("ef_search"), "used": self.engine.ann is not None,
+                               "calibration_recall_at_10": (a.get("calibration") or {}).get("recall_at_10")}
         describer = m.get("settings", {}).get("describer") or "unknown"
         return BundleInfo(
             version=m["version"],

@@ -98,6 +98,7 @@ def test_bundle_holds_a_calibrated_index(ann_bundle, cores):
     with_index, exact = cores
     assert with_index.engine.ann is not None and exact.engine.ann is None
     assert with_index.engine.item_emb.flags.c_contiguous  # candidate rows are gathered
+    assert with_index.bundle_info().metrics["ann"]["used"] and not exact.bundle_info().metrics["ann"]["used"]
     # the users' exact top-10s differ (else recall would be trivial)
     tops = {i["item_id"] for u in exact.bundle.users.user_ids[:150]
             for i in exact.recommend_user(str(u), **opts(explain=False))["items"]}
