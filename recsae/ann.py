@@ -72,15 +72,22 @@ def check_option(kind: str) -> None:
         )
 
 
+def index_dim(d: int) -> int:
+    """d + 1 (the extra coordinate), padded with zeros to a multiple of 8: faiss's SIMD scanners
+    need it (8-bit codes of 65 dims scanned ~6x slower than float32 ones; of 72, as fast)."""
+    return -(-(d + 1) // 8) * 8
+
+
 def augment(x: np.ndarray, max_norm: float | None = None) -> np.ndarray:
-    """Items: append sqrt(M^2 - |e|^2) (``max_norm`` M); queries (``max_norm`` None): append 0."""
+    """Items: append sqrt(M^2 - |e|^2) (``max_norm`` M); queries (``max_norm`` None): append 0;
+    then zeros up to ``index_dim``."""
     x = np.asarray(x, dtype=np.float32)
-    if max_norm is None:
-        extra = np.zeros((len(x), 1), np.float32)
-    else:
+    out = np.zeros((len(x), index_dim(x.shape[1])), np.float32)
+    out[:, : x.shape[1]] = x
+    if max_norm is not None:
         sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-        extra = np.sqrt(np.maximum(max_norm**2 - sq, 0.0)).astype(np.float32)[:, None]
-    return np.ascontiguousarray(np.hstack([x, extra]))
+        out[:, x.shape[1]] = np.sqrt(np.maximum(max_norm**2 - sq, 0.0))
+    return out
 
 
 def default_nlist(n: int) -> int:
@@ -123,8 +130,9 @@ def build(
                             "transform": "mips-to-l2 (extra coordinate sqrt(M^2 - |e|^2))"}
     if kind == "ivf":
         nlist = int(nlist or default_nlist(n))
-        quant = faiss.IndexFlatL2(d + 1)
-        index = faiss.IndexIVFScalarQuantizer(quant, d + 1, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
+        D = index_dim(d)
+        quant = faiss.IndexFlatL2(D)
+        index = faiss.IndexIVFScalarQuantizer(quant, D, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
         rng = np.random.default_rng(seed)
         sample = rng.choice(n, min(n, nlist * 64), replace=False) if n > nlist * 64 else np.arange(n)
         index.cp.seed, index.cp.niter = seed, 10  # 10 k-means rounds, not 25: the lists barely change after
@@ -134,7 +142,7 @@ def build(
         meta.update(nlist=nlist, storage="8-bit scalar codes", trained_on=int(len(sample)))
         ladder, param = [p for p in (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512) if p < nlist] + [nlist], "nprobe"
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d + 1, hnsw_m, faiss.METRIC_L2)
+        index = faiss.IndexHNSWFlat(index_dim(d), hnsw_m, faiss.METRIC_L2)
         index.hnsw.efConstruction = 80
         for s in range(0, n, 1 << 20):
             index.add(augment(emb[s : s + (1 << 20)], max_norm))
@@ -266,7 +274,7 @@ def load(bundle_path: Path, manifest: dict[str, Any], item_emb: np.ndarray) -> A
     except Exception as e:  # noqa: BLE001 - faiss raises RuntimeError with its own message
         raise BundleError(f"cannot read the ANN index {path} ({e}); rebuild the bundle") from e
     n, d = item_emb.shape
-    if index.ntotal != n or index.d != d + 1 or int(meta.get("n_items", -1)) != n:
+    if index.ntotal != n or index.d != index_dim(d) or int(meta.get("n_items", -1)) != n:
         raise BundleError(f"ANN index {path} holds {index.ntotal} vectors of {index.d} dims; the bundle has "
-                          f"{n} items of {d} (+1): rebuild the bundle")
+                          f"{n} items of {d} ({index_dim(d)} indexed): rebuild the bundle")
     return ANNIndex(index, meta, item_emb)  # one faiss thread per search: a request is one small search
