@@ -167,14 +167,16 @@ def calibrate(index, emb: np.ndarray, meta: dict, q: np.ndarray, seen: list[np.n
     # exact top-10, a few queries at a time: (256, 10M) scores at once would be 10 GB
     exact = np.concatenate([top_items(q[s : s + 4] @ emb.T, 10, seen[s : s + 4])[0] for s in range(0, len(q), 4)])
     ann = ANNIndex(index, meta, emb)
-    recall = 0.0
+    recall, curve = 0.0, {}
     for p in ladder:
         ann.set_depth(p)
         ids, _ = ann.top_items(q, 10, seen, fallback=False)
         recall = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / exact.shape[1] for a, b in zip(ids, exact)]))
+        curve[str(p)] = round(recall, 4)
         if recall >= TARGET_RECALL:
             break
-    return {param: p, "calibration": {"queries": int(len(q)), "recall_at_10": round(recall, 4), "target": TARGET_RECALL}}
+    return {param: p, "calibration": {"queries": int(len(q)), "recall_at_10": round(recall, 4), "target": TARGET_RECALL,
+                                      "tried": curve}}
 
 
 def write(index, out: Path) -> None:
@@ -195,6 +197,10 @@ def write_for_bundle(tmp: Path, emb: np.ndarray, kind: str, queries: np.ndarray 
                     "(pip install -e '.[ann]' and retrain for an index)", len(emb))
         return None
     index, meta = build(emb, use, queries[:256] if queries is not None else None, seen, seed, threads)
+    if use == "ivf" and meta["nprobe"] > meta["nlist"] // 8:
+        log.warning("ANN index: recall@10 %.2f needs %d of %d lists scanned; these item embeddings have little "
+                    "cluster structure and exact scoring may be as fast (--ann off)",
+                    TARGET_RECALL, meta["nprobe"], meta["nlist"])
     write(index, tmp / ANN_FILE)
     log.info("ANN index: %s", meta)
     return meta
