@@ -112,7 +112,7 @@ def build(
     hnsw_m: int = 32,
 ) -> tuple[Any, dict[str, Any]]:
     """Build an index over ``emb`` (n, d); calibrate its search depth on ``queries`` (with
-``seen[i]`` excluded from query i's answer, as served).
+    ``seen[i]`` excluded from query i's answer, as served).
 
     IVF: k-means lists over the augmented vectors, each vector stored as 8-bit scalars (1/4 of
     float32: the stored codes only choose candidates, the re-scoring reads the float32 matrix).
@@ -135,7 +135,8 @@ def build(
         index = faiss.IndexIVFScalarQuantizer(quant, D, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
         rng = np.random.default_rng(seed)
         sample = rng.choice(n, min(n, nlist * 64), replace=False) if n > nlist * 64 else np.arange(n)
-        index.cp.seed, index.cp.niter = seed, 10  # 10 k-means rounds, not 25: the lists barely change after
+        # 10 k-means rounds, not faiss's 25: build time (the depth is calibrated on the result anyway)
+        index.cp.seed, index.cp.niter = seed, 10
         index.train(augment(emb[np.sort(sample)], max_norm))
         for s in range(0, n, 1 << 20):  # the augmented copy one chunk at a time, not all at once
             index.add(augment(emb[s : s + (1 << 20)], max_norm))
