@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@echo "  torch 2.13.0 (CPU build) ..."
 	@$(BIN)/python -m pip install -q torch==2.13.0
-	@echo "  recsae, BentoML, ONNX Runtime and the test tools ..."
-	@PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q -e '.[train,cpu,llm,test]' uv
+	@echo "  recsae, BentoML, ONNX Runtime, faiss (the ann extra) and the test tools ..."
+	@PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q -e '.[train,cpu,llm,test,ann]' uv
 	@touch $(STAMP)
 	@echo "installed: $(BIN)/recsae"
 

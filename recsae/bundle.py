@@ -10,6 +10,7 @@ A bundle is a directory::
     concepts.json          the concept dictionary (one entry per latent)
     catalog.json           raw item ids, titles, item features, popularity
     users.npz              raw user ids and each user's full history (what serving looks up)
+    ann.faiss              optional: approximate-retrieval index (``recsae.ann``; manifest "ann")
 
 Writing goes to a temporary sibling directory that is renamed into place at the end, so a
 failed job never leaves a partial bundle. Loading verifies every hash and names the bad file.
@@ -252,7 +253,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     path = Path(path)
     manifest = verify_bundle(path) if verify else json.loads((path / MANIFEST).read_text())
     try:
-        item_emb = np.load(path / "item_embeddings.npy", allow_pickle=False).astype(np.float32)
+        item_emb = np.load(path / "item_embeddings.npy", allow_pickle=False).astype(np.float32, copy=False)
         catalog = Catalog.from_json(json.loads((path / "catalog.json").read_text()))
         users = UserTable.load(path / "users.npz")
         concepts = json.loads((path / "concepts.json").read_text())["concepts"]

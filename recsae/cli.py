@@ -155,6 +155,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         sae_reserve=a.sae_reserve,
         sae_encoder=a.sae_encoder,
         quality_budget=a.quality_budget,
+        ann=a.ann,
     )
     res = run_job(cfg, a.out, a.work_dir)
     print_summary(res.summary, details=a.verbose)
@@ -461,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="bundles/default", help="bundle folder to write")
     t.add_argument("--work-dir", default=None, help="cache of finished stages (default: .recsae-work next to --out)")
     t.add_argument("--json", default=None, help="also write the summary here")
-    add_flags(t, JobConfig, ("min_fidelity", "quality_budget"))
+    add_flags(t, JobConfig, ("min_fidelity", "quality_budget", "ann"))
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 

@@ -176,6 +176,11 @@ class JobConfig:
         "(default 10m)"), type=parse_duration, metavar="TIME")
     target_ndcg: float = 0.95
     target_fvu: float = 0.10
+    # approximate retrieval (recsae.ann): "auto" = an IVF index from 100k items on, "off", "ivf", "hnsw"
+    ann: str = option("auto", (
+        "approximate retrieval: a faiss index in the bundle whose candidates the service re-scores "
+        "exactly; auto = IVF from 100k items on, exact below (needs the `ann` extra, faiss-cpu)"),
+        choices=("auto", "off", "ivf", "hnsw"))
 
     def key(self, *names: str) -> str:
         d = asdict(self)

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from recsae import BundleError
+from recsae import BundleError, ann
 from recsae.bundle import Bundle, load_bundle
 from recsae.kernel import Codes, SAEKernel, SteerMode, history_windows, recommend
 
@@ -63,8 +63,15 @@ class Engine:
         # C-contiguous (d, n_items) array: BLAS then streams it in order. Scoring is a
         # memory-bound matrix-vector product; at 1M items this layout is ~1.6x faster than the
         # row-major one (benchmarks/catalogue_scale.py). Rows (``item_emb[ids]``) still index.
-        self.item_emb = np.asfortranarray(bundle.item_emb, dtype=np.float32)
+        # With an approximate-retrieval index (recsae.ann) the hot path gathers candidate rows
+        # instead: row-major then (column-major rows are 64 cache lines each); exact scoring
+        # is only its fallback.
+        self.ann = ann.load(bundle.path, bundle.manifest, bundle.item_emb)
+        order = np.ascontiguousarray if self.ann is not None else np.asfortranarray
+        self.item_emb = order(bundle.item_emb, dtype=np.float32)
         bundle.item_emb = self.item_emb  # one copy in memory, not two
+        if self.ann is not None:
+            self.ann.item_emb = self.item_emb
 
     @classmethod
     def from_path(cls, path: str, threads: int | None = None) -> "Engine":

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recsae import ConfigError
+from recsae import ConfigError, ann
 from recsae.bundle import Catalog, UserTable, write_bundle
 from recsae.concepts import ConceptDictionary, placeholder_dictionary
 from recsae.config import MODEL_KEYS, RESERVE_CHOICES, JobConfig
@@ -102,6 +102,7 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
         raise ConfigError(f"--min-fidelity {cfg.min_fidelity:g} must be in (0, 1]: the share of NDCG@10 the SAE must keep")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads {cfg.threads}: give a whole number >= 1")
+    ann.check_option(cfg.ann)  # --ann ivf|hnsw without faiss fails here, before any training
     from models import MODELS
 
     if cfg.model != "auto" and cfg.model not in MODELS:
@@ -201,7 +202,11 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
         onnx_diff = check_onnx(model, tmp / "encoder.onnx")
         if onnx_diff > 1e-4:
             raise RuntimeError(f"ONNX encoder differs from PyTorch by {onnx_diff:.2e} (> 1e-4)")
-        np.save(tmp / "item_embeddings.npy", item_embeddings(model))
+        emb = item_embeddings(model)
+        np.save(tmp / "item_embeddings.npy", emb)
+        calib = range(min(256, split.n_users))  # the index's depth is tuned on these users, histories excluded
+        ann_meta = ann.write_for_bundle(tmp, emb, cfg.ann, serve_x[: len(calib)], [split.full_history(u) for u in calib],
+                                        seed=cfg.seed, threads=cfg.threads or 1)
         sae.save(tmp / "sae")
         np.savez(
             tmp / "reference_stats.npz",
@@ -246,6 +251,7 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
                 "onnx_max_abs_diff": onnx_diff,
                 "concepts": concepts.summary,
             },
+            **({"ann": ann_meta} if ann_meta else {}),
         }
 
     bundle = write_bundle(out, fill)

@@ -268,13 +268,17 @@ class Core:
                 out[i] = e
         if plans:
             xs = np.concatenate([p.xs for _, p in plans]) if len(plans) > 1 else plans[0][1].xs
-            scores = xs @ eng.item_emb.T  # (B, n_items): the item matrix is read once per batch
             k_max = max(jobs[i].opts.k for i, _ in plans)
-            for row, (i, _) in enumerate(plans):  # in place: no copy of the (B, n_items) scores
-                if jobs[i].opts.exclude_seen and len(jobs[i].seen):
-                    scores[row, jobs[i].seen] = -np.inf
-            # the first k of the top-k_max are the top-k (best first, ties by lower id)
-            ids, sc = top_items(scores, k_max)
+            if eng.ann is not None:  # index candidates for the steered xs, re-scored exactly (recsae.ann)
+                ids, sc = eng.ann.top_items(xs, k_max, [jobs[i].seen if jobs[i].opts.exclude_seen else _NONE
+                                                        for i, _ in plans])
+            else:
+                scores = xs @ eng.item_emb.T  # (B, n_items): the item matrix is read once per batch
+                for row, (i, _) in enumerate(plans):  # in place: no copy of the (B, n_items) scores
+                    if jobs[i].opts.exclude_seen and len(jobs[i].seen):
+                        scores[row, jobs[i].seen] = -np.inf
+                # the first k of the top-k_max are the top-k (best first, ties by lower id)
+                ids, sc = top_items(scores, k_max)
             for row, (i, plan) in enumerate(plans):
                 k = jobs[i].opts.k
                 try:
@@ -483,6 +487,10 @@ class Core:
             headline["sae_fidelity_worst"] = {"name": str(worst.get("name")), "value": round(float(worst["value"]), 4)}
         if "onnx_max_abs_diff" in metrics:
             headline["onnx_max_abs_diff"] = metrics["onnx_max_abs_diff"]
+        if m.get("ann"):  # approximate retrieval: the bundle's index, and whether this process uses it
+            a = m["ann"]
+            headline["ann"] = {"kind": a.get("kind"), "depth": a.get("nprobe") or a.get("ef_search"), "used": self.engine.ann is not None,
+                               "calibration_recall_at_10": (a.get("calibration") or {}).get("recall_at_10")}
         describer = m.get("settings", {}).get("describer") or "unknown"
         return BundleInfo(
             version=m["version"],

@@ -15,7 +15,7 @@ MAX_LINES = 600
 # The two layers of recsae/ (docs/ARCHITECTURE.md). Core: what the service and every job build on
 # (NumPy, ONNX Runtime, Pydantic; torch only in sae). Jobs: the offline work on top of it.
 CORE = ("recsae", "recsae.data", "recsae.kernel", "recsae.bundle", "recsae.concepts", "recsae.evaluate",
-        "recsae.sae", "recsae.engine", "recsae.policy")
+        "recsae.sae", "recsae.engine", "recsae.policy", "recsae.ann")
 JOBS = ("recsae.pipeline", "recsae.stages", "recsae.quality", "recsae.config", "recsae.interpret",
         "recsae.debias", "recsae.cli", "recsae.train", "recsae.dist_sae", "recsae.__main__")
 
