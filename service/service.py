@@ -46,6 +46,7 @@ from recsae import BundleError, ConfigError, __version__
 from recsae.concepts import Concept
 from service import metrics as M
 from service.config import Settings
+from service.audit_routes import drift_verdict, router as audit_router
 from service.core import DECIMALS, ClientError, Core, NotFound
 from service.policies import PolicyInputError, PolicyStoreUnavailable
 from service.schemas import (
@@ -193,6 +194,8 @@ def _body(body: dict) -> Response:
 CoreDep = Annotated[Core, Depends(_core)]
 Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 Label = Annotated[str | None, Header(max_length=64, description="who acts, for the audit trail")]
+AuditHeader = Annotated[str | None, Header(max_length=8, description="1: an auditor's request (the audit page), "
+                                            "kept out of drift and the recent-traffic sample")]
 
 
 def _admin(svc: "RecSAEService", creds: HTTPAuthorizationCredentials | None, label: str | None) -> str:
@@ -210,25 +213,27 @@ def _admin(svc: "RecSAEService", creds: HTTPAuthorizationCredentials | None, lab
 # -- recommendations (async: CPU-bound work of ~1 ms runs on the event loop, no thread pool) ----
 @app.get("/recommend", response_model=RecommendResponse, responses={404: E404, 422: E422},
          summary="Recommend for a known user")
-async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep) -> Response:
+async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep, x_recsae_audit: AuditHeader = None) -> Response:
     with _timed("GET /recommend", q.explain):
         return _body(
             await core.recommend_user_async(
                 q.user_id, k=q.k, explain=q.explain, suppress=q.suppress_strengths(), policy=q.policy,
                 exclude_seen=q.exclude_seen, mode=q.mode, suppress_baseline=q.suppress_baseline,
+                audit=x_recsae_audit == "1",
             )
         )
 
 
 @app.post("/recommend", response_model=RecommendResponse, responses={422: E422},
           summary="Recommend for an explicit history (sequential bundles)")
-async def recommend_history(body: RecommendRequest, _: Annotated[NoParams, Query()], core: CoreDep) -> Response:
+async def recommend_history(body: RecommendRequest, _: Annotated[NoParams, Query()], core: CoreDep,
+                            x_recsae_audit: AuditHeader = None) -> Response:
     with _timed("POST /recommend", body.explain):
         return _body(
             await core.recommend_history_async(
                 body.history, k=body.k, explain=body.explain, suppress=body.suppress_strengths(),
                 policy=body.policy, exclude_seen=body.exclude_seen, mode=body.mode,
-                suppress_baseline=body.suppress_baseline,
+                suppress_baseline=body.suppress_baseline, audit=x_recsae_audit == "1",
             )
         )
 
@@ -556,7 +561,8 @@ async def drift(q: Annotated[DriftQuery, Query()], core: CoreDep, creds: AuditCr
     with _timed("GET /drift"):
         _audit_auth(creds)
         d = core.drift.snapshot()
-        report = DriftReport(window_requests=core.drift.n, window_size=core.drift.window)
+        report = DriftReport(window_requests=core.drift.n, window_size=core.drift.window,
+                             **drift_verdict(core.drift.n, d.psi if d is not None else None, core.drift.reference, core.sae.k))
         if d is not None:
             report.jsd, report.psi = round(d.jsd, DECIMALS), round(d.psi, DECIMALS)
             def act(values, j: int) -> float | None:
@@ -574,6 +580,9 @@ async def drift(q: Annotated[DriftQuery, Query()], core: CoreDep, creds: AuditCr
                     strength_shift=round(float(shift[j]), DECIMALS),
                 ))
         return _json(report)
+
+
+app.include_router(audit_router)  # the audit page's history, concept page and title search
 
 
 @bentoml.service(

@@ -1,0 +1,150 @@
+"""The audit page's own routes in process (TestClient over the BentoML ASGI app, the synthetic
+bundle): history attribution against the encoder itself, the concept page's data against the
+bundle, title search, the drift verdict, and auditors' requests kept out of drift."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from tests.integration.test_service_inprocess import bundle, client, engine, redis_prefix, svc  # noqa: F401
+
+
+def _act(engine, history: np.ndarray, latent: int) -> float:
+    codes = engine.sae.encode(engine.encode_histories([history]))
+    hit = codes.idx[0] == latent
+    return float(codes.acts[0][hit].sum())
+
+
+def test_history_is_newest_first_and_attribution_is_leave_one_out(client, engine):
+    r = client.get("/audit/history", params={"user_id": "1", "top": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    u = engine.bundle.users.index_of("1")
+    hist = engine.bundle.users.history(u)
+    ids = engine.bundle.catalog.item_ids
+    assert [it["item_id"] for it in body["items"]] == [ids[i] for i in hist[::-1]]  # newest first
+    assert body["method"] == "leave-one-out" and body["window"] == min(len(hist), engine.max_len)
+    assert sum(it["in_window"] for it in body["items"]) == body["window"]
+    assert body["items"][0]["in_window"] and body["seconds"] >= 0
+    rec = client.get("/recommend", params={"user_id": "1", "k": 5, "explain": "true"}).json()
+    assert [c["latent"] for c in body["concepts"]] == [a["latent"] for a in sorted(
+        rec["active_latents"], key=lambda a: -a["activation"])]
+    checked = 0
+    for c in body["concepts"]:
+        assert len(c["attributions"]) == len(hist)
+        assert all(v == 0 for v, it in zip(c["attributions"], body["items"][::-1]) if not it["in_window"])
+        for t in c["top"]:  # recompute: the activation with the item minus without it
+            without = _act(engine, np.delete(hist, t["position"]), c["latent"])
+            assert t["attribution"] == pytest.approx(c["activation"] - without, abs=1e-4)
+            assert t["attribution"] > 0 and ids[hist[t["position"]]] == t["item_id"]
+            checked += 1
+        tops = [t["attribution"] for t in c["top"]]
+        assert tops == sorted(tops, reverse=True)
+    assert checked > 0
+
+
+def test_history_post_and_errors(client, engine):
+    ids = engine.bundle.catalog.item_ids
+    r = client.post("/audit/history", json={"history": [ids[3], ids[7], ids[11]]})
+    assert r.status_code == 200, r.text
+    assert [it["item_id"] for it in r.json()["items"]] == [ids[11], ids[7], ids[3]]
+    bad = client.post("/audit/history", json={"history": [ids[3], "no-such-item"]})
+    assert bad.status_code == 422 and "no-such-item" in bad.text
+    assert client.get("/audit/history", params={"user_id": "nobody"}).status_code == 404
+    assert client.get("/audit/history").status_code == 422
+    assert client.get("/audit/history", params={"user_id": "1", "top": 0}).status_code == 422
+
+
+def test_title_search(client, engine):
+    titles = engine.bundle.catalog.titles
+    word = titles[5].split()[0]
+    r = client.get("/audit/items", params={"q": word.lower(), "limit": 50})
+    assert r.status_code == 200
+    got = [it["title"] for it in r.json()["items"]]
+    assert got and all(word.lower() in t.lower() for t in got)
+    want = [t for t in titles if word.lower() in t.lower()][:50]
+    assert got == want
+    exact = client.get("/audit/items", params={"q": engine.bundle.catalog.item_ids[9]}).json()["items"]
+    assert exact[0]["item_id"] == engine.bundle.catalog.item_ids[9]
+    assert client.get("/audit/items").status_code == 422
+
+
+def test_concept_detail_matches_the_bundle(client, engine):
+    rec = client.get("/recommend", params={"user_id": "1", "k": 5, "explain": "true"}).json()
+    j = rec["active_latents"][0]["latent"]
+    r = client.get(f"/audit/concepts/{j}/detail")
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["concept"] == client.get(f"/concepts/{j}").json()
+    w = engine.item_emb @ engine.sae.W_dec[j]
+    up = [engine.bundle.catalog.item_ids[i] for i in np.argsort(-w, kind="stable")[:10]]
+    assert [x["item_id"] for x in d["pushes_up"]] == up
+    assert d["pushes_up"][0]["weight"] == pytest.approx(float(w.max()), abs=1e-5)
+    assert d["pushes_down"][0]["weight"] == pytest.approx(float(w.min()), abs=1e-5)
+    assert d["reference_rate"] == pytest.approx(float(engine.bundle.firing_frequency[j]), abs=1e-6)
+    assert sum(d["user_histogram"]) == d["users_firing"] > 0
+    assert d["users_total"] == len(engine.bundle.users.user_ids)
+    acts = [u["activation"] for u in d["top_users"]]
+    assert acts == sorted(acts, reverse=True) and acts[0] == pytest.approx(d["user_histogram_max"])
+    # user 1's activation is what /recommend reports for it
+    top_user = d["top_users"][0]["user_id"]
+    mine = client.get("/recommend", params={"user_id": top_user, "k": 1, "explain": "true"}).json()
+    assert next(a["activation"] for a in mine["active_latents"] if a["latent"] == j) == pytest.approx(acts[0], abs=1e-5)
+    page = client.get(f"/audit/concepts/{j}")
+    assert page.status_code == 200 and "concept.js" in page.text
+    assert client.get("/audit/concepts/99999/detail").status_code == 404
+    assert client.get("/audit/concepts/x1/detail").status_code == 422
+
+
+def test_concept_detail_lists_the_policies_that_suppress_it(client):
+    from tests.integration.test_service_inprocess import AUTH
+
+    j = client.get("/recommend", params={"user_id": "2", "k": 5, "explain": "true"}).json()["active_latents"][0]["latent"]
+    assert client.put("/admin/policies/audit-detail", json={"latents": [j], "strength": 0.7}, headers=AUTH).status_code == 200
+    try:
+        pols = client.get(f"/audit/concepts/{j}/detail").json()["policies"]
+        assert {"name": "audit-detail", "strength": 0.7, "description": None} in pols
+        other = client.get(f"/audit/concepts/{(j + 1) % 8}/detail").json()["policies"]
+        assert "audit-detail" not in [p["name"] for p in other] or (j + 1) % 8 == j
+    finally:
+        client.delete("/admin/policies/audit-detail", headers=AUTH)
+
+
+def test_audit_requests_stay_out_of_drift_and_drift_has_a_verdict(client, svc):
+    core = svc.core
+    before = core.drift.n
+    for _ in range(3):
+        assert client.get("/recommend", params={"user_id": "5", "k": 3}, headers={"X-RecSAE-Audit": "1"}).status_code == 200
+    assert core.drift.n == before  # an auditor's looks are not live traffic
+    assert client.get("/recommend", params={"user_id": "5", "k": 3}).status_code == 200
+    assert core.drift.n == before + 1
+    d = client.get("/drift").json()
+    if d["window_requests"] < d["min_window"]:
+        assert d["verdict"] == "not-enough-traffic" and str(d["min_window"]) in d["verdict_text"]
+    for _ in range(d["min_window"]):
+        client.get("/recommend", params={"user_id": "5", "k": 3})  # one user over and over: drifted
+    d = client.get("/drift").json()
+    assert d["window_requests"] >= d["min_window"] and d["verdict"] == "drifting"
+    assert d["psi"] > d["psi_drift"] > d["psi_watch"] > d["psi_noise"] >= 0
+
+
+def test_dictionary_search_is_by_whole_words_and_sort_puts_few_samples_last(client, engine):
+    import json
+
+    from service.concepts import searchable_text
+    from recsae.concepts import Concept
+
+    concepts = [Concept.model_validate(c) for c in json.loads((engine.bundle.path / "concepts.json").read_text())["concepts"]]
+    whole = re.compile(r"(?<![a-z0-9])populars?(?![a-z0-9])")
+    r = client.get("/concepts", params={"q": "popular", "limit": 1000}).json()
+    want = sorted(c.latent for c in concepts if whole.search(searchable_text(c)))
+    if want:  # whole words only: "mid-popularity" is not "popular"
+        assert sorted(c["latent"] for c in r["concepts"]) == want
+    assert sum("popularity" in searchable_text(c) for c in concepts) > len(want)
+    assert client.get("/concepts", params={"q": "myster", "limit": 5}).json()["total"] > 0  # partial words still find
+    ranked = client.get("/concepts", params={"sort": "-confidence", "limit": 1000}).json()["concepts"]
+    few = [c["n_positive"] is not None and c["n_positive"] < 20 for c in ranked if c["confidence"] is not None]
+    assert few == sorted(few)  # every well-checked concept before any checked on few samples
