@@ -78,7 +78,13 @@ def attribute(engine: Any, history: np.ndarray, user: int | None = None) -> dict
             "in_window": in_window, "seconds": time.perf_counter() - t0}
 
 
-def top_positions(attr_col: np.ndarray, m: int) -> np.ndarray:
-    """The ``m`` positions with the largest positive attribution (largest first)."""
-    order = np.argsort(-attr_col, kind="stable")
-    return order[: m][attr_col[order[:m]] > 0]
+MIN_SHARE = 0.01
+"""An item is listed as driving a concept when removing it lowers the concept by at least 1% of
+its activation: below that, a 0.003 out of 3.4 reads as a cause on the page and is noise."""
+
+
+def top_positions(attr_col: np.ndarray, m: int, activation: float = 0.0) -> np.ndarray:
+    """The ``m`` positions with the largest positive attribution (largest first), at least
+    ``MIN_SHARE`` of ``activation``."""
+    order = np.argsort(-attr_col, kind="stable")[:m]
+    return order[attr_col[order] > max(0.0, MIN_SHARE * activation)]

@@ -99,7 +99,7 @@ def history_attribution(core: Core, history: np.ndarray, user: int | None, user_
             label=d.label if d else None, description=d.summary.description if d else None,
             attributions=[_r(v) for v in col],
             top=[ItemAttribution(position=int(p), item_id=ids[hist[p]], title=titles[hist[p]], attribution=_r(col[p]))
-                 for p in top_positions(col, top).tolist()],
+                 for p in top_positions(col, top, res["activations"][c]).tolist()],
         ))
     items = [HistoryItem(position=p, item_id=ids[i], title=titles[i], in_window=bool(res["in_window"][p]))
              for p, i in reversed(list(enumerate(hist)))]
@@ -192,6 +192,7 @@ def concept_detail(core: Core, latent: int, top: int = 10) -> ConceptDetail:
         users_firing=int(len(firing)), users_total=int(len(act)), user_histogram=hist, user_histogram_max=_r(hmax),
         reference_rate=_r(core.bundle.firing_frequency[latent]),
         live_rate=_r(d.live_rate[latent]) if d is not None else None, live_requests=int(core.drift.n),
+        live_min_requests=MIN_DRIFT_WINDOW,
         policies=policies,
     )
 

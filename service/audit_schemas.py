@@ -45,7 +45,8 @@ class ConceptAttribution(BaseModel):
     label: str | None = Field(None, description="the concept's short name")
     description: str | None = None
     attributions: list[float] = Field(description="per history position, oldest first (0 outside the window)")
-    top: list[ItemAttribution] = Field(description="the items that drove it most (positive attribution only)")
+    top: list[ItemAttribution] = Field(description="the items that drove it most: removing each lowers it by at least "
+                                       "1% of its activation")
 
 
 class HistoryAttribution(BaseModel):
@@ -107,4 +108,5 @@ class ConceptDetail(BaseModel):
     reference_rate: float = Field(description="share of the reference users in which it fires")
     live_rate: float | None = Field(None, description="share of this worker's recent requests; null without traffic")
     live_requests: int = 0
+    live_min_requests: int = Field(0, description="requests before the live rate is worth comparing (drift's minimum window)")
     policies: list[PolicyUse] = Field(description="stored policies that suppress it")

@@ -227,6 +227,14 @@ async function rerank() {
 // -- rendering ------------------------------------------------------------------------------------
 const conceptHref = (j) => `/audit/concepts/${j}?back=${encodeURIComponent(location.pathname + location.search)}`;
 
+// a concept's short name, with its id when another active concept has the same one
+function nameOf(j, description) {
+  const name = shortLabel(description);
+  if (!name) return null;
+  const same = state.base ? state.base.active_latents.filter((a) => shortLabel(a.description) === name).length : 0;
+  return same > 1 ? `${name} (#${j})` : name;
+}
+
 function conceptOf(j) {
   const a = state.base && state.base.active_latents.find((x) => x.latent === j);
   return a || {};
@@ -267,7 +275,7 @@ function renderBars() {
   for (const a of active) {
     const pol = byPolicy.get(a.latent);
     const off = state.suppress.has(a.latent) || !!pol;
-    const name = shortLabel(a.description) || "unnamed concept";
+    const name = nameOf(a.latent, a.description) || "unnamed concept";
     const tip = `${a.description || "no description"}\nconfidence ${fmt(a.confidence, 2)} · strength ${fmt(a.activation)}` +
       (pol ? `\nremoved by policy ${pol.source.slice(7)} at strength ${pol.strength}` : "");
     const drivers = driversOf(a.latent);
@@ -308,7 +316,7 @@ function renderList() {
     const shown = contribs.filter((c) => !c.suppressed).slice(0, 4);
     const chips = shown.map((c) => {
       const a = conceptOf(c.latent);
-      const label = shortLabel(a.description || c.label) || `concept #${c.latent}`;
+      const label = nameOf(c.latent, a.description || c.label) || `concept #${c.latent}`;
       const sign = c.contribution > 0 ? "+" : "−";
       return el("a", { class: "chip" + (c.contribution < 0 ? " neg" : ""), href: conceptHref(c.latent), "data-latent": c.latent,
         "data-contribution": c.contribution,

@@ -57,8 +57,9 @@ function histogramSvg(counts, max, xLabel, yLabel) {
   const bw = (W - L - R) / Math.max(1, counts.length);
   counts.forEach((c, i) => {
     const h = (H - B - T) * c / top;
-    svg.append(s("rect", { x: L + i * bw + 1, y: H - B - h, width: Math.max(1, bw - 2), height: h, "data-count": c },
-      undefined)).lastChild.append(s("title", {}, `${fmt(max * i / counts.length, 2)}–${fmt(max * (i + 1) / counts.length, 2)}: ${c}`));
+    const bar = s("rect", { x: L + i * bw + 1, y: H - B - h, width: Math.max(1, bw - 2), height: h, "data-count": c });
+    bar.append(s("title", {}, `${fmt(max * i / counts.length, 2)}–${fmt(max * (i + 1) / counts.length, 2)}: ${c} users`));
+    svg.append(bar);
   });
   svg.append(s("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
   svg.append(s("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));

@@ -43,7 +43,8 @@ async function loadConcept() {
         el("span", { class: "num", text: pct(d.reference_rate) })),
       el("div", { class: "rate-row", id: "c-live-rate", "data-value": d.live_rate === null ? "" : d.live_rate },
         el("span", { text: "live" }), el("div", { class: "bar-track" }, el("div", { class: "bar live", style: `height:100%;width:${(100 * (d.live_rate || 0) / max).toFixed(1)}%` })),
-        el("span", { class: "num", text: d.live_rate === null ? "no traffic yet" : `${pct(d.live_rate)} of ${d.live_requests} requests` })));
+        el("span", { class: "num", text: d.live_rate === null ? "no traffic yet" : `${pct(d.live_rate)} of ${d.live_requests} requests` +
+          (d.live_requests < d.live_min_requests ? ` (too few to compare: ${d.live_min_requests} needed)` : "") })));
     $("#c-policies").replaceChildren(...(d.policies.length ? d.policies.map((p) => el("li", { "data-policy": p.name, "data-strength": p.strength },
       el("b", { text: p.name }), ` at strength ${p.strength}` + (p.description ? ` — ${p.description}` : "")))
       : [el("li", { class: "muted", text: "none of the stored policies" })]));
@@ -65,7 +66,7 @@ async function loadConcept() {
       el("td", { text: featureText(e.feature) }), el("td", { class: "num", text: pct(e.share) }),
       el("td", { class: "num", text: pct(e.background) }), el("td", { class: "num", text: `×${fmt(e.lift, 1)}` }))));
     status.dataset.state = "ready";
-    status.textContent = `${c.status} · ${pct(c.firing_frequency)} of reference users`;
+    status.textContent = `${c.status} · present in ${pct(d.reference_rate)} of reference users`;
   } catch (e) {
     status.dataset.state = "error";
     status.classList.add("error");
