@@ -83,6 +83,8 @@ def _card(c: Concept) -> str:
     parts = [
         f'<section class="card {c.status}" id="latent-{c.latent}">',
         f"<h3>Latent {c.latent} <span class=\"muted\">{c.status}</span></h3>",
+        # the service's concept page: the same entry with live data (top users, policies, live rate)
+        f'<a class="concept-page" href="/audit/concepts/{c.latent}">concept page on the service</a>',
         f'<div class="desc">{escape(c.description or c.reason or "")}</div>',
         '<div class="muted">'
         f"confidence {_fmt(c.confidence)} · detection BA {_fmt(det.balanced_accuracy if det else None)}"

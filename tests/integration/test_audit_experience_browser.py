@@ -268,6 +268,29 @@ def test_ux_review_defects(server, browser):
     c.close()
 
 
+def test_segments_table_is_what_the_api_answers(server, browser):
+    proc, _ = server
+    c, cdp = Client(proc.port), browser
+    _open(cdp, f"{proc.base}/audit?view=segments", "document.querySelector('#seg-a-feature').options.length > 0")
+    cdp.js("document.querySelector('#seg-a-ids').value = '1 2 3 4 5 6 7 8 9 10 nobody'")
+    cdp.js("(e => { e.value = 'feature'; e.dispatchEvent(new Event('change')); })(document.querySelector('#seg-b-kind'))")
+    feature = cdp.js("document.querySelector('#seg-b-feature').value")
+    cdp.js("document.querySelector('#seg-b-share').value = '0.4'")
+    cdp.js("document.querySelector('#seg-compare').click()")
+    cdp.wait("document.querySelector('#seg-status').dataset.state === 'ready'")
+    _, want = c.request("POST", "/audit/segments", body={
+        "a": {"user_ids": "1 2 3 4 5 6 7 8 9 10 nobody".split()}, "b": {"feature": feature, "min_share": 0.4}, "top": 30},
+        headers=AUDIT)
+    rows = cdp.js("[...document.querySelectorAll('#seg-table tbody tr')].map(r => [+r.dataset.latent, "
+                  "...[...r.querySelectorAll('td[data-value]')].map(td => +td.dataset.value)])")
+    assert rows == [[x["latent"], x["rate_a"], x["rate_b"], x["difference"]] for x in want["concepts"]]
+    status = cdp.js("document.querySelector('#seg-status').textContent")
+    assert f"{want['a']['n']} users" in status and f"{want['b']['n']} users" in status and "nobody" in status
+    assert cdp.js("document.querySelectorAll('#seg-table .bar').length") == 2 * len(want["concepts"])
+    _shot(cdp, "audit-segments.png", full=False)
+    c.close()
+
+
 @pytest.mark.parametrize("width,height", [(1280, 900), (390, 844)])
 def test_layout_and_keyboard(server, browser, width, height):
     proc, _ = server

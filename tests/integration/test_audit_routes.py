@@ -148,3 +148,36 @@ def test_dictionary_search_is_by_whole_words_and_sort_puts_few_samples_last(clie
     ranked = client.get("/concepts", params={"sort": "-confidence", "limit": 1000}).json()["concepts"]
     few = [c["n_positive"] is not None and c["n_positive"] < 20 for c in ranked if c["confidence"] is not None]
     assert few == sorted(few)  # every well-checked concept before any checked on few samples
+
+
+def test_segments_compare_firing_between_groups(client, engine):
+    users = [str(u) for u in engine.bundle.users.user_ids]
+    a_ids, b_ids = users[:40], users[40:100]
+    r = client.post("/audit/segments", json={"a": {"user_ids": a_ids + ["nobody"]}, "b": {"user_ids": b_ids}, "top": 1000})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["a"]["n"] == 40 and body["a"]["unknown"] == ["nobody"] and body["b"]["n"] == 60
+    codes = engine.sae.encode(engine.encode_users(np.arange(len(users))))
+    fires = np.zeros((len(users), engine.sae.n_latents), bool)
+    for u in range(len(users)):
+        fires[u, codes.idx[u][codes.acts[u] > 0]] = True
+    rate_a, rate_b = fires[:40].mean(0), fires[40:100].mean(0)
+    got = {c["latent"]: c for c in body["concepts"]}
+    assert len(got) == engine.sae.n_latents
+    for j in range(engine.sae.n_latents):
+        assert got[j]["rate_a"] == pytest.approx(rate_a[j], abs=1e-6) and got[j]["rate_b"] == pytest.approx(rate_b[j], abs=1e-6)
+    diffs = [abs(c["difference"]) for c in body["concepts"]]
+    assert diffs == sorted(diffs, reverse=True)
+    # by history: users whose history is at least 50% one genre, against everyone else
+    feats = client.get("/audit/features").json()["features"]
+    genre = next(f for f in feats if f.startswith("genre:"))
+    r = client.post("/audit/segments", json={"a": {"feature": genre, "min_share": 0.5}, "top": 5}).json()
+    cat = engine.bundle.catalog
+    has = np.array([cat.feature_names.index(genre) in fs for fs in cat.item_features])
+    want = sum(has[engine.bundle.users.history(u)].mean() >= 0.5 for u in range(len(users)))
+    assert r["a"]["n"] == want and r["b"]["n"] == len(users) - want and r["b"]["label"] == "everyone else"
+    assert len(r["concepts"]) == 5
+    bad = client.post("/audit/segments", json={"a": {"feature": "genre:nope"}})
+    assert bad.status_code == 422 and "genre:nope" in bad.text
+    assert client.post("/audit/segments", json={"a": {}}).status_code == 422
+    assert client.post("/audit/segments", json={"a": {"user_ids": ["nobody"]}}).status_code == 422
