@@ -181,3 +181,31 @@ def test_segments_compare_firing_between_groups(client, engine):
     assert bad.status_code == 422 and "genre:nope" in bad.text
     assert client.post("/audit/segments", json={"a": {}}).status_code == 422
     assert client.post("/audit/segments", json={"a": {"user_ids": ["nobody"]}}).status_code == 422
+
+
+def test_user_id_models_get_encoder_alignment_and_say_so():
+    """BPR-MF's user vector is a learned embedding: removing an item changes nothing, so the
+    attribution is the alignment of each history item with the concept's encoder direction,
+    scaled so a concept's positive parts add up to its activation, and named as such."""
+    from recsae.engine import Engine
+    from service.attribution import ALIGN, attribute
+    from tests.conftest import build_synthetic_bundle
+
+    engine = Engine.from_path(str(build_synthetic_bundle(name="synthetic-bprmf", model="bprmf", describer="none")))
+    assert engine.input_kind == "user"
+    checked = 0
+    for u in range(0, 60, 6):
+        hist = engine.bundle.users.history(u)
+        res = attribute(engine, hist, u)
+        assert res["method"] == ALIGN and res["in_window"].all()
+        x = engine.encode_users(np.array([u]))
+        codes = engine.sae.encode(x)
+        assert sorted(res["latents"].tolist()) == sorted(codes.idx[0][codes.acts[0] > 0].tolist())
+        for c, j in enumerate(res["latents"].tolist()):
+            col = res["attr"][:, c]
+            align = engine.item_emb[hist].astype(np.float64) @ engine.sae.W_enc[j].astype(np.float64)
+            if (align > 0).any():
+                assert col[col > 0].sum() == pytest.approx(res["activations"][c], rel=1e-6)
+                assert np.array_equal(np.argsort(-col, kind="stable"), np.argsort(-align, kind="stable"))
+                checked += 1
+    assert checked > 0
