@@ -11,6 +11,8 @@ import hmac
 import os
 import pathlib
 import threading
+import time
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import numpy as np
@@ -36,6 +38,7 @@ from service.audit_schemas import (
     PolicyUse,
     TopUser,
 )
+from service import metrics as M
 from service.concepts import label_of
 from service.core import DECIMALS, ClientError, Core, NotFound
 from service.schemas import ErrorResponse, NoParams
@@ -77,6 +80,16 @@ def _digits(v: Any) -> Any:
 Latent = Annotated[int, Path(ge=0), BeforeValidator(_digits)]
 
 
+@contextmanager
+def _timed(route: str):
+    """The route's latency in ``recsae_request_latency_seconds`` (what the attribution costs live)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        M.REQUEST_LATENCY.labels(route, "false").observe(time.perf_counter() - t0)
+
+
 def _r(x: float) -> float:
     return round(float(x), DECIMALS)
 
@@ -110,11 +123,12 @@ def history_attribution(core: Core, history: np.ndarray, user: int | None, user_
 @router.get("/audit/history", response_model=HistoryAttribution, responses=ERRORS, tags=["audit"],
             summary="A user's history, newest first, and the items that drove each active concept")
 def audit_history(q: Annotated[HistoryQuery, Query()], core: CoreDep, _: Audit) -> Response:
-    u = core.bundle.users.index_of(q.user_id)
-    if u is None:
-        raise NotFound(f"unknown user_id {q.user_id!r}: this bundle knows {len(core.bundle.users.user_ids)} users")
-    body = history_attribution(core, core.bundle.users.history(u), u, q.user_id, q.top)
-    return Response(body.model_dump_json(), media_type="application/json")
+    with _timed("GET /audit/history"):
+        u = core.bundle.users.index_of(q.user_id)
+        if u is None:
+            raise NotFound(f"unknown user_id {q.user_id!r}: this bundle knows {len(core.bundle.users.user_ids)} users")
+        body = history_attribution(core, core.bundle.users.history(u), u, q.user_id, q.top)
+        return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.post("/audit/history", response_model=HistoryAttribution, responses=ERRORS, tags=["audit"],
@@ -200,7 +214,8 @@ def concept_detail(core: Core, latent: int, top: int = 10) -> ConceptDetail:
 @router.get("/audit/concepts/{latent}/detail", response_model=ConceptDetail, responses=ERRORS, tags=["audit"],
             summary="Everything the concept page shows about one concept")
 def audit_concept_detail(latent: Latent, _q: Annotated[NoParams, Query()], core: CoreDep, _: Audit) -> Response:
-    return Response(concept_detail(core, latent).model_dump_json(), media_type="application/json")
+    with _timed("GET /audit/concepts/{latent}/detail"):
+        return Response(concept_detail(core, latent).model_dump_json(), media_type="application/json")
 
 
 @router.get("/audit/concepts/{latent}", include_in_schema=False)
