@@ -125,6 +125,7 @@ async function load(who, keep = false) {
     state.baseline = 0;
     $("#baseline-toggle").checked = false;
   }
+  syncUrl();
   const seq = ++state.seq;
   const status = $("#rec-status");
   setStatus(status, "loading…", "loading");
@@ -135,8 +136,8 @@ async function load(who, keep = false) {
     state.base = state.current = base;
     $("#export-json").disabled = $("#export-csv").disabled = false;
     if (state.policy || state.suppress.size || state.baseline) return rerank();
+    syncUrl();  // first: the concept links carry the page's address back
     render();
-    syncUrl();
     status.dataset.suppress = "";
     status.dataset.baseline = "0";
     status.dataset.policy = "";
@@ -201,8 +202,8 @@ async function rerank() {
     const cur = any ? await fetchRecs(suppress, baseline, strength, policy) : state.base;
     if (seq !== state.seq) return;
     state.current = cur;
-    render();
     syncUrl();
+    render();
     status.dataset.suppress = suppress.join(",");
     status.dataset.baseline = String(baseline);
     status.dataset.strength = String(strength);

@@ -26,10 +26,11 @@ async function loadConcept() {
     const conf = $("#c-confidence-text");
     conf.dataset.value = c.confidence === null ? "" : String(c.confidence);
     conf.textContent = c.confidence === null ? "No confidence: " + (c.reason || "the concept was not described.")
-      : `${fmt(c.confidence, 2)}: given 5 users where it is strong and 5 where it is absent, the name picks the right ones this often.`;
+      : `${fmt(c.confidence, 2)}: how often the name alone tells samples (a user's history at one point) where it is present from ones where it is absent` +
+        (det ? `, checked on ${det.n_positive} + ${det.n_negative} held-out samples (below).` : ".");
     const rows = [];
-    if (det) rows.push(["held-out users where it is present (positives)", det.n_positive, "n-positive"],
-                       ["held-out users where it is absent (negatives)", det.n_negative, "n-negative"],
+    if (det) rows.push(["held-out samples where it is present (positives)", det.n_positive, "n-positive"],
+                       ["held-out samples where it is absent (negatives)", det.n_negative, "n-negative"],
                        ["balanced accuracy of the name on them", fmt(det.balanced_accuracy, 3), "balanced-accuracy"],
                        ["AUC", fmt(det.auc, 3), "auc"]);
     rows.push(["training samples where it fires", c.evidence.n_activating, "n-activating"]);
