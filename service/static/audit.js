@@ -370,45 +370,6 @@ function highlight(j) {
   }
 }
 
-// -- export ---------------------------------------------------------------------------------------
-function exportJson() {
-  return JSON.stringify({ exported_at: new Date().toISOString(), link: location.href,
-    bundle: state.bundle && { version: state.bundle.version, bundle_hash: state.bundle.bundle_hash },
-    who: state.who, k: Number($("#k").value), suppress: [...state.suppress].sort((a, b) => a - b),
-    strength: suppressStrength(), baseline: state.baseline, policy: state.policy || null,
-    before: state.base, after: state.current, history: state.history }, null, 2);
-}
-
-function csvCell(v) {
-  const s = v === null || v === undefined ? "" : String(v);
-  return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
-}
-
-function exportCsv() {
-  const rows = [["list", "rank", "item_id", "title", "score", "part", "latent", "concept", "value"]];
-  for (const [name, body] of [["before", state.base], ["after", state.current]]) {
-    if (!body) continue;
-    for (const it of body.items) {
-      const ex = it.explanation || { contributions: [], bias: null, error: null };
-      for (const c of ex.contributions) rows.push([name, it.rank, it.item_id, it.title, it.score, "concept", c.latent,
-        shortLabel(conceptOf(c.latent).description || c.label) || "", c.contribution]);
-      rows.push([name, it.rank, it.item_id, it.title, it.score, "shared baseline", "", "", ex.bias]);
-      rows.push([name, it.rank, it.item_id, it.title, it.score, "not captured by concepts", "", "", ex.error]);
-    }
-    for (const a of body.active_latents) rows.push([name, "", "", "", "", a.suppressed ? "active concept (removed)" : "active concept",
-      a.latent, shortLabel(a.description) || "", a.activation]);
-  }
-  if (state.history) for (const c of state.history.concepts) for (const t of c.top)
-    rows.push(["history", "", t.item_id, t.title, "", "drives concept", c.latent, shortLabel(c.description) || "", t.attribution]);
-  return rows.map((r) => r.map(csvCell).join(",")).join("\n") + "\n";
-}
-
-function download(text, type, name) {
-  const a = el("a", { href: URL.createObjectURL(new Blob([text], { type })), download: name });
-  document.body.append(a); a.click(); a.remove();
-}
-window.auditExport = { json: exportJson, csv: exportCsv };
-
 // -- concept dictionary and drift --------------------------------------------------------------
 let dictTimer = null;
 async function loadDict() {
@@ -518,55 +479,6 @@ async function searchTitles() {
       } })) : [el("span", { class: "muted", text: "no title matches" })]));
   } catch (e) {
     box.replaceChildren(el("span", { class: "error", text: e.message }));
-  }
-}
-
-// -- segments --------------------------------------------------------------------------------------
-function segGroup(side) {
-  const kind = $(`#seg-${side}-kind`).value;
-  if (kind === "rest") return null;
-  if (kind === "ids") return { user_ids: $(`#seg-${side}-ids`).value.split(/[\s,]+/).filter(Boolean) };
-  return { feature: $(`#seg-${side}-feature`).value, min_share: Number($(`#seg-${side}-share`).value) };
-}
-
-function syncSeg() {
-  for (const side of ["a", "b"]) {
-    const kind = $(`#seg-${side}-kind`).value;
-    $(`#seg-${side}-ids`).hidden = kind !== "ids";
-    $(`#seg-${side}-feat`).hidden = kind !== "feature";
-  }
-}
-
-async function loadFeatures() {
-  if ($("#seg-a-feature").options.length) return;
-  try {
-    const r = await api("/audit/features");
-    for (const side of ["a", "b"]) $(`#seg-${side}-feature`).replaceChildren(...r.features.map((f) => el("option", { value: f, text: f.replace(":", ": ") })));
-  } catch (e) { setStatus($("#seg-status"), e.message, "error", true); }
-}
-
-async function compareSegments() {
-  const status = $("#seg-status");
-  setStatus(status, "comparing…", "loading");
-  try {
-    const r = await api("/audit/segments", { method: "POST", headers: { "content-type": "application/json" },
-      body: JSON.stringify({ a: segGroup("a"), b: segGroup("b"), top: 30 }) });
-    const max = Math.max(1e-9, ...r.concepts.flatMap((c) => [c.rate_a, c.rate_b]));
-    $("#seg-table tbody").replaceChildren(...r.concepts.map((c) => el("tr", { "data-latent": c.latent },
-      el("td", { class: "num" }, el("a", { href: conceptHref(c.latent), text: "#" + c.latent })),
-      el("td", { text: c.label || "–" }),
-      el("td", { class: "num", "data-value": c.rate_a, text: pct(c.rate_a) }),
-      el("td", { class: "num", "data-value": c.rate_b, text: pct(c.rate_b) }),
-      el("td", { class: "num", "data-value": c.difference, text: `${c.difference > 0 ? "+" : "−"}${(100 * Math.abs(c.difference)).toFixed(1)} pts` }),
-      el("td", { class: "pair" }, el("div", { class: "bar-track" },
-        el("div", { class: "bar ref", style: `width:${(100 * c.rate_a / max).toFixed(1)}%` }),
-        el("div", { class: "bar live", style: `width:${(100 * c.rate_b / max).toFixed(1)}%` }))))));
-    const unknown = [...r.a.unknown, ...r.b.unknown];
-    setStatus(status, `A: ${r.a.label}, ${r.a.n} users · B: ${r.b.label}, ${r.b.n} users` +
-      (unknown.length ? ` · not in this bundle: ${unknown.join(", ")}` : ""), "ready");
-  } catch (e) {
-    $("#seg-table tbody").replaceChildren();
-    setStatus(status, e.message, "error", true);
   }
 }
 
