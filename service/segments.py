@@ -14,7 +14,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.audit_routes import ERRORS, Audit, CoreDep, user_codes
 from service.concepts import label_of
@@ -24,18 +24,21 @@ from service.schemas import NoParams
 router = APIRouter()
 
 
-class Group(BaseModel):
+class IdsGroup(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
-    user_ids: list[str] | None = Field(None, max_length=100_000, description="a pasted list of user ids")
-    feature: str | None = Field(None, max_length=200, description="an item attribute, e.g. 'genre:Horror'")
-    min_share: float = Field(0.3, gt=0, le=1, description="with `feature`: its share of the history at least this")
+    user_ids: list[str] = Field(min_length=1, max_length=100_000, description="a pasted list of user ids")
 
-    @model_validator(mode="after")
-    def _one(self) -> "Group":
-        if (self.user_ids is None) == (self.feature is None):
-            raise ValueError("give either user_ids or feature")
-        return self
+
+class FeatureGroup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    feature: str = Field(min_length=1, max_length=200, description="an item attribute, e.g. 'genre:Horror' "
+                         "(GET /audit/features)")
+    min_share: float = Field(0.3, gt=0, le=1, description="its share of the user's history at least this")
+
+
+Group = IdsGroup | FeatureGroup
 
 
 class SegmentRequest(BaseModel):
@@ -74,7 +77,7 @@ class FeatureList(BaseModel):
 
 def _members(core: Core, g: Group, where: str) -> tuple[np.ndarray, str, list[str]]:
     users = core.bundle.users
-    if g.user_ids is not None:
+    if isinstance(g, IdsGroup):
         idx, unknown = [], []
         for raw in g.user_ids:
             u = users.index_of(raw.strip())
