@@ -1,15 +1,80 @@
-"""The audit page's own routes in process (TestClient over the BentoML ASGI app, the synthetic
-bundle): history attribution against the encoder itself, the concept page's data against the
-bundle, title search, the drift verdict, and auditors' requests kept out of drift."""
+"""The audit page's own routes against ``bentoml serve`` on the synthetic bundle (no Redis):
+history attribution against the encoder itself, the concept page's data against the bundle,
+title search, segments, the drift verdict, and auditors' requests kept out of drift.
+
+A served process, not the in-process TestClient: BentoML's ASGI app runs one lifespan per
+process, and tests/integration/test_service_inprocess.py already holds it."""
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.integration.test_service_inprocess import bundle, client, engine, redis_prefix, svc  # noqa: F401
+from tests.devserver import Client, ServeProcess
+
+TOKEN = "audit-routes-" + uuid.uuid4().hex[:10]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    from tests.conftest import serving_bundle
+
+    return serving_bundle()
+
+
+@pytest.fixture(scope="module")
+def engine(bundle):
+    from recsae.engine import Engine
+
+    return Engine.from_path(str(bundle))
+
+
+class _Answer:
+    def __init__(self, status: int, body):
+        self.status_code, self._body = status, body
+        self.text = body if isinstance(body, str) else json.dumps(body)
+
+    def json(self):
+        return self._body
+
+
+class _Http:
+    """requests-like calls over tests.devserver.Client (one keep-alive connection)."""
+
+    def __init__(self, port: int):
+        self.c = Client(port, timeout=30)
+
+    def _do(self, method, path, params=None, json=None, headers=None):
+        return _Answer(*self.c.request(method, path, params, json, headers))
+
+    def get(self, path, params=None, headers=None):
+        return self._do("GET", path, params, None, headers)
+
+    def post(self, path, json=None, headers=None):
+        return self._do("POST", path, None, json, headers)
+
+    def put(self, path, json=None, headers=None):
+        return self._do("PUT", path, None, json, headers)
+
+    def delete(self, path, headers=None):
+        return self._do("DELETE", path, None, None, headers)
+
+
+@pytest.fixture(scope="module")
+def client(bundle, tmp_path_factory):
+    env = {"RECSAE_BUNDLE": str(bundle), "REDIS_URL": "", "RECSAE_ADMIN_TOKEN": TOKEN,
+           "RECSAE_STATE_DIR": str(tmp_path_factory.mktemp("state")), "RECSAE_AUDIT_SAMPLE": "0"}
+    with ServeProcess(env, log_dir=str(tmp_path_factory.mktemp("log"))).start(300) as proc:
+        http = _Http(proc.port)
+        yield http
+        http.c.close()
 
 
 def _act(engine, history: np.ndarray, latent: int) -> float:
@@ -100,8 +165,6 @@ def test_concept_detail_matches_the_bundle(client, engine):
 
 
 def test_concept_detail_lists_the_policies_that_suppress_it(client):
-    from tests.integration.test_service_inprocess import AUTH
-
     j = client.get("/recommend", params={"user_id": "2", "k": 5, "explain": "true"}).json()["active_latents"][0]["latent"]
     assert client.put("/admin/policies/audit-detail", json={"latents": [j], "strength": 0.7}, headers=AUTH).status_code == 200
     try:
@@ -113,15 +176,14 @@ def test_concept_detail_lists_the_policies_that_suppress_it(client):
         client.delete("/admin/policies/audit-detail", headers=AUTH)
 
 
-def test_audit_requests_stay_out_of_drift_and_drift_has_a_verdict(client, svc):
-    core = svc.core
-    before = core.drift.n
+def test_audit_requests_stay_out_of_drift_and_drift_has_a_verdict(client):
+    before = client.get("/drift").json()["window_requests"]
     for _ in range(3):
         assert client.get("/recommend", params={"user_id": "5", "k": 3}, headers={"X-RecSAE-Audit": "1"}).status_code == 200
-    assert core.drift.n == before  # an auditor's looks are not live traffic
+    assert client.get("/drift").json()["window_requests"] == before  # an auditor's looks are not live traffic
     assert client.get("/recommend", params={"user_id": "5", "k": 3}).status_code == 200
-    assert core.drift.n == before + 1
     d = client.get("/drift").json()
+    assert d["window_requests"] == before + 1
     if d["window_requests"] < d["min_window"]:
         assert d["verdict"] == "not-enough-traffic" and str(d["min_window"]) in d["verdict_text"]
     for _ in range(d["min_window"]):
@@ -132,8 +194,6 @@ def test_audit_requests_stay_out_of_drift_and_drift_has_a_verdict(client, svc):
 
 
 def test_dictionary_search_is_by_whole_words_and_sort_puts_few_samples_last(client, engine):
-    import json
-
     from service.concepts import searchable_text
     from recsae.concepts import Concept
 
