@@ -49,6 +49,8 @@ _bearer = HTTPBearer(auto_error=False, scheme_name="AuditBearer", description="R
 ERRORS = {401: {"model": ErrorResponse, "description": "missing or wrong audit token"},
           404: {"model": ErrorResponse, "description": "unknown user / latent"},
           422: {"model": ErrorResponse, "description": "invalid input; `detail[].loc` names the field"}}
+BODY_ERRORS = {**ERRORS, 413: {"model": ErrorResponse, "description": "request body over the size limit "
+                                                                      "(RECSAE_MAX_BODY_BYTES, 64 KiB)"}}
 
 
 async def _core() -> Core:
@@ -131,7 +133,7 @@ def audit_history(q: Annotated[HistoryQuery, Query()], core: CoreDep, _: Audit) 
         return Response(body.model_dump_json(), media_type="application/json")
 
 
-@router.post("/audit/history", response_model=HistoryAttribution, responses=ERRORS, tags=["audit"],
+@router.post("/audit/history", response_model=HistoryAttribution, responses=BODY_ERRORS, tags=["audit"],
              summary="The same for an explicit history (sequential bundles)")
 def audit_history_post(body: HistoryRequest, _q: Annotated[NoParams, Query()], core: CoreDep, _: Audit) -> Response:
     if not core.engine.accepts_history:

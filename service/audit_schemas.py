@@ -3,11 +3,12 @@ the items that drove each concept, one concept's page, catalogue title search.""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from recsae.concepts import Concept
+from service.schemas import MAX_HISTORY
 
 
 class HistoryQuery(BaseModel):
@@ -20,7 +21,8 @@ class HistoryQuery(BaseModel):
 class HistoryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
-    history: list[str] = Field(min_length=1, max_length=1000, description="item ids, oldest first")
+    history: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1, max_length=MAX_HISTORY, description="item ids, oldest first (as for POST /recommend)")
     top: int = Field(5, ge=1, le=50)
 
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.audit_routes import ERRORS, Audit, CoreDep, user_codes
+from service.audit_routes import BODY_ERRORS, ERRORS, Audit, CoreDep, user_codes
 from service.concepts import label_of
 from service.core import DECIMALS, ClientError, Core
 from service.schemas import NoParams
@@ -27,7 +27,8 @@ router = APIRouter()
 class IdsGroup(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
-    user_ids: list[str] = Field(min_length=1, max_length=100_000, description="a pasted list of user ids")
+    user_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1, max_length=10_000, description="a pasted list of user ids (the body stays under 64 KiB)")
 
 
 class FeatureGroup(BaseModel):
@@ -128,7 +129,7 @@ def compare(core: Core, req: SegmentRequest) -> SegmentReport:
                          concepts=out)
 
 
-@router.post("/audit/segments", response_model=SegmentReport, responses=ERRORS, tags=["audit"],
+@router.post("/audit/segments", response_model=SegmentReport, responses=BODY_ERRORS, tags=["audit"],
              summary="Compare concept firing between two groups of users")
 def audit_segments(body: SegmentRequest, _q: Annotated[NoParams, Query()], core: CoreDep, _: Audit) -> Response:
     return Response(compare(core, body).model_dump_json(), media_type="application/json")
