@@ -65,12 +65,6 @@ function fetchHistory() {
                                  body: JSON.stringify({ history: who.value }) });
 }
 
-// what is suppressed, in words: "#12, #57 at 0.6, baseline 0.4, policy no-popularity"
-function suppressionText(suppress, baseline, strength = 1, policy = "") {
-  const latents = suppress.length ? suppress.map((j) => "#" + j).join(", ") + (strength !== 1 ? ` at ${strength}` : "") : null;
-  return [latents, baseline ? `baseline ${baseline}` : null, policy ? `policy ${policy}` : null].filter(Boolean).join(", ");
-}
-
 // "after removing #12, #57; with policy no-popularity applied"
 function changeText(suppress, baseline, strength, policy) {
   const removed = [suppress.length ? suppress.map((j) => "#" + j).join(", ") + (strength !== 1 ? ` at ${strength}` : "") : null,
@@ -208,7 +202,7 @@ async function rerank() {
     status.dataset.baseline = String(baseline);
     status.dataset.strength = String(strength);
     status.dataset.policy = policy;
-    let text = any ? `suppressed ${suppressionText(suppress, baseline, strength, policy)}` : "no suppression";
+    let text = any ? changeText(suppress, baseline, strength, policy) : "nothing removed";
     if (policy) {
       const hits = (cur.suppressed || []).filter((x) => x.source === "policy:" + policy && x.active).length;
       const pb = cur.baseline && cur.baseline.source === "policy:" + policy;

@@ -204,6 +204,7 @@ def test_ux_review_defects(server, browser):
         cdp.wait("(s => s.dataset.state === 'ready' && s.dataset.policy === 'ux-idle')(document.querySelector('#rec-status'))")
         assert "touches none of this user's active concepts" in cdp.js("document.querySelector('#rec-status').textContent")
         assert cdp.js("document.querySelector('#supp-label').textContent") == "with policy ux-idle applied"
+        assert cdp.js("document.querySelector('#rec-status').textContent").startswith("with policy ux-idle applied")
         # moved items are marked with their old rank
         cdp.js("(e => { e.value = 'ux-big'; e.dispatchEvent(new Event('change')); })(document.querySelector('#policy'))")
         cdp.wait("(s => s.dataset.state === 'ready' && s.dataset.policy === 'ux-big')(document.querySelector('#rec-status'))")
