@@ -20,6 +20,7 @@ Without ``REDIS_URL`` the copy is the bundle's dictionary.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -237,7 +238,10 @@ class ConceptStore:
             items = [c for c in items if c.status == status]
         if q:
             words = [w for w in q.lower().split() if w]
-            items = [c for c in items if all(w in searchable_text(c) for w in words)]
+            # whole words first ("popular" must not match every "mid-popularity"); partial words
+            # only when no concept has them all as words ("horr" still finds horror)
+            whole = [c for c in items if all(_has_word(searchable_text(c), w) for w in words)]
+            items = whole or [c for c in items if all(w in searchable_text(c) for w in words)]
         key = sort.lstrip("-")
         desc = sort.startswith("-")
         if key == "latent":
@@ -246,9 +250,20 @@ class ConceptStore:
             attr = "firing_frequency" if key == "frequency" else "confidence"
             known = [c for c in items if getattr(c, attr) is not None]
             unknown = [c for c in items if getattr(c, attr) is None]
-            known.sort(key=lambda c: (-getattr(c, attr) if desc else getattr(c, attr), c.latent))
+            few = (lambda c: (c.detection.n_positive if c.detection else 0) < MIN_CHECKED) if attr == "confidence" \
+                else (lambda c: False)
+            known.sort(key=lambda c: (few(c), -getattr(c, attr) if desc else getattr(c, attr), c.latent))
             items = known + sorted(unknown, key=lambda c: c.latent)  # nulls last either way
         return items
+
+
+MIN_CHECKED = 20
+"""Held-out positives under which a confidence is sorted after the others (too few to trust)."""
+
+
+def _has_word(text: str, word: str) -> bool:
+    """``word`` occurs in ``text`` as a whole word (a plural 's' allowed)."""
+    return re.search(rf"(?<![a-z0-9]){re.escape(word)}s?(?![a-z0-9])", text) is not None
 
 
 def searchable_text(c: Concept) -> str:

@@ -365,16 +365,19 @@ class Core:
         if explain:
             active_out = self._explain(plan.xs, plan.codes, plan.weights, ids, items, baseline)
 
+        audit = job.opts.audit  # an auditor's request: not live traffic
         if not self._warming:
-            self.drift.record(np.asarray(active, dtype=np.int64), plan.codes.acts[0][: len(active)])
+            if not audit:
+                self.drift.record(np.asarray(active, dtype=np.int64), plan.codes.acts[0][: len(active)])
             M.RECOMMENDATIONS.labels(job.source).inc()
             label = M.policy_label(pol.name if pol is not None else None) if strengths or baseline else None
             if label is not None:
                 M.SUPPRESSION.labels(label).inc()
             if baseline:
                 M.BASELINE_SUPPRESSION.labels(label).inc()
-            self.recent.maybe_record(job.user_id, items, active, strengths, pol.name if pol is not None else None,
-                                     baseline)
+            if not audit:
+                self.recent.maybe_record(job.user_id, items, active, strengths, pol.name if pol is not None else None,
+                                         baseline)
         active_set = set(active)
         body = {
             "user_id": job.user_id,

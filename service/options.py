@@ -42,6 +42,9 @@ class RecommendOptions:
     """strength in [0, 1] with which the baseline (b_dec) is removed"""
     where: Where = "query"
     """where the options came from: the first element of an error's ``loc``"""
+    audit: bool = False
+    """an auditor's request (header ``X-RecSAE-Audit: 1``, the audit page): kept out of drift and
+    of the recent-traffic sample, which describe live traffic"""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "suppress", _frozen(self.suppress))

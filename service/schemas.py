@@ -318,7 +318,9 @@ class ConceptQuery(BaseModel):
 
     q: str | None = Field(None, max_length=200, description="words that must all occur (description, attributes, top items)")
     status: ConceptStatus | None = None
-    sort: ConceptSort = Field("latent", description="field to sort by; '-' for descending")
+    sort: ConceptSort = Field("latent", description="field to sort by; '-' for descending. By confidence, concepts "
+                              "checked on fewer than 20 held-out positives come after the others (a 1.00 on 3 "
+                              "samples is not a 0.95 on 50)")
     limit: int = Field(50, ge=1, le=1000)
     offset: int = Field(0, ge=0)
 
@@ -331,6 +333,8 @@ class ConceptSummary(BaseModel):
     firing_frequency: float = 0.0
     attributes: list[str] = Field(default_factory=list)
     exemplars: list[str] = Field(default_factory=list, description="titles of the items that stand for the latent")
+    n_positive: int | None = Field(None, description="held-out samples where it fires that the confidence was checked on")
+    n_negative: int | None = Field(None, description="held-out samples where it does not fire, likewise")
 
     @classmethod
     def of(cls, c: Concept) -> "ConceptSummary":
@@ -342,6 +346,8 @@ class ConceptSummary(BaseModel):
             firing_frequency=c.firing_frequency,
             attributes=c.attributes,
             exemplars=c.exemplars,
+            n_positive=c.detection.n_positive if c.detection else None,
+            n_negative=c.detection.n_negative if c.detection else None,
         )
 
 
@@ -586,3 +592,9 @@ class DriftReport(BaseModel):
     jsd: float | None = Field(None, description="Jensen-Shannon divergence (log 2); null without traffic")
     psi: float | None = None
     latents: list[DriftLatent] = Field(default_factory=list, description="most drifted first")
+    verdict: Literal["not-enough-traffic", "stable", "watch", "drifting"] = "not-enough-traffic"
+    verdict_text: str = Field("", description="the verdict in words, with the thresholds it used")
+    min_window: int = Field(0, description="live requests needed before a verdict")
+    psi_noise: float | None = Field(None, description="PSI that sampling alone reaches (95th pct.) at this window")
+    psi_watch: float | None = Field(None, description="PSI above which the verdict is 'watch' (noise + 0.10)")
+    psi_drift: float | None = Field(None, description="PSI above which the verdict is 'drifting' (noise + 0.25)")

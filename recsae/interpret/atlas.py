@@ -137,6 +137,8 @@ def _card(c: Concept, titles: dict[str, str] | None = None) -> str:
         f'<section class="card {c.status}" id="latent-{c.latent}" data-text="{escape((c.description or c.reason or "").lower(), quote=True)}">',
         f"<details><summary><b>Latent {c.latent}</b> <span class=\"muted\">{c.status} · confidence "
         f"{_fmt(c.confidence)}</span> {escape(_clip(c.description or c.reason or '', 90))}</summary>",
+        # the service's concept page: the same entry with live data (top users, policies, live rate)
+        f'<a class="concept-page" href="/audit/concepts/{c.latent}">concept page on the service</a>',
         f'<div class="desc">{escape(c.description or c.reason or "")}</div>',
         '<div class="muted">'
         f"confidence {_fmt(c.confidence)} · detection BA {_fmt(det.balanced_accuracy if det else None)}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from service import audit_routes
 from service.routes import admin, audit, concepts, docs, recommend
 
-ROUTERS: list[APIRouter] = [recommend.router, concepts.router, admin.router, docs.router, audit.router]
+ROUTERS: list[APIRouter] = [recommend.router, concepts.router, admin.router, docs.router, audit.router,
+                            audit_routes.router]  # the audit page's history, concept page, segments, search

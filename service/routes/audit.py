@@ -13,6 +13,7 @@ from starlette.staticfiles import StaticFiles
 
 from service import auth
 from service.auth import AuditCreds
+from service.audit_routes import drift_verdict
 from service.core import DECIMALS
 from service.deps import CoreDep, ServiceDep, body_json, model_json, timed
 from service.errors import AUDIT_ERRORS
@@ -53,7 +54,8 @@ async def drift(q: Annotated[DriftQuery, Query()], core: CoreDep, creds: AuditCr
     with timed("GET /drift"):
         auth.audit(svc.settings, creds)
         d = core.drift.snapshot()
-        report = DriftReport(window_requests=core.drift.n, window_size=core.drift.window)
+        report = DriftReport(window_requests=core.drift.n, window_size=core.drift.window,
+                             **drift_verdict(core.drift.n, d.psi if d is not None else None, core.drift.reference, core.sae.k))
         if d is not None:
             report.jsd, report.psi = round(d.jsd, DECIMALS), round(d.psi, DECIMALS)
 

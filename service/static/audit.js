@@ -1,59 +1,25 @@
-// RecSAE audit page: plain JS, no build step. Talks to the service's own API only.
+// RecSAE audit page: plain JS, no build step. Talks to the service's own API only (helpers: common.js).
 "use strict";
 
-const $ = (s) => document.querySelector(s);
-const TOKEN_KEY = "recsae-audit-token";
-const state = { bundle: null, who: null, base: null, current: null, suppress: new Set(), baseline: 0, policy: "",
-                policies: new Map(), seq: 0 };
+const state = { bundle: null, who: null, base: null, current: null, history: null, suppress: new Set(), baseline: 0,
+                policy: "", policies: new Map(), seq: 0, hseq: 0, view: "recs" };
 
-function el(tag, attrs, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) if (c !== null && c !== undefined) e.append(c);
-  return e;
-}
-const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
-const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
-
-// -- API ----------------------------------------------------------------------------------------
-function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
-
-function detailText(body) {
-  if (body && typeof body === "object" && "detail" in body) {
-    const d = body.detail;
-    return Array.isArray(d) ? d.map((e) => `${(e.loc || []).join(".")}: ${e.msg}`).join("; ") : String(d);
-  }
-  return String(body).slice(0, 300);
+// -- state in the URL (share a link, reload, get the same page) ---------------------------------
+function syncUrl() {
+  const p = new URLSearchParams();
+  if (state.who && state.who.kind === "user") p.set("user", state.who.value);
+  if (state.who && state.who.kind === "history") p.set("history", state.who.value.join(","));
+  if ($("#k").value !== "10") p.set("k", $("#k").value);
+  if (state.suppress.size) p.set("suppress", [...state.suppress].sort((a, b) => a - b).join(","));
+  const s = suppressStrength();
+  if (state.suppress.size && s !== null && s !== 1) p.set("strength", String(s));
+  if (state.baseline) p.set("baseline", String(state.baseline));
+  if (state.policy) p.set("policy", state.policy);
+  if (state.view !== "recs") p.set("view", state.view);
+  const qs = p.toString();
+  history.replaceState(null, "", location.pathname + (qs ? "?" + qs : ""));
 }
 
-async function api(path, opts = {}) {
-  const headers = Object.assign({}, opts.headers || {});
-  const t = token();
-  if (t) headers["Authorization"] = "Bearer " + t;
-  const r = await fetch(path, Object.assign({}, opts, { headers }));
-  const json = (r.headers.get("content-type") || "").includes("json");
-  const body = json ? await r.json() : await r.text();
-  if (!r.ok) {
-    const err = new Error(r.status === 401 ? "401: audit token missing or wrong — enter it at the top right" : `${r.status}: ${detailText(body)}`);
-    err.status = r.status;
-    throw err;
-  }
-  return body;
-}
-
-function setStatus(node, text, stateName, isError) {
-  node.textContent = text;
-  node.classList.toggle("error", !!isError);
-  if (stateName) node.dataset.state = stateName;
-}
-
-// -- recommendations view -----------------------------------------------------------------------
 function whoFromForm() {
   const kind = document.querySelector('input[name="who"]:checked').value;
   if (kind === "history") {
@@ -64,10 +30,13 @@ function whoFromForm() {
   return { kind: "user", value: id, label: `user ${id}` };
 }
 
-// strength for the ticked concepts, in (0, 1]; 1 (all of each contribution) when the box is not a number in range
+// strength for the ticked concepts in [0.05, 1]; null (and a message) when the box holds anything else
 function suppressStrength() {
-  const s = Number($("#suppress-strength").value);
-  return s > 0 && s <= 1 ? s : 1;
+  const box = $("#suppress-strength");
+  const s = Number(box.value);
+  const ok = box.value.trim() !== "" && s >= 0.05 && s <= 1;
+  box.setAttribute("aria-invalid", ok ? "false" : "true");
+  return ok ? s : null;
 }
 
 function fetchRecs(suppress, baseline, strength, policy = "") {
@@ -89,13 +58,21 @@ function fetchRecs(suppress, baseline, strength, policy = "") {
   });
 }
 
-// what is suppressed, in words: "#12, #57 at 0.6, baseline 0.4, policy no-popularity"
-function suppressionText(suppress, baseline, strength = 1, policy = "") {
-  const latents = suppress.length ? suppress.map((j) => "#" + j).join(", ") + (strength !== 1 ? ` at ${strength}` : "") : null;
-  return [latents, baseline ? `baseline ${baseline}` : null, policy ? `policy ${policy}` : null].filter(Boolean).join(", ");
+function fetchHistory() {
+  const who = state.who;
+  if (who.kind === "user") return api("/audit/history?" + new URLSearchParams({ user_id: who.value }).toString());
+  return api("/audit/history", { method: "POST", headers: { "content-type": "application/json" },
+                                 body: JSON.stringify({ history: who.value }) });
 }
 
-// the stored policies (read-only with the audit token) for the picker; the choice survives a reload
+// "after removing #12, #57; with policy no-popularity applied"
+function changeText(suppress, baseline, strength, policy) {
+  const removed = [suppress.length ? suppress.map((j) => "#" + j).join(", ") + (strength !== 1 ? ` at ${strength}` : "") : null,
+                   baseline ? `the shared baseline at ${baseline}` : null].filter(Boolean).join(" and ");
+  return [removed ? `after removing ${removed}` : null, policy ? `with policy ${policy} applied` : null].filter(Boolean).join("; ");
+}
+
+// the stored policies (read-only with the audit token) for the picker
 async function loadPolicies() {
   const select = $("#policy");
   try {
@@ -103,7 +80,7 @@ async function loadPolicies() {
     state.policies = new Map(r.policies.map((p) => [p.name, p]));
     select.replaceChildren(el("option", { value: "", text: "none" }),
       ...r.policies.map((p) => el("option", { value: p.name, text: p.name, title: p.description || "" })));
-    if (!state.policies.has(state.policy)) state.policy = "";
+    if (state.policy && !state.policies.has(state.policy)) select.append(el("option", { value: state.policy, text: state.policy + " (not found)" }));
     select.value = state.policy;
     select.dataset.state = "ready";
   } catch (e) {
@@ -134,19 +111,26 @@ function choosePolicy() {
   return rerank();
 }
 
-async function load(who) {
+// load a user (or history); keep=true keeps the ticked concepts and baseline (k changed, shared link)
+async function load(who, keep = false) {
   state.who = who;
-  state.suppress.clear();
-  state.baseline = 0;
-  $("#baseline-toggle").checked = false;
+  if (!keep) {
+    state.suppress.clear();
+    state.baseline = 0;
+    $("#baseline-toggle").checked = false;
+  }
+  syncUrl();
   const seq = ++state.seq;
   const status = $("#rec-status");
   setStatus(status, "loading…", "loading");
+  loadHistory(who);
   try {
     const base = await fetchRecs([], 0);
     if (seq !== state.seq) return;
     state.base = state.current = base;
-    if (state.policy) return rerank();  // the chosen policy stays on for the next user
+    $("#export-json").disabled = $("#export-csv").disabled = false;
+    if (state.policy || state.suppress.size || state.baseline) return rerank();
+    syncUrl();  // first: the concept links carry the page's address back
     render();
     status.dataset.suppress = "";
     status.dataset.baseline = "0";
@@ -160,12 +144,33 @@ async function load(who) {
   }
 }
 
+async function loadHistory(who) {
+  const seq = ++state.hseq;
+  const status = $("#history-status");
+  state.history = null;
+  $("#history-list").replaceChildren();
+  setStatus(status, "loading…", "loading");
+  try {
+    const h = await fetchHistory();
+    if (seq !== state.hseq) return;
+    state.history = h;
+    renderHistory();
+    renderBars();
+    const how = h.method === "leave-one-out"
+      ? `${h.items.length} items; the model reads the newest ${h.window}. Drivers: each item removed in turn (${(1000 * h.seconds).toFixed(0)} ms)`
+      : `${h.items.length} items. This model's user vector is learned, not computed from the history, so items are credited by how their embedding aligns with each concept (not a cause)`;
+    setStatus(status, how, "ready");
+  } catch (e) {
+    if (seq !== state.hseq) return;
+    setStatus(status, e.message, "error", true);
+  }
+}
+
 function toggle(latent, on) {
   if (on) state.suppress.add(latent); else state.suppress.delete(latent);
   return rerank();
 }
 
-// the baseline toggle: suppress the SAE decoder bias (what all users share) at the chosen strength
 function toggleBaseline() {
   const s = Number($("#baseline-strength").value);
   state.baseline = $("#baseline-toggle").checked && s > 0 && s <= 1 ? s : 0;
@@ -177,21 +182,34 @@ async function rerank() {
   const suppress = [...state.suppress].sort((a, b) => a - b);
   const baseline = state.baseline;
   const strength = suppressStrength();
+  const status = $("#rec-status");
+  if (strength === null) {
+    status.dataset.strength = "invalid";
+    setStatus(status, `strength "${$("#suppress-strength").value}" is not between 0.05 and 1: type a value in that range (1 removes all of a concept)`, "error", true);
+    return;
+  }
   const policy = state.policy;
   const any = suppress.length || baseline || policy;
   const seq = ++state.seq;
-  const status = $("#rec-status");
   setStatus(status, "re-ranking…", "loading");
   try {
     const cur = any ? await fetchRecs(suppress, baseline, strength, policy) : state.base;
     if (seq !== state.seq) return;
     state.current = cur;
+    syncUrl();
     render();
     status.dataset.suppress = suppress.join(",");
     status.dataset.baseline = String(baseline);
     status.dataset.strength = String(strength);
     status.dataset.policy = policy;
-    setStatus(status, any ? `suppressed ${suppressionText(suppress, baseline, strength, policy)}` : "no suppression", "ready");
+    let text = any ? changeText(suppress, baseline, strength, policy) : "nothing removed";
+    if (policy) {
+      const hits = (cur.suppressed || []).filter((x) => x.source === "policy:" + policy && x.active).length;
+      const pb = cur.baseline && cur.baseline.source === "policy:" + policy;
+      if (!hits && !pb) text += ` — policy ${policy} touches none of this user's active concepts, so it changes nothing here`;
+      status.dataset.policyHits = String(hits);
+    }
+    setStatus(status, text, "ready");
   } catch (e) {
     if (seq !== state.seq) return;
     status.dataset.suppress = suppress.join(",");
@@ -201,66 +219,148 @@ async function rerank() {
   }
 }
 
-function conceptName(a) { return a && a.description ? a.description : null; }
+// -- rendering ------------------------------------------------------------------------------------
+const conceptHref = (j) => `/audit/concepts/${j}?back=${encodeURIComponent(location.pathname + location.search)}`;
+
+// a concept's short name, with its id when another active concept has the same one
+function nameOf(j, description) {
+  const name = shortLabel(description);
+  if (!name) return null;
+  const same = state.base ? state.base.active_latents.filter((a) => shortLabel(a.description) === name).length : 0;
+  return same > 1 ? `${name} (#${j})` : name;
+}
+
+function conceptOf(j) {
+  const a = state.base && state.base.active_latents.find((x) => x.latent === j);
+  return a || {};
+}
 
 function render() {
-  const bars = $("#concept-bars"), list = $("#rec-list");
-  bars.replaceChildren(); list.replaceChildren();
-  $("#left-list").replaceChildren(); $("#entered-list").replaceChildren();
-  $("#diff").hidden = true;
-  $("#supp-label").textContent = "";
+  renderBars();
+  renderList();
+}
+
+function renderHistory() {
+  const h = state.history;
+  if (!h) return;
+  $("#history-list").replaceChildren(...h.items.map((it) => el("li", {
+      "data-item-id": it.item_id, "data-position": it.position, class: it.in_window ? null : "outside",
+      title: it.in_window ? null : "older than what the model reads: it cannot drive anything" },
+    el("span", { class: "marker", "aria-hidden": "true" }), el("span", { text: it.title }),
+    el("span", { class: "attr muted" }), it.in_window ? null : el("span", { class: "muted", text: " (not read)" }))));
+}
+
+function driversOf(j) {
+  const c = state.history && state.history.concepts.find((x) => x.latent === j);
+  return c ? c.top : [];
+}
+
+function renderBars() {
+  const bars = $("#concept-bars");
+  bars.replaceChildren();
   const base = state.base, cur = state.current;
   const policyBaseline = cur && cur.baseline && cur.baseline.source.startsWith("policy:") ? cur.baseline.strength : 0;
   $("#baseline-row").classList.toggle("suppressed", state.baseline > 0 || policyBaseline > 0);
   $("#baseline-row").classList.toggle("by-policy", policyBaseline > 0);
   $("#baseline-row").dataset.policyStrength = String(policyBaseline);
   if (!base) return;
-  const byLatent = new Map(base.active_latents.map((a) => [a.latent, a]));
   const byPolicy = new Map((cur.suppressed || []).filter((x) => x.source.startsWith("policy:")).map((x) => [x.latent, x]));
-  // active concepts as a bar chart, strongest first, each with a suppression toggle
   const active = [...base.active_latents].sort((a, b) => b.activation - a.activation);
   const max = Math.max(1e-9, ...active.map((a) => a.activation));
   for (const a of active) {
     const pol = byPolicy.get(a.latent);
     const off = state.suppress.has(a.latent) || !!pol;
-    const label = (pol ? `[policy, strength ${pol.strength}] ` : "") + (conceptName(a) || "(no description)");
-    bars.append(el("div", { class: "bar-row" + (off ? " suppressed" : "") + (pol ? " by-policy" : ""), "data-latent": a.latent },
+    const name = nameOf(a.latent, a.description) || "unnamed concept";
+    const tip = `${a.description || "no description"}\nconfidence ${fmt(a.confidence, 2)} · strength ${fmt(a.activation)}` +
+      (pol ? `\nremoved by policy ${pol.source.slice(7)} at strength ${pol.strength}` : "");
+    const drivers = driversOf(a.latent);
+    bars.append(el("div", { class: "bar-row" + (off ? " suppressed" : "") + (pol ? " by-policy" : ""), "data-latent": a.latent,
+                            onmouseenter: () => highlight(a.latent), onmouseleave: () => highlight(null),
+                            onfocusin: () => highlight(a.latent), onfocusout: () => highlight(null) },
       el("input", { type: "checkbox", class: "suppress-toggle", "data-latent": a.latent, checked: state.suppress.has(a.latent),
-        title: `suppress concept #${a.latent}`, onchange: (ev) => toggle(a.latent, ev.target.checked) }),
-      el("span", { class: "muted", text: "#" + a.latent }),
+        "aria-label": `remove concept ${name} (#${a.latent})`, onchange: (ev) => toggle(a.latent, ev.target.checked) }),
+      el("a", { class: "cid", href: conceptHref(a.latent), title: "open the concept's page", text: "#" + a.latent }),
       el("div", {},
-        el("div", { class: "desc", title: label, text: label }),
-        el("div", { class: "bar-track" }, el("div", { class: "bar", style: `width:${(100 * a.activation / max).toFixed(1)}%` }))),
-      el("span", { class: "muted", text: `act ${fmt(a.activation)} · conf ${fmt(a.confidence, 2)}` })));
+        el("div", { class: "desc", title: tip, text: (pol ? "[policy] " : "") + (off ? "removed: " : "") + name }),
+        el("div", { class: "bar-track" }, el("div", { class: "bar", style: `width:${(100 * a.activation / max).toFixed(1)}%` })),
+        drivers.length ? el("div", { class: "drivers muted", text: "from: " + drivers.slice(0, 3).map((d) => d.title).join(", ") }) : null),
+      el("span", { class: "muted", title: tip, text: `${fmt(a.activation, 2)} · conf ${fmt(a.confidence, 2)}` })));
   }
-  // the (possibly re-ranked) list, with per-item concept chips
-  const baseIds = new Set(base.items.map((i) => i.item_id));
+}
+
+// an item's score in parts: the concepts shown, the other concepts, the shared baseline, the rest
+function parts(it, shown) {
+  const ex = it.explanation || { contributions: [], bias: 0, error: 0 };
+  const shownSet = new Set(shown.map((c) => c.latent));
+  const other = ex.contributions.filter((c) => !shownSet.has(c.latent)).reduce((s, c) => s + c.contribution, 0);
+  return { other, baseline: ex.bias, rest: ex.error };
+}
+
+function renderList() {
+  const list = $("#rec-list");
+  list.replaceChildren();
+  $("#left-list").replaceChildren(); $("#entered-list").replaceChildren();
+  $("#diff").hidden = true;
+  $("#supp-label").textContent = "";
+  const base = state.base, cur = state.current;
+  if (!base) return;
+  const baseRank = new Map(base.items.map((i) => [i.item_id, i.rank]));
   const curIds = new Set(cur.items.map((i) => i.item_id));
   for (const it of cur.items) {
-    const chips = ((it.explanation && it.explanation.contributions) || [])
-      .filter((c) => !c.suppressed && c.contribution !== 0).slice(0, 4)
-      .map((c) => {
-        const a = byLatent.get(c.latent) || {};
-        const name = a.description || c.label || `latent #${c.latent}`;
-        const short = (c.label || name).split(" — ")[0].split(";")[0];
-        return el("span", { class: "chip" + (c.contribution < 0 ? " neg" : ""), "data-latent": c.latent,
-          title: `#${c.latent} ${name}\nconfidence ${fmt(a.confidence, 2)}\ncontribution ${fmt(c.contribution, 4)}`,
-          text: `${short} · conf ${fmt(a.confidence, 2)} · ${c.contribution > 0 ? "+" : ""}${fmt(c.contribution)}` });
-      });
-    list.append(el("li", { "data-item-id": it.item_id, class: baseIds.has(it.item_id) ? null : "entered" },
+    const contribs = ((it.explanation && it.explanation.contributions) || []).filter((c) => c.contribution !== 0);
+    const shown = contribs.filter((c) => !c.suppressed).slice(0, 4);
+    const chips = shown.map((c) => {
+      const a = conceptOf(c.latent);
+      const label = nameOf(c.latent, a.description || c.label) || `concept #${c.latent}`;
+      const sign = c.contribution > 0 ? "+" : "−";
+      return el("a", { class: "chip" + (c.contribution < 0 ? " neg" : ""), href: conceptHref(c.latent), "data-latent": c.latent,
+        "data-contribution": c.contribution,
+        title: `#${c.latent} ${a.description || label}\nconfidence ${fmt(a.confidence, 2)}\nshare of the score ${sign}${fmt(Math.abs(c.contribution), 3)}`,
+        onmouseenter: () => highlight(c.latent), onmouseleave: () => highlight(null),
+        onfocus: () => highlight(c.latent), onblur: () => highlight(null) },
+        el("span", { class: "sign", "aria-label": c.contribution > 0 ? "raises" : "lowers", text: c.contribution > 0 ? "▲ " : "▼ " }), label);
+    });
+    const p = parts(it, shown);
+    const rest = el("div", { class: "remainder muted", "data-other": p.other, "data-baseline": p.baseline, "data-rest": p.rest,
+        title: "the rest of the score: concepts not shown above, what every user shares, and what the concepts do not capture" },
+      `other concepts ${fmt(p.other, 2)} · shared baseline ${fmt(p.baseline, 2)} · not captured by concepts ${fmt(p.rest, 2)}`);
+    const was = baseRank.get(it.item_id);
+    const moved = was === undefined ? el("span", { class: "moved new", text: " · new" })
+      : was !== it.rank ? el("span", { class: "moved", "data-was": was, text: ` · ${was > it.rank ? "↑" : "↓"}${Math.abs(was - it.rank)} (was #${was})` }) : null;
+    list.append(el("li", { "data-item-id": it.item_id, class: was === undefined ? "entered" : null },
       el("span", { class: "item-title", text: it.title }), " ",
-      el("span", { class: "muted", text: `id ${it.item_id} · score ${fmt(it.score)}` + (baseIds.has(it.item_id) ? "" : " · new") }),
-      el("div", {}, chips)));
+      el("span", { class: "muted", text: `id ${it.item_id} · score ${fmt(it.score)}` }), moved,
+      el("div", {}, chips), rest));
   }
-  if (state.suppress.size || state.baseline || state.policy) {
-    $("#supp-label").textContent = `with ${suppressionText([...state.suppress], state.baseline, suppressStrength(), state.policy)} suppressed`;
+  const suppress = [...state.suppress].sort((a, b) => a - b);
+  if (suppress.length || state.baseline || state.policy) {
+    $("#supp-label").textContent = changeText(suppress, state.baseline, suppressStrength() || 1, state.policy);
     $("#diff").hidden = false;
     for (const it of base.items) if (!curIds.has(it.item_id))
       $("#left-list").append(el("li", { "data-item-id": it.item_id, text: `${it.title} (id ${it.item_id}, was #${it.rank})` }));
-    for (const it of cur.items) if (!baseIds.has(it.item_id))
+    for (const it of cur.items) if (!baseRank.has(it.item_id))
       $("#entered-list").append(el("li", { "data-item-id": it.item_id, text: `${it.title} (id ${it.item_id}, now #${it.rank})` }));
     if (!$("#left-list").children.length) $("#left-list").append(el("li", { class: "muted", text: "none (order may change)" }));
     if (!$("#entered-list").children.length) $("#entered-list").append(el("li", { class: "muted", text: "none" }));
+  }
+}
+
+// point at a concept: its items in the history, its chips in the list, its bar
+function highlight(j) {
+  for (const n of document.querySelectorAll(".hl")) n.classList.remove("hl");
+  for (const n of document.querySelectorAll("#history-list .attr")) n.textContent = "";
+  for (const n of document.querySelectorAll("#history-list .marker")) n.textContent = "";
+  $("#history-list").dataset.latent = j === null ? "" : String(j);
+  if (j === null) return;
+  for (const n of document.querySelectorAll(`#rec-list .chip[data-latent="${j}"], #concept-bars .bar-row[data-latent="${j}"]`)) n.classList.add("hl");
+  const c = state.history && state.history.concepts.find((x) => x.latent === j);
+  if (!c) return;
+  for (const t of c.top) {
+    const li = document.querySelector(`#history-list li[data-position="${t.position}"]`);
+    if (!li) continue;
+    li.classList.add("hl");
+    li.querySelector(".marker").textContent = "▶ ";
+    li.querySelector(".attr").textContent = ` +${fmt(t.attribution, 3)}`;
   }
 }
 
@@ -276,11 +376,13 @@ async function loadDict() {
     const r = await api("/concepts?" + p.toString());
     const maxF = Math.max(1e-9, ...r.concepts.map((c) => c.firing_frequency));
     $("#dict-table tbody").replaceChildren(...r.concepts.map((c) => el("tr", { "data-latent": c.latent },
-      el("td", { class: "num", text: "#" + c.latent }),
+      el("td", { class: "num" }, el("a", { href: conceptHref(c.latent), text: "#" + c.latent })),
       el("td", { text: c.status }),
-      el("td", { title: (c.attributes || []).join(", ") }, c.description || "–",
-        (c.exemplars || []).length ? el("div", { class: "muted exemplars", text: "exemplars: " + c.exemplars.join("; ") }) : null),
+      el("td", { title: c.description || "" }, shortLabel(c.description) || "–",
+        (c.exemplars || []).length ? el("div", { class: "muted exemplars", text: "e.g. " + c.exemplars.slice(0, 3).join("; ") }) : null),
       el("td", { class: "num", text: fmt(c.confidence, 2) }),
+      el("td", { class: "num" + (c.n_positive !== null && c.n_positive < 20 ? " few" : ""), "data-n": c.n_positive,
+        text: c.n_positive === null ? "–" : `${c.n_positive} / ${c.n_negative}` + (c.n_positive < 20 ? " (few)" : "") }),
       el("td", {}, el("span", { class: "mini-track" }, el("span", { class: "bar", style: `display:block;width:${(100 * c.firing_frequency / maxF).toFixed(1)}%` })),
         " " + pct(c.firing_frequency)))));
     setStatus(status, `${r.total} match${r.total === 1 ? "" : "es"}${r.total > r.concepts.length ? `, first ${r.concepts.length} shown` : ""}`, "ready");
@@ -295,18 +397,22 @@ async function loadDrift() {
   try {
     const d = await api("/drift?top=15&sort=" + $("#drift-sort").value);
     const max = Math.max(1e-9, ...d.latents.flatMap((l) => [l.reference_rate, l.live_rate]));
+    const v = $("#drift-verdict");
+    v.dataset.verdict = d.verdict;
+    v.replaceChildren(el("b", { text: { "not-enough-traffic": "No verdict yet", stable: "✓ Stable", watch: "! Watch", drifting: "✗ Drifting" }[d.verdict] }),
+      ": " + d.verdict_text);
     $("#drift-table tbody").replaceChildren(...d.latents.map((l) => el("tr", { "data-latent": l.latent },
-      el("td", { class: "num", text: "#" + l.latent }),
-      el("td", { text: l.description || "–" }),
+      el("td", { class: "num" }, el("a", { href: conceptHref(l.latent), text: "#" + l.latent })),
+      el("td", { text: shortLabel(l.description) || "–", title: l.description || "" }),
       el("td", { class: "pair", title: `reference ${pct(l.reference_rate)} · live ${pct(l.live_rate)} · PSI term ${fmt(l.psi_term, 4)}` },
         el("div", { class: "bar-track" },
           el("div", { class: "bar ref", style: `width:${(100 * l.reference_rate / max).toFixed(1)}%` }),
           el("div", { class: "bar live", style: `width:${(100 * l.live_rate / max).toFixed(1)}%` })),
         el("small", { class: "muted", text: `${pct(l.reference_rate)} → ${pct(l.live_rate)}` })),
-      el("td", { class: "num", title: "mean activation when it fires: reference → live",
+      el("td", { class: "num", title: "mean strength when present: reference → live",
         text: `${fmt(l.reference_mean_activation, 2)} → ${fmt(l.live_mean_activation, 2)}` }))));
     setStatus(summary, d.jsd === null ? `no live traffic yet in this worker's window (${d.window_size} requests)`
-      : `JSD ${fmt(d.jsd, 4)} · PSI ${fmt(d.psi, 3)} over the last ${d.window_requests} requests of this worker (grey: reference, orange: live)`, "ready");
+      : `JSD ${fmt(d.jsd, 4)} · PSI ${fmt(d.psi, 3)} over the last ${d.window_requests} requests of this worker (upper bar: reference, lower bar: live)`, "ready");
   } catch (e) {
     $("#drift-table tbody").replaceChildren();
     setStatus(summary, e.message, "error", true);
@@ -314,6 +420,11 @@ async function loadDrift() {
 }
 
 // -- recent traffic ------------------------------------------------------------------------------
+function idList(ids, n = 8) {
+  const shown = ids.slice(0, n).map((j) => "#" + j).join(", ");
+  return ids.length > n ? `${shown} +${ids.length - n} more` : shown;
+}
+
 async function loadRecent() {
   const status = $("#recent-status");
   setStatus(status, "loading…", "loading");
@@ -322,10 +433,12 @@ async function loadRecent() {
     $("#recent-table tbody").replaceChildren(...r.entries.map((e) => el("tr", { "data-id": e.id },
       el("td", { text: new Date(e.ts * 1000).toLocaleTimeString() }),
       el("td", {}, e.user_id === null ? el("span", { class: "muted", text: "history" })
-        : el("a", { class: "user", text: e.user_id, onclick: () => openUser(e.user_id) })),
-      el("td", { text: [e.suppressed.length ? e.suppressed.map((j) => "#" + j).join(",") : "", e.baseline ? "baseline " + e.baseline : "", e.policy ? "policy " + e.policy : ""].filter(Boolean).join(" · ") || "–" }),
+        : el("a", { class: "user", href: "?user=" + encodeURIComponent(e.user_id), text: e.user_id,
+                    onclick: (ev) => { ev.preventDefault(); openUser(e.user_id); } })),
+      el("td", { class: "ids", title: e.suppressed.map((j) => "#" + j).join(", "),
+                 text: [e.suppressed.length ? idList(e.suppressed) : "", e.baseline ? "baseline " + e.baseline : "", e.policy ? "policy " + e.policy : ""].filter(Boolean).join(" · ") || "–" }),
       el("td", { text: e.items.slice(0, 5).map((i) => i.title).join(" · ") }),
-      el("td", { class: "muted", text: e.active.map((j) => "#" + j).join(" ") }))));
+      el("td", { class: "muted ids", text: idList(e.active) }))));
     setStatus(status, `${r.entries.length} sampled answers, newest first`, "ready");
   } catch (e) {
     $("#recent-table tbody").replaceChildren();
@@ -333,45 +446,101 @@ async function loadRecent() {
   }
 }
 
-function openUser(id) {
+function openUser(id, keep = false) {
   document.querySelector('input[name="who"][value="user"]').checked = true;
   syncWho();
   $("#user-id").value = id;
   show("recs");
-  load(whoFromForm());
+  load(whoFromForm(), keep);
+}
+
+// -- history mode: add items by title ------------------------------------------------------------
+let titleTimer = null;
+async function searchTitles() {
+  const q = $("#title-search").value.trim();
+  const box = $("#title-results");
+  if (!q) { box.replaceChildren(); return; }
+  try {
+    const r = await api("/audit/items?" + new URLSearchParams({ q, limit: "8" }).toString());
+    box.dataset.state = "ready";
+    box.replaceChildren(...(r.items.length ? r.items.map((it) => el("button", { type: "button", class: "title-hit", role: "option",
+      "data-item-id": it.item_id, text: `+ ${it.title}`, onclick: () => {
+        const t = $("#history");
+        t.value = (t.value.trim() + " " + it.item_id).trim();
+        $("#title-search").value = "";
+        box.replaceChildren();
+        $("#title-search").focus();
+      } })) : [el("span", { class: "muted", text: "no title matches" })]));
+  } catch (e) {
+    box.replaceChildren(el("span", { class: "error", text: e.message }));
+  }
 }
 
 // -- wiring --------------------------------------------------------------------------------------
 function show(view) {
-  for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t.dataset.view === view);
+  state.view = view;
+  for (const t of document.querySelectorAll(".tab")) {
+    t.classList.toggle("active", t.dataset.view === view);
+    t.setAttribute("aria-selected", t.dataset.view === view ? "true" : "false");
+  }
   for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== "view-" + view;
   if (view === "dict") { loadDict(); loadDrift(); }
   if (view === "recent") loadRecent();
+  if (view === "segments") loadFeatures();
+  syncUrl();
 }
 
 function syncWho() {
   const hist = document.querySelector('input[name="who"]:checked').value === "history";
   $("#history").hidden = !hist;
+  $("#title-search-box").hidden = !hist;
   $("#user-id").hidden = hist;
+}
+
+// a shared link: user or history, k, ticked concepts, strength, baseline, policy, view
+function applyUrl() {
+  const p = new URLSearchParams(location.search);
+  if (["5", "10", "20"].includes(p.get("k"))) $("#k").value = p.get("k");
+  for (const j of (p.get("suppress") || "").split(",").filter((x) => /^\d+$/.test(x))) state.suppress.add(Number(j));
+  if (p.get("strength")) $("#suppress-strength").value = p.get("strength");
+  const b = Number(p.get("baseline"));
+  if (b > 0 && b <= 1) { state.baseline = b; $("#baseline-toggle").checked = true; $("#baseline-strength").value = String(b); }
+  state.policy = p.get("policy") || "";
+  const user = p.get("user") || p.get("user_id");
+  if (p.get("view") && p.get("view") !== "recs") show(p.get("view"));
+  if (user) return openUser(user, true);
+  if (p.get("history")) {
+    document.querySelector('input[name="who"][value="history"]').checked = true;
+    syncWho();
+    $("#history").value = p.get("history").split(",").join(" ");
+    load(whoFromForm(), true);
+  }
 }
 
 function init() {
   for (const t of document.querySelectorAll(".tab")) t.addEventListener("click", () => show(t.dataset.view));
   for (const r of document.querySelectorAll('input[name="who"]')) r.addEventListener("change", syncWho);
   $("#who-form").addEventListener("submit", (ev) => { ev.preventDefault(); load(whoFromForm()); });
-  $("#k").addEventListener("change", () => { if (state.who) load(state.who); });
+  $("#k").addEventListener("change", () => { if (state.who) load(state.who, true); else syncUrl(); });
   $("#baseline-toggle").addEventListener("change", toggleBaseline);
   $("#baseline-strength").addEventListener("change", () => { if ($("#baseline-toggle").checked) toggleBaseline(); });
-  $("#suppress-strength").addEventListener("change", () => { if (state.suppress.size) rerank(); });
+  $("#suppress-strength").addEventListener("change", () => { if (state.suppress.size) rerank(); else suppressStrength(); });
   $("#policy").addEventListener("change", choosePolicy);
+  $("#title-search").addEventListener("input", () => { clearTimeout(titleTimer); titleTimer = setTimeout(searchTitles, 200); });
+  $("#export-json").addEventListener("click", () => download(exportJson(), "application/json", "recsae-audit.json"));
+  $("#export-csv").addEventListener("click", () => download(exportCsv(), "text/csv", "recsae-audit.csv"));
+  $("#copy-link").addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText(location.href); $("#copy-link").textContent = "Link copied"; }
+    catch (e) { $("#copy-link").textContent = "Copy the address bar"; }
+  });
   $("#token-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const t = $("#token").value.trim();
     if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
     $("#token").value = "";
     $("#token-state").textContent = t ? "token set (this tab only)" : "no token";
-    const active = document.querySelector(".tab.active").dataset.view;
-    if (active !== "recs") show(active);
+    if (state.view !== "recs") show(state.view);
+    if (state.who) loadHistory(state.who);
     loadPolicies();
   });
   $("#token-state").textContent = token() ? "token set (this tab only)" : "no token";
@@ -381,25 +550,25 @@ function init() {
   $("#drift-refresh").addEventListener("click", loadDrift);
   $("#drift-sort").addEventListener("change", loadDrift);
   $("#recent-refresh").addEventListener("click", loadRecent);
+  $("#seg-form").addEventListener("submit", (ev) => { ev.preventDefault(); compareSegments(); });
+  $("#seg-a-kind").addEventListener("change", syncSeg);
+  $("#seg-b-kind").addEventListener("change", syncSeg);
   api("/bundle").then((b) => {
     state.bundle = b;
     const keeps = b.metrics && b.metrics.sae_heldout_ndcg10_ratio;
-    $("#bundle-info").textContent = `bundle ${b.version} · ${b.model.name} · SAE ${b.sae.n_latents} latents, k=${b.sae.k}` +
+    $("#bundle-info").textContent = `bundle ${b.version} · ${b.model.name} · ${b.sae.n_latents} concepts, ${b.sae.k} per user` +
       (b.sae.encoder && b.sae.encoder !== "topk" ? ` (${b.sae.encoder} encoder)` : "") +
       (typeof keeps === "number" ? ` · concepts alone keep ${(100 * keeps).toFixed(1)}% of NDCG@10` : "");
-    $("#bundle-info").title = "NDCG@10 with the SAE's reconstruction in place of the model's activation, " +
-      "over held-out activations, relative to the model: how much of the ranking the concepts capture";
+    $("#bundle-info").title = "ranking quality (NDCG@10) when the concepts' reconstruction replaces the model's own user vector, " +
+      "over held-out users, relative to the model: how much of the ranking the concepts capture";
     const warnings = b.quality_warnings || [];
     $("#bundle-warning").hidden = warnings.length === 0;
     $("#bundle-warning").textContent = warnings.length ? `⚠ ${warnings.length} quality warning${warnings.length > 1 ? "s" : ""}` : "";
     $("#bundle-warning").title = warnings.join("\n");
-    if (!b.accepts_history) {
-      $("#history-choice").hidden = true;
-    }
+    if (!b.accepts_history) $("#history-choice").hidden = true;
   }).catch((e) => { $("#bundle-info").textContent = e.message; });
   loadPolicies();
-  const params = new URLSearchParams(location.search);
-  if (params.get("user_id")) openUser(params.get("user_id"));
+  applyUrl();
 }
 
 init();

@@ -7,7 +7,7 @@ invalid data rejected, valid data accepted, auth not ignored, ...).
 "Valid data accepted" is relaxed to also allow 422 where validity depends on the bundle or on
 stored state, which the schema cannot express (documented in docs/SERVICE.md): item ids that
 are not in the catalogue, unknown latent ids / policy names, a policy with neither latents nor a
-query, a reload path that is not a bundle.
+query, a reload path that is not a bundle, a segment with no known user or an unknown feature.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def _schema():
     config = SchemathesisConfig.from_dict({
         "checks": {"positive_data_acceptance": {"expected-statuses": strict}},
         "operations": [{
-            "include-path-regex": r"^/recommend$|^/admin/policies/\{name\}$|^/admin/reload$",
+            # (+ the audit page's history and segments: item / user ids and features of the bundle)
+            "include-path-regex": r"^/recommend$|^/admin/policies/\{name\}$|^/admin/reload$|^/audit/history$|^/audit/segments$",
             "checks": {"positive_data_acceptance": {"expected-statuses": [*strict, "422"]}},
         }],
     })

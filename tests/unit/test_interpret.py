@@ -330,6 +330,7 @@ def test_the_atlas_shows_exemplars_and_near_duplicates(names):
     card = html.split('id="latent-0"')[1].split("</section>")[0]
     assert "Exemplars:" in card and all(e.replace("&", "&amp;") in card for e in d.concepts[0].exemplars)
     assert f'near-duplicate of latent <a href="#latent-{len(groups)}">' in card
+    assert '<a class="concept-page" href="/audit/concepts/0">' in card  # the served page: same entry, live data
 
 
 class PopularityOnly(Describer):
