@@ -29,6 +29,17 @@ async def audit_page() -> Response:
                     headers={"Cache-Control": "no-cache"})
 
 
+@router.get("/audit/atlas", include_in_schema=False)
+async def atlas_page(core: CoreDep) -> Response:
+    """The bundle's static concept atlas (written by the offline job), linked from the audit page;
+    its cards link back to the concept pages here."""
+    path = core.bundle.path / "atlas.html"
+    if not path.is_file():
+        return Response("this bundle has no atlas.html (built with --describer none?): "
+                        "write one with `recsae interpret BUNDLE`", status_code=404, media_type="text/plain")
+    return Response(path.read_bytes(), media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+
 router.mount("/audit/static", StaticFiles(directory=STATIC, check_dir=False), name="audit-static")
 
 

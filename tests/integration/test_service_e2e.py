@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -254,3 +255,16 @@ def test_bentoml_build_packages_serve_time_code_only(tmp_path):
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "False []", res.stdout
+
+
+def test_the_service_serves_the_bundles_atlas_linked_from_the_audit_page(a, bundle):
+    """#20 item 7: the atlas is reachable from the service (and the audit page links to it); its
+    cards link to the concept pages the service serves."""
+    status, page = a.request("GET", "/audit", parse=False)
+    assert status == 200 and b'href="/audit/atlas"' in page
+    status, html = a.request("GET", "/audit/atlas", parse=False)
+    assert status == 200, html[:300]
+    assert html == (bundle / "atlas.html").read_bytes()
+    latent = int(re.search(rb'href="/audit/concepts/(\d+)"', html).group(1))
+    status, concept = a.request("GET", f"/audit/concepts/{latent}", parse=False)
+    assert status == 200 and b"<html" in concept.lower()
