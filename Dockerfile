@@ -14,13 +14,14 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 # The dependency list from pyproject.toml (its one source) for the variant:
-# cpu -> the dependencies + extra `cpu` (onnxruntime); gpu -> + extra `gpu` (onnxruntime-gpu[cuda,cudnn]).
-# The two extras install the same `onnxruntime` module: exactly one of them, never both.
+# cpu -> the dependencies + extra `cpu` (onnxruntime) + extra `ann` (faiss-cpu: a bundle's
+# approximate-retrieval index is used, not skipped with a warning); gpu -> + extra `gpu`
+# (onnxruntime-gpu[cuda,cudnn]). The two onnxruntime extras install the same module: one, never both.
 FROM ${BASE_IMAGE} AS reqs
 ARG VARIANT=cpu
 COPY pyproject.toml /src/
 RUN case "$VARIANT" in cpu|gpu) ;; *) echo "VARIANT must be cpu or gpu" >&2; exit 1;; esac \
- && python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies'][sys.argv[1]], sep='\n')" "$VARIANT" >/src/requirements.txt
+ && python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; o = p['optional-dependencies']; print(*p['dependencies'], *o[sys.argv[1]], *(o['ann'] if sys.argv[1] == 'cpu' else []), sep='\n')" "$VARIANT" >/src/requirements.txt
 
 # The dependencies, in a layer cached on the list's content: a change elsewhere in pyproject.toml
 # or in the code reuses it.

@@ -125,8 +125,9 @@ docker run --rm --network none --user 0 --entrypoint sh "$IMAGE" -c '
   python -c "import pytest" 2>/dev/null && exit 1
   find /opt /usr/lib/python3* /usr/local/lib -type d \( -name tests -o -name test \) -path "*-packages/*" 2>/dev/null | grep . && exit 1
   test ! -e /opt/recsae/tests -a ! -e /opt/recsae/models
-' || fail "the CPU image carries what it should not (pip, a compiler, torch, pytest or tests: printed above)"
-step "CPU image: no pip, compiler, torch or tests"
+  python -c "import faiss" || exit 1
+' || fail "the CPU image carries what it should not (pip, a compiler, torch, pytest or tests: printed above) or lacks faiss"
+step "CPU image: no pip, compiler, torch or tests; faiss for bundles with an index"
 
 # -- 4. The container --------------------------------------------------------------------------
 [[ -n $TRAIN_PID ]] && { wait "$TRAIN_PID" || { tail -n 40 "$WORK/train.log" >&2; TRAIN_PID=""; fail "recsae train failed (log above)"; }; }
