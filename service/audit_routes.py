@@ -253,7 +253,3 @@ def drift_verdict(n: int, psi: float | None, reference: np.ndarray, k: int) -> d
                f"over {n} requests; watch above {watch:.3f}, drifting above {drift:.3f})")
     return out
 
-
-from service.segments import router as _segments  # noqa: E402 - it imports this module's dependencies
-
-router.include_router(_segments)

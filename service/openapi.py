@@ -66,7 +66,7 @@ def render() -> str:
     from service.config import set_env_default
 
     set_env_default("BENTOML_DO_NOT_TRACK", "True")
-    from service.service import app
+    from service.app import app  # the FastAPI app alone (the BentoML class adds no route to it)
 
     return json.dumps(app.openapi(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service import audit_routes
+from service import audit_routes, segments
 from service.routes import admin, audit, concepts, docs, recommend
 
 ROUTERS: list[APIRouter] = [recommend.router, concepts.router, admin.router, docs.router, audit.router,
-                            audit_routes.router]  # the audit page's history, concept page, segments, search
+                            audit_routes.router, segments.router]  # the audit page's history, concept page, segments, search

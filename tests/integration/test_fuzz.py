@@ -67,6 +67,10 @@ def server(tmp_path_factory):
                 r.delete(*keys)
 
 
+# schemathesis' default statuses for a refused request (negative_data_rejection)
+REJECTED = ["400", "401", "403", "404", "405", "406", "409", "415", "422", "428", "429", "5xx"]
+
+
 def _schema():
     import schemathesis
     from schemathesis.config import SchemathesisConfig
@@ -78,8 +82,14 @@ def _schema():
         "checks": {"positive_data_acceptance": {"expected-statuses": strict}},
         "operations": [{
             # (+ the audit page's history and segments: item / user ids and features of the bundle)
-            "include-path-regex": r"^/recommend$|^/admin/policies/\{name\}$|^/admin/reload$|^/audit/history$|^/audit/segments$",
+            "include-path-regex": r"^/recommend$|^/admin/policies/\{name\}$|^/admin/reload$|^/audit/history$",
             "checks": {"positive_data_acceptance": {"expected-statuses": [*strict, "422"]}},
+        }, {
+            # a segment may name up to 10,000 ids, more than the 64 KiB body limit holds: a large
+            # body, valid or not, is refused with the documented 413 before it is parsed
+            "include-path-regex": r"^/audit/segments$",
+            "checks": {"positive_data_acceptance": {"expected-statuses": [*strict, "413", "422"]},
+                       "negative_data_rejection": {"expected-statuses": [*REJECTED, "413"]}},
         }],
     })
     return schemathesis.openapi.from_path(str(PATH), config=config)
