@@ -28,6 +28,18 @@ class Enrichment(BaseModel):
     count: int = Field(description="activating samples with the feature")
 
 
+class ScoredSample(BaseModel):
+    """One held-out sample the detection score used: what the scorer saw, whether the latent
+    fires on it, and how the description scored it (0-10; above 5 = "the concept is present")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[str] = Field(default_factory=list, description="titles, oldest first (the last few)")
+    recommendation: str | None = None
+    fires: bool
+    predicted: float = Field(description="the scorer's 0-10 prediction from the description alone")
+
+
 class DetectionScore(BaseModel):
     """How well the description tells activating from non-activating held-out samples."""
 
@@ -37,6 +49,8 @@ class DetectionScore(BaseModel):
     auc: float
     n_positive: int
     n_negative: int
+    samples: list[ScoredSample] = Field(
+        default_factory=list, description="a few of the positives and negatives scored, the misjudged ones first")
 
 
 class Example(BaseModel):

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from recsae import BundleError, ConfigError
-from recsae.concepts import Concept, ConceptDictionary, DetectionScore
+from recsae.concepts import Concept, ConceptDictionary, DetectionScore, ScoredSample
 from recsae.data.core import Split
 from recsae.evaluate import auc, head_of
 from recsae.interpret.atlas import render_atlas, write_atlas
@@ -98,6 +98,13 @@ def build_dictionary(
             desc.threshold, _ = calibrate(ev, desc.attributes, seed=seed)
         sc = score_latent(scorer, desc, heldout, seed=seed, repeats=repeats, per_class=per_class)
         confidence, reason = sc.confidence, sc.reason
+        if sc.detection is not None and sc.shown:
+            titles = ctx.space.titles
+            sc.detection.samples = [
+                ScoredSample(history=[titles[i] for i in heldout.history(row)[-5:]],
+                             recommendation=titles[heldout.recs[row]], fires=fires, predicted=pred)
+                for row, fires, pred in sc.shown
+            ]
         if confidence is not None and names_nothing(desc.text, desc.attributes, desc.exemplars) and confidence > NAMES_NOTHING_CAP:
             reason = f"names nothing but popularity: confidence {confidence:.2f} capped at {NAMES_NOTHING_CAP}"
             confidence = NAMES_NOTHING_CAP

@@ -154,6 +154,20 @@ class LatentScore:
     confidence: float | None
     detection: DetectionScore | None
     reason: str | None = None
+    # (held-out row, fires, predicted) of a few scored samples, the misjudged first: the evidence
+    # the concept page shows next to the confidence
+    shown: list[tuple[int, bool, float]] | None = None
+
+
+def _shown(pos, pp, neg, pn, per_side: int = 3) -> list[tuple[int, bool, float]]:
+    """Up to ``per_side`` positives and negatives, misjudged ones first (a positive scored <= 5,
+    a negative > 5), then the most confidently right."""
+    out: list[tuple[int, bool, float]] = []
+    for rows, preds, fires in ((pos, pp, True), (neg, pn, False)):
+        wrong = (preds <= 5) if fires else (preds > 5)
+        order = sorted(range(len(rows)), key=lambda i: (not wrong[i], -preds[i] if fires else preds[i]))
+        out += [(int(rows[i]), fires, round(float(preds[i]), 2)) for i in order[:per_side]]
+    return out
 
 
 def score_latent(
@@ -201,7 +215,7 @@ def score_latent(
         )
     except ScoringError as e:
         return LatentScore(None, None, f"scoring failed: {e}")
-    return LatentScore(round(float(np.mean(confs)), 4), det, None)
+    return LatentScore(round(float(np.mean(confs)), 4), det, None, _shown(pos, pp, neg, pn))
 
 
 # -- ground truth (synthetic data) ---------------------------------------------------------------

@@ -35,6 +35,15 @@ async function loadConcept() {
                        ["AUC", fmt(det.auc, 3), "auc"]);
     rows.push(["training samples where it fires", c.evidence.n_activating, "n-activating"]);
     if (c.reason) rows.push(["note", c.reason, "reason"]);
+    const samples = (det && det.samples) || [];
+    $("#c-samples-box").hidden = !samples.length;
+    $("#c-samples").replaceChildren(...samples.map((x) => {
+      const right = x.fires === x.predicted > 5;
+      return el("tr", { "data-fires": String(x.fires), "data-predicted": String(x.predicted) },
+        el("td", { text: x.fires ? "yes" : "no" }), el("td", { class: "num", text: fmt(x.predicted, 1) }),
+        el("td", { text: right ? "right" : "wrong", class: right ? "" : "error" }),
+        el("td", { text: x.history.join(" → ") + " ⇒ " + (x.recommendation || "–") }));
+    }));
     $("#c-evidence").replaceChildren(...rows.map(([k, v, key]) => el("tr", { "data-key": key },
       el("th", { text: k }), el("td", { class: "num", text: String(v) }))));
     const max = Math.max(1e-9, d.reference_rate, d.live_rate || 0);

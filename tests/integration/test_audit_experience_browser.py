@@ -114,6 +114,10 @@ def test_history_drivers_highlight_and_the_concept_page_matches_the_api(server, 
     if det:
         assert q("document.querySelector('#c-evidence tr[data-key=\"n-positive\"] td').textContent") == str(det["n_positive"])
         assert q("document.querySelector('#c-evidence tr[data-key=\"n-negative\"] td').textContent") == str(det["n_negative"])
+        # the held-out samples behind the confidence: as the API lists them, positives and negatives
+        assert det["samples"] and {x["fires"] for x in det["samples"]} == {True, False}
+        assert q("[...document.querySelectorAll('#c-samples tr')].map(r => [r.dataset.fires === 'true', "
+                 "+r.dataset.predicted])") == [[x["fires"], x["predicted"]] for x in det["samples"]]
     assert float(q("document.querySelector('#c-reference-rate').dataset.value")) == d["reference_rate"]
     live = q("document.querySelector('#c-live-rate').dataset.value")
     assert (live == "" and d["live_rate"] is None) or float(live) == d["live_rate"]

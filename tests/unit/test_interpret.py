@@ -391,3 +391,26 @@ def test_synthetic_ground_truth_recovery_and_precision(tmp_path):
     assert summary["n_latents"] == len(d.concepts) and (res.bundle / "atlas.html").exists()
     again = ConceptDictionary.model_validate_json((res.bundle / "concepts.json").read_text())
     assert sum(a.attributes == b.attributes for a, b in zip(again.concepts, d.concepts)) >= 0.9 * len(d.concepts)
+
+
+def test_the_detection_score_keeps_the_samples_it_judged_misjudged_first():
+    """#20 item 2: the concept page shows the held-out positives and negatives behind a
+    confidence; each kept sample's verdict agrees with the counts' side, misjudged ones lead."""
+    from recsae.interpret.scorers import _shown
+
+    pos, neg = np.array([10, 11, 12, 13]), np.array([20, 21, 22])
+    pp, pn = np.array([9.0, 2.0, 7.0, 10.0]), np.array([0.0, 8.0, 1.0])
+    shown = _shown(pos, pp, neg, pn, per_side=2)
+    assert shown == [(11, True, 2.0), (13, True, 10.0), (21, False, 8.0), (20, False, 0.0)]
+    ds, kernel, emb, acts, _ = tiny_world()
+    d = interpret_activations(ds, kernel, emb, acts, describer="stats")
+    scored = [c for c in d.concepts if c.detection is not None]
+    assert scored
+    for c in scored:
+        s = c.detection.samples
+        assert 0 < len(s) <= 6 and all(x.history and x.recommendation for x in s)
+        fires = [x.fires for x in s]
+        assert fires == sorted(fires, reverse=True)  # positives, then negatives
+        for side in (True, False):
+            wrong = [(x.predicted <= 5) if side else (x.predicted > 5) for x in s if x.fires == side]
+            assert wrong == sorted(wrong, reverse=True)  # misjudged first
