@@ -222,6 +222,8 @@ def render_section(result: dict, plot_rel: str) -> str:
         "",
         "### Sweep (test stage)",
         "",
+        "`bias cut` and `NDCG loss` are relative to the original model, + = lower (the targets table's sign).",
+        "",
         sweep_table(result),
         "",
         "### Re-ranking baseline (test stage)",
