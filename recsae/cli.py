@@ -22,7 +22,6 @@ from recsae.config import (
     SAE_PRESETS,
     JobConfig,
     add_flags,
-    min_rating_arg,
     parse_duration,  # noqa: F401 (tests and scripts parse budgets with it)
 )
 

@@ -14,7 +14,6 @@ current top-N latents are ever exported.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 import threading
