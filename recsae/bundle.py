@@ -188,6 +188,10 @@ class UserTable:
     user_ids: np.ndarray  # str
     offsets: np.ndarray  # (n_users + 1,) int64
     items: np.ndarray  # int32
+    # user attributes where the dataset has them (MovieLens: "gender:F", "age:25-34", ...), for the
+    # audit page's segments; absent (None) in bundles of data without them and in older bundles
+    feature_names: np.ndarray | None = None  # str (n_features,)
+    features: np.ndarray | None = None  # bool (n_users, n_features)
     _index: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -200,7 +204,17 @@ class UserTable:
         return self.items[self.offsets[user] : self.offsets[user + 1]]
 
     def save(self, path: Path) -> None:
-        np.savez(path, user_ids=self.user_ids.astype(str), offsets=self.offsets, items=self.items)
+        extra = {}
+        if self.feature_names is not None and self.features is not None:
+            extra = {"feature_names": np.asarray(self.feature_names).astype(str),
+                     "features": np.asarray(self.features, dtype=bool)}
+        np.savez(path, user_ids=self.user_ids.astype(str), offsets=self.offsets, items=self.items, **extra)
+
+    def with_features(self, names: list[str], matrix: np.ndarray) -> "UserTable":
+        m = np.asarray(matrix, dtype=bool)
+        if m.shape != (len(self.user_ids), len(names)):
+            raise ValueError(f"user features {m.shape} do not match {len(self.user_ids)} users x {len(names)} names")
+        return UserTable(self.user_ids, self.offsets, self.items, np.asarray(names).astype(str), m)
 
     @classmethod
     def from_histories(cls, user_ids: np.ndarray, histories: list[np.ndarray]) -> "UserTable":
@@ -212,6 +226,8 @@ class UserTable:
     @classmethod
     def load(cls, path: Path) -> "UserTable":
         z = np.load(path, allow_pickle=False)
+        if "feature_names" in z.files and "features" in z.files:
+            return cls(z["user_ids"], z["offsets"], z["items"], z["feature_names"], z["features"].astype(bool))
         return cls(z["user_ids"], z["offsets"], z["items"])
 
 

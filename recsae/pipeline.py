@@ -223,9 +223,10 @@ def run_job(cfg: JobConfig, out: str | Path, work_dir: str | Path | None = None)
             popularity=np.bincount(np.concatenate(split.train), minlength=ds.n_items),
         )
         (tmp / "catalog.json").write_text(json.dumps(catalog.to_json()))
-        UserTable.from_histories(ds.user_ids, [split.full_history(u) for u in range(split.n_users)]).save(
-            tmp / "users.npz"
-        )
+        users = UserTable.from_histories(ds.user_ids, [split.full_history(u) for u in range(split.n_users)])
+        if ds.user_features is not None:  # the audit page's segments by user attribute (gender, age, ...)
+            users = users.with_features(list(ds.user_features.names), ds.user_features.matrix)
+        users.save(tmp / "users.npz")
         return {
             "model": {
                 "name": cfg.model,

@@ -39,7 +39,14 @@ class FeatureGroup(BaseModel):
     min_share: float = Field(0.3, gt=0, le=1, description="its share of the user's history at least this")
 
 
-Group = IdsGroup | FeatureGroup
+class AttributeGroup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_attribute: str = Field(min_length=1, max_length=200, description="a user attribute of the dataset, e.g. "
+                                "'gender:F' or 'age:25-34' (GET /audit/features lists them)")
+
+
+Group = IdsGroup | FeatureGroup | AttributeGroup
 
 
 class SegmentRequest(BaseModel):
@@ -73,7 +80,9 @@ class SegmentReport(BaseModel):
 
 
 class FeatureList(BaseModel):
-    features: list[str]
+    features: list[str] = Field(description="item attributes: a group 'history at least a share of one'")
+    user_attributes: list[str] = Field(default_factory=list, description="user attributes (empty when the "
+                                       "dataset has none): a group 'users with one'")
 
 
 def _members(core: Core, g: Group, where: str) -> tuple[np.ndarray, str, list[str]]:
@@ -84,6 +93,13 @@ def _members(core: Core, g: Group, where: str) -> tuple[np.ndarray, str, list[st
             u = users.index_of(raw.strip())
             (unknown if u is None else idx).append(raw if u is None else u)
         return np.unique(np.asarray(idx, dtype=np.int64)), f"{len(g.user_ids)} pasted ids", unknown[:20]
+    if isinstance(g, AttributeGroup):
+        names = [] if users.feature_names is None else [str(n) for n in users.feature_names]
+        if g.user_attribute not in names:
+            raise ClientError(("body", where, "user_attribute"), f"unknown user attribute {g.user_attribute!r}; "
+                              + ("GET /audit/features lists them" if names else "this bundle's data has no user attributes"))
+        rows = np.flatnonzero(users.features[:, names.index(g.user_attribute)])
+        return rows, f"users with {g.user_attribute}", []
     cat = core.bundle.catalog
     if g.feature not in cat.feature_names:
         raise ClientError(("body", where, "feature"), f"unknown feature {g.feature!r}; GET /audit/features lists them")
@@ -138,5 +154,7 @@ def audit_segments(body: SegmentRequest, _q: Annotated[NoParams, Query()], core:
 @router.get("/audit/features", response_model=FeatureList, responses=ERRORS, tags=["audit"],
             summary="Item attributes a segment can be defined by")
 def audit_features(_q: Annotated[NoParams, Query()], core: CoreDep, _: Audit) -> Response:
-    return Response(FeatureList(features=list(core.bundle.catalog.feature_names)).model_dump_json(),
+    names = core.bundle.users.feature_names
+    return Response(FeatureList(features=list(core.bundle.catalog.feature_names),
+                                user_attributes=[] if names is None else [str(n) for n in names]).model_dump_json(),
                     media_type="application/json")

@@ -6,6 +6,7 @@ function segGroup(side) {
   const kind = $(`#seg-${side}-kind`).value;
   if (kind === "rest") return null;
   if (kind === "ids") return { user_ids: $(`#seg-${side}-ids`).value.split(/[\s,]+/).filter(Boolean) };
+  if (kind === "attr") return { user_attribute: $(`#seg-${side}-uattr`).value };
   return { feature: $(`#seg-${side}-feature`).value, min_share: Number($(`#seg-${side}-share`).value) };
 }
 
@@ -14,6 +15,7 @@ function syncSeg() {
     const kind = $(`#seg-${side}-kind`).value;
     $(`#seg-${side}-ids`).hidden = kind !== "ids";
     $(`#seg-${side}-feat`).hidden = kind !== "feature";
+    $(`#seg-${side}-uattr`).hidden = kind !== "attr";
   }
 }
 
@@ -21,7 +23,12 @@ async function loadFeatures() {
   if ($("#seg-a-feature").options.length) return;
   try {
     const r = await api("/audit/features");
-    for (const side of ["a", "b"]) $(`#seg-${side}-feature`).replaceChildren(...r.features.map((f) => el("option", { value: f, text: f.replace(":", ": ") })));
+    for (const side of ["a", "b"]) {
+      $(`#seg-${side}-feature`).replaceChildren(...r.features.map((f) => el("option", { value: f, text: f.replace(":", ": ") })));
+      $(`#seg-${side}-uattr`).replaceChildren(...(r.user_attributes || []).map((f) => el("option", { value: f, text: f.replace(":", ": ") })));
+      // only where the dataset has user attributes (MovieLens: gender, age, occupation)
+      $(`#seg-${side}-kind option[value="attr"]`).hidden = !(r.user_attributes || []).length;
+    }
   } catch (e) { setStatus($("#seg-status"), e.message, "error", true); }
 }
 
