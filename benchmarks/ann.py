@@ -79,10 +79,10 @@ def iid_items(base: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def build(n: int, out: Path, data: str, kind: str, threads: int) -> dict:
     """Write the catalogue's bundle with its index; return the build figures."""
-    from catalogue_scale import clamp_onnx
+    from catalogue_scale import base_parts
 
     from recsae import ann
-    from recsae.bundle import UserTable, load_bundle, write_bundle
+    from recsae.bundle import load_bundle, write_bundle
     from recsae.engine import Engine
 
     if (out / "manifest.json").exists():
@@ -97,7 +97,7 @@ def build(n: int, out: Path, data: str, kind: str, threads: int) -> dict:
     t0 = time.perf_counter()
     index, meta = ann.build(emb, kind, queries, seen, seed=0, threads=threads)
     meta["build_s"] = round(time.perf_counter() - t0, 1)
-    manifest, cat = base.manifest, base.catalog
+    cat = base.catalog
 
     def fill(tmp: Path) -> dict:
         np.save(tmp / "item_embeddings.npy", emb)
@@ -112,15 +112,7 @@ def build(n: int, out: Path, data: str, kind: str, threads: int) -> dict:
             f.write(f', "feature_names": {json.dumps(cat.feature_names)}, "item_features": ')
             f.write(json.dumps(cat.item_features)[:-1] + ", []" * (n - n_real) + "]")
             f.write(', "popularity": [' + ",".join(map(str, pop.tolist())) + "]}")
-        UserTable(base.users.user_ids, base.users.offsets, base.users.items).save(tmp / "users.npz")
-        shutil.copytree(BASE / "sae", tmp / "sae")
-        for f in ("concepts.json", "reference_stats.npz"):
-            shutil.copy(BASE / f, tmp / f)
-        clamp_onnx(BASE / "encoder.onnx", tmp / "encoder.onnx", n_real)
-        body = {k: v for k, v in manifest.items()
-                if k not in ("files", "bundle_hash", "version", "created", "format_version", "recsae_version")}
-        body["model"] = {**manifest["model"], "n_items": n}
-        body["dataset"] = {**manifest.get("dataset", {}), "synthetic_items": n, "synthetic_data": data}
+        body = base_parts(tmp, base, n, synthetic_data=data)
         body["ann"] = meta
         return body
 

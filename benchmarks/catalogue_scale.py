@@ -89,18 +89,25 @@ def synthetic_bundle(n_items: int, out: Path, seed: int = 0) -> Path:
             "item_features": [cat.item_features[i] if i < n_real else [] for i in range(n_items)],
             "popularity": pop.tolist(),
         }))
-        UserTable(base.users.user_ids, base.users.offsets, base.users.items).save(tmp / "users.npz")
-        shutil.copytree(BASE / "sae", tmp / "sae")
-        for f in ("concepts.json", "reference_stats.npz"):
-            shutil.copy(BASE / f, tmp / f)
-        clamp_onnx(BASE / "encoder.onnx", tmp / "encoder.onnx", n_real)
-        body = {k: v for k, v in manifest.items()
-                if k not in ("files", "bundle_hash", "version", "created", "format_version", "recsae_version")}
-        body["model"] = {**manifest["model"], "n_items": n_items}
-        body["dataset"] = {**manifest.get("dataset", {}), "synthetic_items": n_items}
-        return body
+        return base_parts(tmp, base, n_items)
 
     return write_bundle(out, fill)
+
+
+def base_parts(tmp: Path, base, n_items: int, **dataset: object) -> dict:
+    """What a scaled bundle keeps of the base one: users, SAE, concepts, reference statistics and
+    the encoder (clamped to the real items); returns the manifest body with ``n_items``."""
+    manifest, n_real = base.manifest, int(base.manifest["model"]["n_items"])
+    UserTable(base.users.user_ids, base.users.offsets, base.users.items).save(tmp / "users.npz")
+    shutil.copytree(BASE / "sae", tmp / "sae")
+    for f in ("concepts.json", "reference_stats.npz"):
+        shutil.copy(BASE / f, tmp / f)
+    clamp_onnx(BASE / "encoder.onnx", tmp / "encoder.onnx", n_real)
+    body = {k: v for k, v in manifest.items()
+            if k not in ("files", "bundle_hash", "version", "created", "format_version", "recsae_version")}
+    body["model"] = {**manifest["model"], "n_items": n_items}
+    body["dataset"] = {**manifest.get("dataset", {}), "synthetic_items": n_items, **dataset}
+    return body
 
 
 def pct(xs: list[float], q: float) -> float:
