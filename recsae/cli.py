@@ -111,7 +111,9 @@ def check_train_input(a: argparse.Namespace) -> tuple[str, str, dict | None]:
     data_dir = a.data_dir or default_data_dir()
     spec = data_spec(a)
     if spec:
-        dataset = Path(a.data).name.split(".")[0]
+        from recsae.data.logfile import log_name
+
+        dataset = log_name(a.data)
     else:
         dataset = resolve_dataset(a.dataset, data_dir)
         locate_dataset(dataset, data_dir, a.min_rating, a.kcore)

@@ -24,6 +24,7 @@ from recsae.bundle import Catalog, UserTable, write_bundle
 from recsae.concepts import ConceptDictionary, placeholder_dictionary
 from recsae.config import MODEL_KEYS, RESERVE_CHOICES, JobConfig
 from recsae.data import Dataset, leave_one_out
+from recsae.data.logfile import log_name
 from recsae.kernel import ENCODERS
 from recsae.quality import (
     WARN_DEAD,
@@ -62,7 +63,7 @@ class JobResult:
 def work_dir_for(cfg: JobConfig, root: Path) -> Path:
     """The cache folder of one (dataset, recommender) pair; SAE runs live inside it."""
     # a log file names the folder (the CLI passes its stem as ``dataset``; the Python API may not)
-    name = Path(cfg.data["path"]).name.split(".")[0] if cfg.data and cfg.data.get("path") else cfg.dataset
+    name = log_name(cfg.data["path"]) if cfg.data and cfg.data.get("path") else cfg.dataset
     work = Path(root) / f"{name.replace('/', '_')}-{cfg.model}-{cfg.key(*MODEL_KEYS)}"
     work.mkdir(parents=True, exist_ok=True)
     return work

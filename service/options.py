@@ -50,8 +50,8 @@ class RecommendOptions:
         object.__setattr__(self, "suppress", _frozen(self.suppress))
 
     @classmethod
-    def of(cls, r: Any, where: Where) -> "RecommendOptions":
+    def of(cls, r: Any, where: Where, audit: bool = False) -> "RecommendOptions":
         """From a validated ``RecommendQuery`` (where='query') or ``RecommendRequest`` ('body')."""
         return cls(k=r.k, explain=r.explain, suppress=r.suppress_strengths(), policy=r.policy,
                    exclude_seen=r.exclude_seen, mode=r.mode or None, suppress_baseline=r.suppress_baseline,
-                   where=where)
+                   where=where, audit=audit)

@@ -189,8 +189,8 @@ class RecommendQuery(_Options):
         s = self.suppress
         return merge_strengths(s.pairs if isinstance(s, LatentList) else parse_latent_pairs(s), self.suppress_strength)
 
-    def options(self) -> RecommendOptions:
-        return RecommendOptions.of(self, "query")
+    def options(self, audit: bool = False) -> RecommendOptions:
+        return RecommendOptions.of(self, "query", audit)
 
 
 class RecommendRequest(_Options):
@@ -231,8 +231,8 @@ class RecommendRequest(_Options):
         return merge_strengths([(e, None) if isinstance(e, int) else (e.latent, e.strength) for e in self.suppress],
                                self.suppress_strength)
 
-    def options(self) -> RecommendOptions:
-        return RecommendOptions.of(self, "body")
+    def options(self, audit: bool = False) -> RecommendOptions:
+        return RecommendOptions.of(self, "body", audit)
 
 
 # -- recommendation responses --------------------------------------------------------------------

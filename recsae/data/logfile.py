@@ -42,6 +42,11 @@ class ItemFile:
     max_values: int = 200  # per column: the most common values (by items) become features
 
 
+def log_name(path: str | Path) -> str:
+    """A log file's dataset name: its file name before the first dot (``plays.csv.gz`` -> ``plays``)."""
+    return Path(path).name.split(".")[0]
+
+
 def _sniff(path: Path, encoding: str) -> str:
     """The separator that splits the header and the next lines into the same number (> 1) of fields."""
     head: list[str] = []
@@ -255,7 +260,7 @@ def load_csv(
     if items is not None:
         item_titles, feats, meta["item_file"] = _item_file(items, encoding, set(keep_items))
         titles = {**titles, **item_titles}
-    return _assemble(file.name.split(".")[0], keep_users, keep_items, keep_times, titles, feats, None, meta)
+    return _assemble(log_name(file), keep_users, keep_items, keep_times, titles, feats, None, meta)
 
 
 def _list_group(col: str) -> str:

@@ -3,7 +3,6 @@ of ~1 ms runs in the batcher's thread, the event loop never waits on a thread po
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
@@ -22,7 +21,7 @@ AuditHeader = Annotated[str | None, Header(max_length=8, description="1: an audi
             summary="Recommend for a known user")
 async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep, x_recsae_audit: AuditHeader = None) -> Response:
     with timed("GET /recommend", q.explain):
-        return body_json(await core.recommend_user_async(q.user_id, replace(q.options(), audit=x_recsae_audit == "1")))
+        return body_json(await core.recommend_user_async(q.user_id, q.options(audit=x_recsae_audit == "1")))
 
 
 @router.post("/recommend", response_model=RecommendResponse, responses={422: E422},
@@ -30,5 +29,4 @@ async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep, x_recs
 async def recommend_history(body: RecommendRequest, _: Annotated[NoParams, Query()], core: CoreDep,
                             x_recsae_audit: AuditHeader = None) -> Response:
     with timed("POST /recommend", body.explain):
-        opts = replace(body.options(), audit=x_recsae_audit == "1")
-        return body_json(await core.recommend_history_async(body.history, opts))
+        return body_json(await core.recommend_history_async(body.history, body.options(audit=x_recsae_audit == "1")))
