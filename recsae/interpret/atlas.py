@@ -72,13 +72,13 @@ if (qh) { q.value = decodeURIComponent(qh[1]); q.dispatchEvent(new Event('input'
 """
 
 
-_SOURCE_WORDS = {"last": "latest item", "next": "recommended", "user": "user", "": "in history"}
+_SOURCE_WORDS = {"last": "latest item", "next": "top recommendation", "user": "user", "": "in the history"}  # as concept.js words them
 _POP_WORDS = {"head": "popular", "mid": "mid-popularity", "tail": "long-tail"}
 
 
 def readable_attribute(attr: str, titles: dict[str, str] | None = None) -> str:
-    """``next:item:88`` -> "recommended: Star Wars (1977)"; ``last:popularity:tail`` -> "latest
-    item: long-tail"; ``decade:1980s`` -> "in history: 1980s". The raw name stays in a tooltip."""
+    """``next:item:88`` -> "top recommendation: Star Wars (1977)"; ``last:popularity:tail`` -> "latest
+    item: long-tail"; ``decade:1980s`` -> "in the history: 1980s". The raw name stays in a tooltip."""
     source, rest = "", attr
     head, _, tail = attr.partition(":")
     if head in ("last", "next", "user"):
