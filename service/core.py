@@ -22,7 +22,7 @@ from recsae.engine import Engine
 from recsae.kernel import Codes, top_items
 from recsae.policy import steering
 from service import metrics as M
-from service.concepts import ConceptStore, Described, label_of
+from service.concepts import ConceptStore, label_of
 from service.batching import Batcher
 from service.metrics import DriftTracker
 from service.config import Settings
@@ -279,10 +279,11 @@ class Core:
                         scores[row, jobs[i].seen] = -np.inf
                 # the first k of the top-k_max are the top-k (best first, ties by lower id)
                 ids, sc = top_items(scores, k_max)
+            explained = self._explain_batch(jobs, plans, ids)
             for row, (i, plan) in enumerate(plans):
                 k = jobs[i].opts.k
                 try:
-                    out[i] = self._finish(jobs[i], plan, ids[row, :k], sc[row, :k])
+                    out[i] = self._finish(jobs[i], plan, ids[row, :k], sc[row, :k], explained[row])
                 except Exception as e:  # noqa: BLE001 - one request's failure is not its batch's
                     out[i] = e
         return out  # type: ignore[return-value]
@@ -348,22 +349,24 @@ class Core:
         xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)
         return _Plan(xs, codes, weights, active, pol, strengths, sources, baseline, baseline_source, use_mode)
 
-    def _finish(self, job: "Job", plan: "_Plan", ids: np.ndarray, sc: np.ndarray) -> dict[str, Any]:
-        """The response body (schema: ``service.schemas.RecommendResponse``) from the top-k."""
-        keep = np.isfinite(sc)  # everything excluded in a tiny catalogue: never -inf in JSON
-        ids, sc = ids[keep], sc[keep]
-        k, explain = job.opts.k, job.opts.explain and not self.plain
+    def _finish(self, job: "Job", plan: "_Plan", ids: np.ndarray, sc: np.ndarray,
+                ex: "_Explained | None") -> dict[str, Any]:
+        """The response body (schema: ``service.schemas.RecommendResponse``) from the top-k and,
+        for an explained request, its share of ``_explain_batch``."""
+        n = int(np.isfinite(sc).sum())  # everything excluded in a tiny catalogue: never -inf in JSON
+        ids = ids[:n]  # (scores are sorted best first: the non-finite ones are the tail)
         pol, strengths, baseline, active = plan.pol, plan.strengths, plan.baseline, plan.active
         # The hot path builds the wire body as plain dicts (field for field the schema's
         # RecommendResponse; tests check served bodies round-trip through it unchanged):
         # constructing ~100 Pydantic objects per explained response cost more than the kernel.
+        item_ids, titles = self.item_ids, self.titles
         items = [
-            {"rank": r + 1, "item_id": self.item_ids[i], "title": self.titles[i], "score": s, "explanation": None}
-            for r, (i, s) in enumerate(zip(ids.tolist(), np.round(sc.astype(np.float64), DECIMALS).tolist()))
+            {"rank": r + 1, "item_id": item_ids[i], "title": titles[i], "score": s, "explanation": None}
+            for r, (i, s) in enumerate(zip(ids.tolist(), np.round(sc[:n].astype(np.float64), DECIMALS).tolist()))
         ]
         active_out: list[dict] = []
-        if explain:
-            active_out = self._explain(plan.xs, plan.codes, plan.weights, ids, items, baseline)
+        if ex is not None:
+            active_out = self._explanation(ex, items)
 
         audit = job.opts.audit  # an auditor's request: not live traffic
         if not self._warming:
@@ -379,11 +382,11 @@ class Core:
                 self.recent.maybe_record(job.user_id, items, active, strengths, pol.name if pol is not None else None,
                                          baseline)
         active_set = set(active)
-        body = {
+        return {
             "user_id": job.user_id,
             "bundle_version": self.bundle.version,
             "bundle_hash": self.bundle.bundle_hash,
-            "k": k,
+            "k": job.opts.k,
             "mode": plan.mode,
             "policy": pol.name if pol is not None else None,
             "suppressed": [
@@ -394,66 +397,68 @@ class Core:
             "items": items,
             "active_latents": active_out,
         }
-        if explain:
-            self._describe(items, active_out, self.store.described(active))
-        return body
 
-    @staticmethod
-    def _describe(items: list[dict], active_out: list[dict], concepts: dict[int, Described]) -> None:
-        """Fill the concept fields: descriptions of the active concepts, labels per contribution."""
-        labels: dict[int, str | None] = {}
-        for a in active_out:
-            d = concepts.get(a["latent"])
-            if d is not None:
-                cs = d.summary
-                a["description"], a["confidence"], a["status"] = cs.description, cs.confidence, cs.status
-                labels[a["latent"]] = d.label
-        if labels:
-            for item in items:
-                for c in item["explanation"]["contributions"]:
-                    c["label"] = labels.get(c["latent"])
+    def _explain_batch(self, jobs: list["Job"], plans: list[tuple[int, "_Plan"]],
+                       ids: np.ndarray) -> list["_Explained | None"]:
+        """Per-item bias + contributions + error (= the steered score) for every explained
+        request of a batch, in one ``SAEKernel.explain`` call, one sort and one rounding: the
+        per-request work left is building the body's lists (``_explanation``).
 
-    def _explain(
-        self,
-        xs: np.ndarray,
-        codes: Codes,
-        w: np.ndarray,
-        ids: np.ndarray,
-        items: list[dict],
-        baseline: float = 0.0,
-    ) -> list[dict]:
-        """Per-item bias + contributions + error (= the steered score), and the active concepts
-        (their descriptions and labels are filled in by ``_describe`` once the lookup answers).
-
-        Uses ``SAEKernel.explain`` on the steered representation, the steered codes (z_j scaled
-        by 1 - w_j, ``w`` the (1, k) suppression weights the steering used) and the steered bias
-        ((1 - baseline) b_dec), so bias + sum(contributions) + error == steered score.
+        Each row is explained on its steered representation, its steered codes (z_j scaled by
+        1 - w_j, ``w`` the suppression weights its steering used) and its steered bias
+        ((1 - baseline) b_dec), so bias + sum(contributions) + error == steered score. All rows
+        are explained over the batch's ``k_max`` listed items; ``_finish`` keeps its first k.
         """
-        sae = self.sae
-        steered = Codes(codes.acts * (1.0 - w), codes.idx)
-        ex = sae.explain(xs, steered, self.engine.item_emb[ids][None], baseline)
-        firing = np.flatnonzero(codes.acts[0] > 0)
-        lat = codes.idx[0][firing].tolist()
-        sup = (w[0][firing] > 0).tolist()
-        contrib = ex.contributions[0][firing]  # (n_active, n_items)
-        order = np.argsort(-contrib, axis=0, kind="stable").T.tolist()  # per item, largest first
-        contrib_t = _rounded(contrib.T)
-        bias, error = _rounded(ex.bias[0]), _rounded(ex.error[0])
-        acts, strength = _rounded(codes.acts[0][firing]), w[0][firing].tolist()
+        out: list[_Explained | None] = [None] * len(plans)
+        rows = [] if self.plain else [r for r, (i, _) in enumerate(plans) if jobs[i].opts.explain]
+        if not rows:
+            return out
+        ps = [plans[r][1] for r in rows]
+
+        def stack(part: Any) -> np.ndarray:
+            return np.concatenate([part(p) for p in ps]) if len(ps) > 1 else part(ps[0])
+
+        acts, idx = stack(lambda p: p.codes.acts), stack(lambda p: p.codes.idx)
+        w, xs = stack(lambda p: p.weights), stack(lambda p: p.xs)
+        baseline = np.array([p.baseline for p in ps])
+        ex = self.sae.explain(xs, Codes(acts * (1.0 - w), idx), self.engine.item_emb[ids[rows]], baseline)
+        # the codes are sorted by activation with the non-firing (0) last: the firing latents
+        # are each row's first n_active; they are ranked per item, largest contribution first
+        firing = acts > 0
+        n_active = firing.sum(axis=1).tolist()
+        key = np.where(firing[:, :, None], ex.contributions, -np.inf)
+        order = np.argsort(-key, axis=1, kind="stable").transpose(0, 2, 1).tolist()  # (E, n, k)
+        contrib = _rounded(ex.contributions.transpose(0, 2, 1))  # (E, n, k)
+        bias, error, acts_r = _rounded(ex.bias), _rounded(ex.error), _rounded(acts)
+        latents, strength, suppressed = idx.tolist(), w.tolist(), (w > 0).tolist()
+        for e, r in enumerate(rows):
+            m = n_active[e]
+            out[r] = _Explained(latents[e][:m], acts_r[e][:m], strength[e][:m], suppressed[e][:m],
+                                bias[e], error[e], contrib[e], order[e], m)
+        return out
+
+    def _explanation(self, ex: "_Explained", items: list[dict]) -> list[dict]:
+        """Fill each listed item's explanation and return the active concepts (descriptions and
+        labels from process memory, ``ConceptStore.described``)."""
+        lat, sup, m = ex.latents, ex.suppressed, ex.n_active
+        concepts = self.store.described(lat)
+        described = [concepts[j] for j in lat]
+        labels = [d.label for d in described]
         for n, item in enumerate(items):
-            c = contrib_t[n]
+            c = ex.contributions[n]
             item["explanation"] = {
-                "bias": bias[n],
-                "error": error[n],
+                "bias": ex.bias[n],
+                "error": ex.error[n],
                 "contributions": [
-                    {"latent": lat[a], "contribution": c[a], "label": None, "suppressed": sup[a]}
-                    for a in order[n]
+                    {"latent": lat[a], "contribution": c[a], "label": labels[a], "suppressed": sup[a]}
+                    for a in ex.order[n][:m]
                 ],
             }
         return [
-            {"latent": j, "activation": acts[a], "description": None, "confidence": None, "status": None,
-             "suppressed": sup[a], "strength": strength[a]}
-            for a, j in enumerate(lat)
+            {"latent": j, "activation": ex.activations[a], "description": d.summary.description,
+             "confidence": d.summary.confidence, "status": d.summary.status, "suppressed": sup[a],
+             "strength": ex.strengths[a]}
+            for a, (j, d) in enumerate(zip(lat, described))
         ]
 
     # -- concepts and bundle ----------------------------------------------------------------------
@@ -530,6 +535,25 @@ class Job:
         self.source, self.user_id, self.history, self.opts = source, user_id, history, opts
         self.u: int | None = None
         self.seen: np.ndarray = _NONE
+
+
+class _Explained(NamedTuple):
+    """One request's share of ``Core._explain_batch``, as Python lists ready for the body."""
+
+    latents: list[int]
+    """the firing latents, by activation"""
+    activations: list[float]
+    strengths: list[float]
+    """suppression strength of each (0: not suppressed)"""
+    suppressed: list[bool]
+    bias: list[float]
+    """per listed item (all k_max of the batch)"""
+    error: list[float]
+    contributions: list[list[float]]
+    """[item][latent position]: each latent's contribution to each listed item"""
+    order: list[list[int]]
+    """[item]: latent positions, largest contribution first (the first ``n_active`` are firing)"""
+    n_active: int
 
 
 class _Plan(NamedTuple):
