@@ -116,9 +116,9 @@ def pct(xs: list[float], q: float) -> float:
 
 def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[float]]]:
     """perf_counter per stage, in process, the way Core runs a request."""
-    from recsae.kernel import Codes, top_items
+    from recsae.kernel import top_items
     from service.config import Settings
-    from service.core import Core
+    from service.core import Core, Job
     from service.options import RecommendOptions
 
     core = Core(Settings(bundle=str(bundle), redis_url=SHARED_REDIS, redis_prefix=prefix,
@@ -154,7 +154,9 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
                     t6 = time.perf_counter()
                     items = [{"rank": r + 1, "item_id": core.item_ids[j], "title": core.titles[j], "score": float(s),
                               "explanation": None} for r, (j, s) in enumerate(zip(ids[0].tolist(), sc[0].tolist()))]
-                    core._explain(x, codes, {}, ids[0], items)
+                    job = Job("user", uid, None, RecommendOptions(k=10, explain=True))
+                    core._prepare(job)
+                    core._explanation(core._explain_batch([job], [(0, core._plan(job, x, codes))], ids)[0], items)
                     t7 = time.perf_counter()
                     t["redis"].append(t6 - t5)
                     t["explain"].append(t7 - t6)
