@@ -46,8 +46,8 @@ DECIMALS = 6
 the JSON stays small and bias + contributions + error still equals the score to < 1e-5."""
 
 
-def _rounded(a: np.ndarray) -> list:
-    return np.round(np.asarray(a, dtype=np.float64), DECIMALS).tolist()
+def _round(a: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(a, dtype=np.float64), DECIMALS)
 
 
 class ClientError(Exception):
@@ -445,38 +445,37 @@ class Core:
         firing = acts > 0
         n_active = firing.sum(axis=1).tolist()
         key = np.where(firing[:, :, None], ex.contributions, -np.inf)
-        order = np.argsort(-key, axis=1, kind="stable").transpose(0, 2, 1).tolist()  # (E, n, k)
-        contrib = _rounded(ex.contributions.transpose(0, 2, 1))  # (E, n, k)
-        bias, error, acts_r = _rounded(ex.bias), _rounded(ex.error), _rounded(acts)
-        latents, strength, suppressed = idx.tolist(), w.tolist(), (w > 0).tolist()
+        order = np.argsort(-key, axis=1, kind="stable").transpose(0, 2, 1)  # (E, n, k)
+        contrib = _round(ex.contributions.transpose(0, 2, 1))  # (E, n, k)
+        bias, error, acts_r = _round(ex.bias), _round(ex.error), _round(acts)
+        # arrays, not lists: the lists are made by ``finish`` on the thread that serialises them
         for e, r in enumerate(rows):
             m = n_active[e]
-            out[r] = _Explained(latents[e][:m], acts_r[e][:m], strength[e][:m], suppressed[e][:m],
-                                bias[e], error[e], contrib[e], order[e], m)
+            out[r] = _Explained(idx[e, :m], acts_r[e, :m], w[e, :m], bias[e], error[e], contrib[e], order[e, :, :m])
         return out
 
     def _explanation(self, ex: "_Explained", items: list[dict]) -> list[dict]:
         """Fill each listed item's explanation and return the active concepts (descriptions and
         labels from process memory, ``ConceptStore.described``)."""
-        lat, sup, m = ex.latents, ex.suppressed, ex.n_active
+        lat, sup = ex.latents.tolist(), (ex.strengths > 0).tolist()
+        contrib, order, bias, error = ex.contributions.tolist(), ex.order.tolist(), ex.bias.tolist(), ex.error.tolist()
         concepts = self.store.described(lat)
         described = [concepts[j] for j in lat]
         labels = [d.label for d in described]
         for n, item in enumerate(items):
-            c = ex.contributions[n]
+            c = contrib[n]
             item["explanation"] = {
-                "bias": ex.bias[n],
-                "error": ex.error[n],
+                "bias": bias[n],
+                "error": error[n],
                 "contributions": [
                     {"latent": lat[a], "contribution": c[a], "label": labels[a], "suppressed": sup[a]}
-                    for a in ex.order[n][:m]
+                    for a in order[n]
                 ],
             }
         return [
-            {"latent": j, "activation": ex.activations[a], "description": d.summary.description,
-             "confidence": d.summary.confidence, "status": d.summary.status, "suppressed": sup[a],
-             "strength": ex.strengths[a]}
-            for a, (j, d) in enumerate(zip(lat, described))
+            {"latent": j, "activation": a, "description": d.summary.description, "confidence": d.summary.confidence,
+             "status": d.summary.status, "suppressed": s, "strength": w}
+            for j, a, d, s, w in zip(lat, ex.activations.tolist(), described, sup, ex.strengths.tolist())
         ]
 
     # -- concepts and bundle ----------------------------------------------------------------------
@@ -567,22 +566,22 @@ class _Scored(NamedTuple):
 
 
 class _Explained(NamedTuple):
-    """One request's share of ``Core._explain_batch``, as Python lists ready for the body."""
+    """One request's share of ``Core._explain_batch``: its n_active firing latents (by
+    activation) and the decomposition of its listed items' scores (all k_max of the batch),
+    numbers rounded for the wire."""
 
-    latents: list[int]
-    """the firing latents, by activation"""
-    activations: list[float]
-    strengths: list[float]
-    """suppression strength of each (0: not suppressed)"""
-    suppressed: list[bool]
-    bias: list[float]
-    """per listed item (all k_max of the batch)"""
-    error: list[float]
-    contributions: list[list[float]]
-    """[item][latent position]: each latent's contribution to each listed item"""
-    order: list[list[int]]
-    """[item]: latent positions, largest contribution first (the first ``n_active`` are firing)"""
-    n_active: int
+    latents: np.ndarray
+    """(n_active,) the firing latents"""
+    activations: np.ndarray
+    strengths: np.ndarray
+    """(n_active,) suppression strength of each (0: not suppressed)"""
+    bias: np.ndarray
+    """(n,) per listed item"""
+    error: np.ndarray
+    contributions: np.ndarray
+    """(n, k) each latent position's contribution to each listed item"""
+    order: np.ndarray
+    """(n, n_active) per item, the firing latent positions, largest contribution first"""
 
 
 class _Plan(NamedTuple):
