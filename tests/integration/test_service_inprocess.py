@@ -158,6 +158,22 @@ def test_recommendations_equal_the_offline_kernel(client, engine, explain):
             assert body["active_latents"] == []
 
 
+def test_served_bytes_are_the_response_models_own_serialisation(client, engine):
+    """The hot path writes bodies from plain dicts with orjson (service.deps.body_json): the bytes
+    must be exactly what the Pydantic response model writes for the same answer (field order,
+    numbers, escapes, nulls), with and without explanations, suppression and the baseline."""
+    from service.schemas import RecommendResponse
+
+    uid = users(engine)[1]
+    first = client.get("/recommend", params={"user_id": uid, "k": 10, "explain": True}).json()
+    latent = first["active_latents"][0]["latent"]
+    for params in ({"explain": False}, {"explain": True}, {"explain": True, "suppress": f"{latent}:0.5"},
+                   {"explain": True, "suppress_baseline": 0.3, "k": 3}, {"explain": True, "exclude_seen": False}):
+        r = client.get("/recommend", params={"user_id": uid, "k": 10, **params})
+        assert r.status_code == 200, r.text
+        assert r.content == RecommendResponse.model_validate_json(r.content).model_dump_json().encode(), params
+
+
 def test_explanations_decompose_the_scores(client, engine):
     for uid in users(engine):
         body = client.get("/recommend", params={"user_id": uid, "explain": "true"}).json()

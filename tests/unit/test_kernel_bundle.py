@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from recsae import BundleError
+from recsae import BundleError, ConfigError
 from recsae.bundle import load_bundle, sha256_file, verify_bundle, write_bundle
-from recsae.kernel import SAEKernel, history_windows, recommend, top_items
+from recsae.kernel import Codes, SAEKernel, history_windows, recommend, top_items
 
 
 def random_kernel(m=32, d=8, k=4, seed=0) -> SAEKernel:
@@ -117,6 +117,28 @@ def test_baseline_strength_outside_0_1_is_refused(bad):
         kern.steer(x, kern.encode(x), {}, baseline=bad)
     with pytest.raises(ConfigError, match="baseline"):
         kern.steer(x, kern.encode(x), {}, mode="reconstruction", baseline=bad)
+
+
+def test_a_batch_is_explained_with_each_rows_own_baseline():
+    """The service explains a batch of requests in one call, each with its own baseline
+    strength: every row must equal that row explained alone."""
+    kern = random_kernel()
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    items = rng.standard_normal((40, 8)).astype(np.float32)
+    strengths = [0.0, 0.5, 1.0, 0.25, 0.0]
+    codes = kern.encode(x)
+    xs = np.concatenate([kern.steer(x[r : r + 1], Codes(codes.acts[r : r + 1], codes.idx[r : r + 1]),
+                                    baseline=b) for r, b in enumerate(strengths)])
+    ids, scores = top_items(xs @ items.T, 6)
+    batch = kern.explain(xs, codes, items[ids], baseline=np.array(strengths))
+    assert np.allclose(batch.bias + batch.contributions.sum(1) + batch.error, scores, atol=1e-4)
+    for r, b in enumerate(strengths):
+        alone = kern.explain(xs[r : r + 1], Codes(codes.acts[r : r + 1], codes.idx[r : r + 1]), items[ids[r : r + 1]], b)
+        for got, want in zip(batch, alone):
+            assert np.allclose(got[r], want[0], atol=1e-6)
+    with pytest.raises(ConfigError, match="baseline"):
+        kern.explain(xs, codes, items[ids], baseline=np.array([0.0, 0.5, 1.5, 0.0, 0.0]))
 
 
 def test_explanation_terms_sum_to_scores():
