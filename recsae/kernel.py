@@ -299,10 +299,11 @@ def _top_of_candidates(scores: np.ndarray, cands: list[np.ndarray], k: int) -> t
     return ids, np.take_along_axis(scores, ids, axis=1)
 
 
-SCORE_TILE = 1 << 19
-"""Scores per block of ``score_top_k`` (2 MiB of float32; blocks of 16k items at B=32, 256k for
-one user): written by the product and thresholded while in cache (benchmarks/hot_path.py,
-part ``floor``, measured 8k-64k items at B=32 alike; fewer blocks save per-block overhead)."""
+SCORE_TILE = 1 << 17
+"""Scores per block of ``score_top_k`` (512 KiB of float32), written by the product and
+thresholded while in cache: blocks of 64k items for one user, 16k (``_MIN_BLOCK``) from 8 users
+on. At 1M items and one user, 64k-item blocks beat 16k (more blocks, more per-block overhead)
+and 256k (the tile falls out of cache) by ~1 ms; 8-32 users took the same time with 8k-64k."""
 _MIN_BLOCK = 16384
 _ROWS = 1024
 """Rows scored together at most (a tile of 16k items x 1024 rows is 64 MiB)."""
@@ -340,14 +341,14 @@ def score_top_k(
     kept: _Kept | None = None
     for s, e in tiles.blocks:
         S = tiles.score(s, e)
-        ex.apply(S, s, e)
+        tiles.set(*ex.within(s, e), -np.inf)
         start = 0
         if kept is None:
             start = min(_SEED, e)
             kept = _Kept(*_exact_top(S[:, :start], k))
-        rows, cols = tiles.above(kept.thr, start)
+        rows, cols, vals = tiles.above(kept.thr, start)
         if len(rows):
-            kept.add(rows, cols + s, S[rows, cols])
+            kept.add(rows, cols + s, vals)
     assert kept is not None
     kept.flush()
     if kept.late.any():  # NaN-scored rows: all rows scored whole (the same products, so the same values)
@@ -433,15 +434,25 @@ class _Tiles:
         np.matmul(self.X, self.ET[:, s:e], out=out.reshape(self.b, w))
         return out.reshape(self.b, w)
 
-    def above(self, thr: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, columns) of the last block's scores > ``thr`` (per row), from column ``start``."""
+    def _flat(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return cols * self.width + rows if self.rowmajor else rows * self.w + cols
+
+    def set(self, rows: np.ndarray, cols: np.ndarray, value: float) -> None:
+        """Scores (rows[i], cols[i]) of the last block := value (one flat assignment)."""
+        if len(rows):
+            self.buf[self._flat(rows, cols)] = value
+
+    def above(self, thr: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, columns, scores) of the last block's scores > ``thr`` (per row), from column
+        ``start``."""
         w, size = self.w, self.w * self.width
         tile, mask = self.buf[:size], self.maskbuf[:size]
-        if self.rowmajor:
-            t = np.full(self.width, np.inf, np.float32)  # the padding column never passes
-            t[: self.b] = thr
+        if self.rowmajor and self.b == 1:  # both columns hold the row's scores: one scalar compare
+            np.greater(tile, thr[0], out=mask)
+            mask[: start * self.width] = False
+        elif self.rowmajor:
             g = 1 << max(0, min((512 // self.width).bit_length() - 1, (w & -w).bit_length() - 1))
-            np.greater(tile.reshape(w // g, g * self.width), np.tile(t, g), out=mask.reshape(w // g, g * self.width))
+            np.greater(tile.reshape(w // g, g * self.width), np.tile(thr, g), out=mask.reshape(w // g, g * self.width))
             mask[: start * self.width] = False
         else:
             np.greater(tile.reshape(self.b, w), thr[:, None], out=mask.reshape(self.b, w))
@@ -449,16 +460,19 @@ class _Tiles:
         words = self.maskbuf[: -(-size // 512) * 512].view(np.uint64)
         hot = np.flatnonzero(words.reshape(-1, 64).max(axis=1))
         if not len(hot):
-            return hot, hot
+            return hot, hot, self.buf[:0]
         words = (hot[:, None] * 64 + np.arange(64)).ravel()
         words = words[self.maskbuf.view(np.uint64)[words] != 0]
         flat = (words[:, None] * 8 + np.arange(8)).ravel()
         flat = flat[self.maskbuf[flat]]
-        if self.rowmajor:
-            cols, rows = np.divmod(flat, self.width)
-        else:
+        if not self.rowmajor:
             rows, cols = np.divmod(flat, w)
-        return rows, cols
+            return rows, cols, self.buf[flat]
+        cols, rows = np.divmod(flat, self.width)
+        if self.b == 1:  # its copy in the padding column (not excluded) is not a hit
+            flat, cols = flat[rows == 0], cols[rows == 0]
+            rows = np.zeros(len(cols), np.int64)
+        return rows, cols, self.buf[flat]
 
 
 class _Exclusions:
@@ -474,10 +488,10 @@ class _Exclusions:
         order = np.argsort(ids, kind="stable")
         self.ids, self.rows = ids[order], rows[order]
 
-    def apply(self, S: np.ndarray, s: int, e: int) -> None:
+    def within(self, s: int, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, ids - s) of the excluded items s <= id < e."""
         lo, hi = np.searchsorted(self.ids, [s, e])
-        if hi > lo:
-            S[self.rows[lo:hi], self.ids[lo:hi] - s] = -np.inf
+        return self.rows[lo:hi], self.ids[lo:hi] - s
 
 
 def _merge(top_id: np.ndarray, top_sc: np.ndarray, rows: np.ndarray, ids: np.ndarray, vals: np.ndarray, k: int) -> None:
@@ -494,14 +508,12 @@ def _merge(top_id: np.ndarray, top_sc: np.ndarray, rows: np.ndarray, ids: np.nda
 
 
 def _dense(X: np.ndarray, E: np.ndarray) -> np.ndarray:
-    """All (B, n) scores, with the same products (so the same values) as ``score_top_k``'s blocks."""
-    if X.dtype != np.float32 or E.dtype != np.float32 or len(X) == 0:
+    """All (B, n) scores ``X @ E.T``; of row-major items as ``E @ X.T`` (one row padded to two),
+    the product of ``score_top_k``'s blocks, so the same values (and the faster product)."""
+    if E.flags.f_contiguous or not len(X) or X.dtype != np.float32 or E.dtype != np.float32:
         return X @ E.T
-    t = _Tiles(X, E)
-    out = np.empty((len(X), E.shape[0]), np.float32)
-    for s, e in t.blocks:
-        out[:, s:e] = t.score(s, e)
-    return out
+    XT = np.ascontiguousarray(np.concatenate([X, X]).T if len(X) == 1 else X.T)
+    return np.ascontiguousarray((np.ascontiguousarray(E) @ XT)[:, : len(X)].T)
 
 
 def _with_exclusions(scores: np.ndarray, exclude: list[np.ndarray] | None) -> np.ndarray:
