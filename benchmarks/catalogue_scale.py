@@ -151,7 +151,7 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
                     t6 = time.perf_counter()
                     items = [{"rank": r + 1, "item_id": core.item_ids[j], "title": core.titles[j], "score": float(s),
                               "explanation": None} for r, (j, s) in enumerate(zip(ids[0].tolist(), sc[0].tolist()))]
-                    core._explain(x, codes, {}, ids[0], items)
+                    core._explain(x, codes, np.zeros_like(codes.acts), ids[0], items)
                     t7 = time.perf_counter()
                     t["redis"].append(t6 - t5)
                     t["explain"].append(t7 - t6)
