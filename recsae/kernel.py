@@ -337,11 +337,11 @@ def score_top_k(
     if n < _FAST_TOPK_MIN or not 0 < k <= _SEED // 2 or b == 0 or X.dtype != np.float32 or item_emb.dtype != np.float32:
         return top_items(_dense(X, item_emb), k, exclude)
     tiles = _Tiles(X, item_emb)
-    ex = _Exclusions(exclude, b, n)
+    excluded = _excluded(exclude, n, tiles.blocks)
     kept: _Kept | None = None
-    for s, e in tiles.blocks:
+    for (s, e), (ex_rows, ex_cols) in zip(tiles.blocks, excluded):
         S = tiles.score(s, e)
-        tiles.set(*ex.within(s, e), -np.inf)
+        tiles.set(ex_rows, ex_cols, -np.inf)
         start = 0
         if kept is None:
             start = min(_SEED, e)
@@ -475,23 +475,19 @@ class _Tiles:
         return rows, cols, self.buf[flat]
 
 
-class _Exclusions:
-    """Each row's excluded item ids, as (row, id) pairs sorted by id: a block's are one slice."""
-
-    def __init__(self, exclude: list[np.ndarray] | None, b: int, n: int):
-        lists = [np.asarray(e, dtype=np.int64).ravel() for e in exclude] if exclude is not None else []
-        ids = np.concatenate(lists) if lists else np.zeros(0, np.int64)
-        rows = np.repeat(np.arange(len(lists)), [len(e) for e in lists])
-        if len(ids) and (ids.max() >= n or ids.min() < -n):
-            raise IndexError(f"excluded item id out of range for {n} items")
-        ids = np.where(ids < 0, ids + n, ids)  # as ``scores[row, ids]`` reads negative ids
-        order = np.argsort(ids, kind="stable")
-        self.ids, self.rows = ids[order], rows[order]
-
-    def within(self, s: int, e: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, ids - s) of the excluded items s <= id < e."""
-        lo, hi = np.searchsorted(self.ids, [s, e])
-        return self.rows[lo:hi], self.ids[lo:hi] - s
+def _excluded(exclude: list[np.ndarray] | None, n: int, blocks: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per block, the (rows, ids - block start) of its excluded items: all rows' (row, id) pairs
+    sorted by id once, a block's are one slice."""
+    lists = [np.asarray(e, dtype=np.int64).ravel() for e in exclude] if exclude is not None else []
+    ids = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(len(lists)), [len(e) for e in lists])
+    if len(ids) and (ids.max() >= n or ids.min() < -n):
+        raise IndexError(f"excluded item id out of range for {n} items")
+    ids = np.where(ids < 0, ids + n, ids)  # as ``scores[row, ids]`` reads negative ids
+    order = np.argsort(ids, kind="stable")
+    ids, rows = ids[order], rows[order]
+    cut = np.searchsorted(ids, [s for s, _ in blocks] + [n]).tolist()
+    return [(rows[cut[i] : cut[i + 1]], ids[cut[i] : cut[i + 1]] - s) for i, (s, _) in enumerate(blocks)]
 
 
 def _merge(top_id: np.ndarray, top_sc: np.ndarray, rows: np.ndarray, ids: np.ndarray, vals: np.ndarray, k: int) -> None:
