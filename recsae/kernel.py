@@ -321,11 +321,13 @@ def score_top_k(
     merged in. An item scoring exactly the threshold loses its tie to the k already kept (they
     have lower ids), so the answer is the exact one: same ids, same order, same scores.
 
-    Layout: a row-major ``item_emb`` is scored as ``E_block @ X.T`` (a batch of 8 users costs
-    about 2x one user; ``X @ E.T`` from column-major items ~3.5x), a column-major one as
-    ``X @ E.T_block`` (its matrix-vector product for one user). Either way the score values are
-    the BLAS matrix product's, which do not depend on the batch (one row is scored as a
-    matrix-matrix product too, padded to two).
+    Layout: a row-major ``item_emb`` is scored as ``E_block @ X.T`` (at 1M items a batch of 8
+    users costs ~2x one user; ``X @ E.T`` from column-major items ~4x), a column-major one as
+    ``X @ E.T_block`` (for one user numpy's matrix-vector product). Row-major, one row is padded
+    to two, so every row's scores are the BLAS matrix product's and do not depend on the batch;
+    for one row they can differ in the last bit from numpy's ``x @ E.T`` (a matrix-vector
+    product), which ``top_items(x @ E.T, ...)`` would rank. Other dtypes, small catalogues
+    (< 16k items) and k > 1024 take ``top_items`` over the whole product.
     """
     X = np.atleast_2d(np.asarray(X))
     n, b = item_emb.shape[0], X.shape[0]
