@@ -132,9 +132,9 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(xs) * 1e3, q)), 3)
 
 
-def serve(bundle: Path, n_users: int, exact_layout: bool) -> dict:
+def serve(bundle: Path, n_users: int) -> dict:
     """Measure one bundle in this process (see the module doc)."""
-    from recsae.kernel import top_items
+    from recsae.kernel import score_top_k
     from service.config import Settings
     from service.core import Core
 
@@ -180,7 +180,7 @@ def serve(bundle: Path, n_users: int, exact_layout: bool) -> dict:
             if eng.ann is not None:
                 eng.ann.top_items(x[r : r + 1], 10, [seen[r]])
             else:
-                top_items(x[r : r + 1] @ eng.item_emb.T, 10, [seen[r]])
+                score_top_k(x[r : r + 1], eng.item_emb, 10, [seen[r]])
             rl.append(time.perf_counter() - t)
         out["retrieval"] = rl
         out["throughput"] = {c: throughput(core, users, c, sup) for c in (1, 8, 32)}
@@ -189,11 +189,8 @@ def serve(bundle: Path, n_users: int, exact_layout: bool) -> dict:
     ann_run = run("ann") if idx is not None else None
     fallbacks = (idx.fallbacks, idx.rows) if idx is not None else (0, 0)
     eng.ann = None  # the exact path of Core.run_batch, same process and bundle
-    if exact_layout:  # the exact bundle's own layout (column-major, recsae.engine): its real speed
-        eng.item_emb = np.asfortranarray(eng.item_emb)
     exact_run = run("exact")
     res["peak_rss_mib"] = round(vm("VmHWM"))
-    res["exact_layout"] = "column-major" if exact_layout else "row-major (the ANN bundle's layout)"
     for name in variants:
         e = exact_run[name]
         row = {"exact_p50": pct(e["lat"], 50), "exact_p99": pct(e["lat"], 99)}
@@ -274,7 +271,7 @@ def main() -> None:
             meta = build(int(n), out, args.data, args.kind, args.threads)
             print(json.dumps({"build": meta, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
         else:
-            print(json.dumps(serve(out, args.users, exact_layout=int(n) <= 1_000_000)))
+            print(json.dumps(serve(out, args.users)))
         return
     results = []
     for n in [int(v) for v in args.sizes.split(",")]:

@@ -9,7 +9,7 @@ id by a two-node prefix on the ONNX graph (the users' histories only hold real i
 Per size and explain off/on, single request at a time:
 
 * in-process stages (``perf_counter`` over ``--n`` calls, through ``service.core.Core``):
-  encoder (ONNX), SAE encode, scoring matmul, top-k (argpartition), explanation + body
+  encoder (ONNX), SAE encode, scoring + top-k (``recsae.kernel.score_top_k``), explanation + body
   building, the concept lookup (process memory kept coherent by Redis, on the shared Redis,
   private prefix), and the whole ``Core.recommend_user``;
 * end to end: ``GET /recommend`` over loopback HTTP to ``bentoml serve`` (one worker), paired:
@@ -116,7 +116,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[float]]]:
     """perf_counter per stage, in process, the way Core runs a request."""
-    from recsae.kernel import top_items
+    from recsae.kernel import score_top_k
     from service.config import Settings
     from service.core import Core, Job
     from service.options import RecommendOptions
@@ -130,7 +130,7 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
     try:
         for explain in (False, True):
             t: dict[str, list[float]] = {s: [] for s in
-                                         ("encoder", "sae_encode", "scoring", "topk", "explain", "redis", "core_total")}
+                                         ("encoder", "sae_encode", "topk", "explain", "redis", "core_total")}
             for i in range(n):
                 uid = users[i % len(users)]
                 u = core.bundle.users.index_of(uid)
@@ -139,14 +139,11 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
                 t1 = time.perf_counter()
                 codes = sae.encode(x)
                 t2 = time.perf_counter()
-                scores = x @ eng.item_emb.T
+                ids, sc = score_top_k(x, eng.item_emb, 10, [core.bundle.users.history(u)])
                 t3 = time.perf_counter()
-                ids, sc = top_items(scores, 10, [core.bundle.users.history(u)])
-                t4 = time.perf_counter()
                 t["encoder"].append(t1 - t0)
                 t["sae_encode"].append(t2 - t1)
-                t["scoring"].append(t3 - t2)
-                t["topk"].append(t4 - t3)
+                t["topk"].append(t3 - t2)
                 if explain:
                     active = [int(j) for j in codes.idx[0][codes.acts[0] > 0]]
                     t5 = time.perf_counter()
@@ -217,7 +214,7 @@ def main() -> None:
                 t = st[explain]
                 stages_rows.append((size, explain, *[
                     f"{pct(t[s], 50):.3f}" if t[s] else "–" for s in
-                    ("encoder", "sae_encode", "scoring", "topk", "explain", "redis")],
+                    ("encoder", "sae_encode", "topk", "explain", "redis")],
                     f"{pct(t['core_total'], 50):.2f}", f"{pct(t['core_total'], 99):.2f}"))
             if not args.no_http:
                 h = http_times(bundle, args.n, prefix)
@@ -230,8 +227,8 @@ def main() -> None:
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
           f"{args.n} calls per cell, single request at a time\n")
     print("In-process stages, p50 ms (`Core.recommend_user`: the whole request minus HTTP)\n")
-    print("| items | explain | encoder | SAE encode | scoring matmul | top-k | explanation+body | concept lookup | core p50 | core p99 |")
-    print("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| items | explain | encoder | SAE encode | scoring + top-k | explanation+body | concept lookup | core p50 | core p99 |")
+    print("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in stages_rows:
         print("| " + " | ".join(str(v) for v in r) + " |")
     if e2e_rows:

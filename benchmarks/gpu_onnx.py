@@ -77,7 +77,7 @@ def main() -> int:
     bundle = load_bundle(args.bundle)
     model = bundle.model
     sae = SAEKernel.load(bundle.sae_path)
-    item_emb = np.asfortranarray(bundle.item_emb, dtype=np.float32)
+    item_emb = np.ascontiguousarray(bundle.item_emb, dtype=np.float32)  # the engine's layout
     enc = str(bundle.encoder_path)
     cpu = session(enc, ["CPUExecutionProvider"])
     gpu = session(enc, want)  # the service's provider list (engine.make_session)

@@ -162,11 +162,10 @@ def calibrate(index, emb: np.ndarray, meta: dict, q: np.ndarray, seen: list[np.n
               ladder: list[int], param: str) -> dict:
     """The smallest search depth whose recall@10 (candidates re-scored exactly, no exact
     fallback) reaches ``TARGET_RECALL`` against exact scoring on ``q``; the deepest tried otherwise."""
-    from recsae.kernel import top_items
+    from recsae.kernel import score_top_k
 
     seen = list(seen[: len(q)]) if seen is not None else [np.zeros(0, np.int64)] * len(q)
-    # exact top-10, a few queries at a time: (256, 10M) scores at once would be 10 GB
-    exact = np.concatenate([top_items(q[s : s + 4] @ emb.T, 10, seen[s : s + 4])[0] for s in range(0, len(q), 4)])
+    exact = score_top_k(q, np.asarray(emb, np.float32), 10, seen)[0]  # block by block: no (256, n_items) scores
     ann = ANNIndex(index, meta, emb)
     recall, curve = 0.0, {}
     for p in ladder:
@@ -226,10 +225,10 @@ class ANNIndex:
 
     def top_items(self, xs: np.ndarray, k: int, exclude: list[np.ndarray] | None,
                   fallback: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Like ``recsae.kernel.top_items(xs @ item_emb.T, k, exclude)``: the best k per row,
+        """Like ``recsae.kernel.score_top_k(xs, item_emb, k, exclude)``: the best k per row,
         ties by lower id, seen items excluded, exact scores; but over the index's candidates.
         A row left with fewer than k candidates after exclusion is scored exactly."""
-        from recsae.kernel import top_items
+        from recsae.kernel import score_top_k
 
         xs = np.atleast_2d(np.asarray(xs, dtype=np.float32))
         b = len(xs)
@@ -250,7 +249,7 @@ class ANNIndex:
             self.rows += 1
             if len(c) < k and fallback:
                 self.fallbacks += 1
-                ids_r, sc_r = top_items(xs[r : r + 1] @ self.item_emb.T, k, [exclude[r]])
+                ids_r, sc_r = score_top_k(xs[r : r + 1], self.item_emb, k, [exclude[r]])
                 m = ids_r.shape[1]
                 ids[r, :m], sc[r, :m] = ids_r[0], sc_r[0]
                 continue

@@ -59,16 +59,13 @@ class Engine:
             raise BundleError(
                 f"SAE input size {self.sae.d_in} != item embedding size {bundle.item_emb.shape[1]}"
             )
-        # Column-major, so that ``item_emb.T`` (what every ``x @ item_emb.T`` reads) is a
-        # C-contiguous (d, n_items) array: BLAS then streams it in order. Scoring is a
-        # memory-bound matrix-vector product; at 1M items this layout is ~1.6x faster than the
-        # row-major one (benchmarks/catalogue_scale.py). Rows (``item_emb[ids]``) still index.
-        # With an approximate-retrieval index (recsae.ann) the hot path gathers candidate rows
-        # instead: row-major then (column-major rows are 64 cache lines each); exact scoring
-        # is only its fallback.
+        # Row-major. Exact scoring (``recsae.kernel.score_top_k``) multiplies blocks of rows by
+        # the batch's X.T: at 1M items a batch of 8 users costs ~2x one user, where ``X @ E.T``
+        # from column-major items (the layout before) cost ~3.5x, 32 users ~4x vs ~9x; one user
+        # is about as fast either way (benchmarks/hot_path.py, part ``floor``). The rows that
+        # explanations and the ANN re-scoring gather (``item_emb[ids]``) are contiguous too.
         self.ann = ann.load(bundle.path, bundle.manifest, bundle.item_emb)
-        order = np.ascontiguousarray if self.ann is not None else np.asfortranarray
-        self.item_emb = order(bundle.item_emb, dtype=np.float32)
+        self.item_emb = np.ascontiguousarray(bundle.item_emb, dtype=np.float32)
         bundle.item_emb = self.item_emb  # one copy in memory, not two
         if self.ann is not None:
             self.ann.item_emb = self.item_emb

@@ -246,11 +246,34 @@ def top_items(
         fast = [_candidates(row, k) for row in scores]
         if all(c is not None for c in fast):
             return _top_of_candidates(scores, fast, k)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (b, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
+    if k < n:
+        return _exact_top(scores, k)
+    part = np.tile(np.arange(n), (b, 1))
+    order = np.lexsort((part, -scores), axis=1)
     ids = np.take_along_axis(part, order, axis=1)
     return ids, np.take_along_axis(scores, ids, axis=1)
+
+
+def _exact_top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k (< n) of each row: score descending, ties by lower id, NaN after everything
+    (-inf included), NaNs by lower id. A partition finds each row's k-th best; every item at
+    least that good is sorted, so ties straddling the k-th place are cut by id (one argpartition
+    cut them arbitrarily)."""
+    s = np.ascontiguousarray(scores)
+    b = s.shape[0]
+    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1]  # NaN sorts last: NaN only if < k non-NaN
+    short = np.isnan(kth)
+    keep = s >= np.where(short, np.inf, kth)[:, None]
+    if short.any():  # every non-NaN item, then the lowest-id NaNs up to k
+        nan = np.isnan(s[short])
+        need = k - (~nan).sum(axis=1)
+        keep[short] = ~nan | (np.cumsum(nan, axis=1) <= need[:, None])
+    rows, cols = np.nonzero(keep)
+    vals = s[rows, cols]
+    order = np.lexsort((cols, -vals, rows))  # by row, best first, ties by id; NaN last
+    counts = np.bincount(rows, minlength=b)
+    pick = order[(np.cumsum(counts) - counts)[:, None] + np.arange(k)]
+    return cols[pick], vals[pick]
 
 
 _FAST_TOPK_MIN = 16384
@@ -285,6 +308,228 @@ def _top_of_candidates(scores: np.ndarray, cands: list[np.ndarray], k: int) -> t
     return ids, np.take_along_axis(scores, ids, axis=1)
 
 
+SCORE_TILE = 1 << 17
+"""Scores per block of ``score_top_k`` (512 KiB of float32), written by the product and
+thresholded while in cache: blocks of 64k items for one user, 16k (``_MIN_BLOCK``) from 8 users
+on. At 1M items and one user, 64k-item blocks beat 16k (more blocks, more per-block overhead)
+and 256k (the tile falls out of cache) by ~1 ms; 8-32 users took the same time with 8k-64k."""
+_MIN_BLOCK = 16384
+_ROWS = 1024
+"""Rows scored together at most (a tile of 16k items x 1024 rows is 64 MiB)."""
+_SEED = 2048
+"""Items whose exact top-k gives ``score_top_k`` its first per-row threshold."""
+
+
+def score_top_k(
+    X: np.ndarray, item_emb: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``top_items(X @ item_emb.T, k, exclude)`` without writing the (B, n_items) score matrix.
+
+    The catalogue is scored one block of items at a time; a row's k-th best so far is its
+    threshold, and of each later block only the items that beat it (one compare per block) are
+    merged in. An item scoring exactly the threshold loses its tie to the k already kept (they
+    have lower ids), so the answer is the exact one: same ids, same order, same scores.
+
+    Layout: a row-major ``item_emb`` is scored as ``E_block @ X.T`` (at 1M items a batch of 8
+    users costs ~2x one user; ``X @ E.T`` from column-major items ~4x), a column-major one as
+    ``X @ E.T_block`` (for one user numpy's matrix-vector product). Row-major, one row is padded
+    to two, so every row's scores are the BLAS matrix product's and do not depend on the batch;
+    for one row they can differ in the last bit from numpy's ``x @ E.T`` (a matrix-vector
+    product), which ``top_items(x @ E.T, ...)`` would rank. Other dtypes, small catalogues
+    (< 16k items) and k > 1024 take ``top_items`` over the whole product.
+    """
+    X = np.atleast_2d(np.asarray(X))
+    n, b = item_emb.shape[0], X.shape[0]
+    if b > _ROWS:  # offline batches: in even parts of at most _ROWS rows (bounded tiles)
+        parts = np.array_split(np.arange(b), -(-b // _ROWS))
+        got = [score_top_k(X[p], item_emb, k, [exclude[i] for i in p] if exclude is not None else None) for p in parts]
+        return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+    k = min(k, n)
+    if n < _FAST_TOPK_MIN or not 0 < k <= _SEED // 2 or b == 0 or X.dtype != np.float32 or item_emb.dtype != np.float32:
+        return top_items(_dense(X, item_emb), k, exclude)
+    tiles = _Tiles(X, item_emb)
+    excluded = _excluded(exclude, n, tiles.blocks)
+    kept: _Kept | None = None
+    for (s, e), (ex_rows, ex_cols) in zip(tiles.blocks, excluded):
+        S = tiles.score(s, e)
+        tiles.set(ex_rows, ex_cols, -np.inf)
+        start = 0
+        if kept is None:
+            start = min(_SEED, e)
+            kept = _Kept(*_exact_top(S[:, :start], k))
+        rows, cols, vals = tiles.above(kept.thr, start)
+        if len(rows):
+            kept.add(rows, cols + s, vals)
+    assert kept is not None
+    kept.flush()
+    if kept.late.any():  # NaN-scored rows: all rows scored whole (the same products, so the same values)
+        rows = np.flatnonzero(kept.late)
+        sub = [exclude[r] for r in rows] if exclude is not None else None
+        kept.ids[rows], kept.sc[rows] = _exact_top(_with_exclusions(_dense(X, item_emb)[rows], sub), k)
+    return kept.ids, kept.sc
+
+
+class _Kept:
+    """Each row's best k so far (best first), its threshold (the k-th best score) and the
+    candidates that beat it, merged in once there are about k a row (merging after every block
+    cost more than the stale threshold lets through)."""
+
+    MERGE_AT = 1.0
+    """Candidates per row (times k) that trigger a merge."""
+
+    def __init__(self, ids: np.ndarray, sc: np.ndarray):
+        self.ids, self.sc, self.k = ids, sc, ids.shape[1]
+        # fewer than k non-NaN seed scores: no threshold, the row is scored whole at the end
+        self.late = np.isnan(sc[:, -1])
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.n_pending = 0
+        self._threshold()
+
+    def _threshold(self) -> None:
+        self.thr = self.sc[:, -1].copy()
+        self.thr[self.late] = np.inf
+
+    def add(self, rows: np.ndarray, ids: np.ndarray, vals: np.ndarray) -> None:
+        self.pending.append((rows, ids, vals))
+        self.n_pending += len(rows)
+        if self.n_pending >= self.MERGE_AT * self.ids.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            rows, ids, vals = (np.concatenate(p) for p in zip(*self.pending))
+            self.pending, self.n_pending = [], 0
+            _merge(self.ids, self.sc, rows, ids, vals, self.k)
+            self._threshold()
+
+
+def _blocks(n: int, block: int) -> list[tuple[int, int]]:
+    """[start, end) of each block; the last one absorbs a remainder shorter than a block (a small
+    matrix product may take another BLAS code path, with other rounding)."""
+    starts = list(range(0, max(n - block, 0) + 1, block)) if n >= 2 * block else [0]
+    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+
+
+class _Tiles:
+    """Scores of a block of items for all rows, into one reused buffer (``score``), and the
+    items of the last block that beat each row's threshold (``above``). Both work in the
+    product's own layout: a row-major product's tile is (w, B'), compared as rows of ~512
+    (short rows make numpy's compare ~3x slower), and the bool mask is scanned 512 bytes, then
+    8 bytes at a time (``np.nonzero`` on the whole mask was most of a block's time)."""
+
+    def __init__(self, X: np.ndarray, E: np.ndarray):
+        self.b = len(X)
+        self.rowmajor = not E.flags.f_contiguous
+        self.E = np.ascontiguousarray(E) if self.rowmajor else E
+        if self.rowmajor:  # (w, B') tiles; one row is padded to two: a matrix-matrix product
+            self.width = max(self.b, 2)
+            self.XT = np.ascontiguousarray(np.concatenate([X, X[:1]]).T if self.b == 1 else X.T)
+        else:
+            self.width = self.b
+            self.X, self.ET = X, E.T
+        block = max(_MIN_BLOCK, 1 << ((SCORE_TILE // self.width).bit_length() - 1))
+        self.blocks = _blocks(E.shape[0], block)
+        wmax = max(e - s for s, e in self.blocks)
+        size = self.width * wmax
+        self.buf = np.empty(size, np.float32)
+        self.maskbuf = np.zeros(-(-size // 512) * 512, bool)  # whole 512-byte groups; the rest stays False
+        self.w = 0
+
+    def score(self, s: int, e: int) -> np.ndarray:
+        """(B, e - s) scores of items s..e, a view (valid until the next call)."""
+        self.w = w = e - s
+        out = self.buf[: w * self.width]
+        if self.rowmajor:
+            np.matmul(self.E[s:e], self.XT, out=out.reshape(w, self.width))
+            return out.reshape(w, self.width)[:, : self.b].T
+        np.matmul(self.X, self.ET[:, s:e], out=out.reshape(self.b, w))
+        return out.reshape(self.b, w)
+
+    def _flat(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return cols * self.width + rows if self.rowmajor else rows * self.w + cols
+
+    def set(self, rows: np.ndarray, cols: np.ndarray, value: float) -> None:
+        """Scores (rows[i], cols[i]) of the last block := value (one flat assignment)."""
+        if len(rows):
+            self.buf[self._flat(rows, cols)] = value
+
+    def above(self, thr: np.ndarray, start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, columns, scores) of the last block's scores > ``thr`` (per row), from column
+        ``start``."""
+        w, size = self.w, self.w * self.width
+        tile, mask = self.buf[:size], self.maskbuf[:size]
+        if self.rowmajor and self.b == 1:  # both columns hold the row's scores: one scalar compare
+            np.greater(tile, thr[0], out=mask)
+            mask[: start * self.width] = False
+        elif self.rowmajor:
+            g = 1 << max(0, min((512 // self.width).bit_length() - 1, (w & -w).bit_length() - 1))
+            np.greater(tile.reshape(w // g, g * self.width), np.tile(thr, g), out=mask.reshape(w // g, g * self.width))
+            mask[: start * self.width] = False
+        else:
+            np.greater(tile.reshape(self.b, w), thr[:, None], out=mask.reshape(self.b, w))
+            mask.reshape(self.b, w)[:, :start] = False
+        words = self.maskbuf[: -(-size // 512) * 512].view(np.uint64)
+        hot = np.flatnonzero(words.reshape(-1, 64).max(axis=1))
+        if not len(hot):
+            return hot, hot, self.buf[:0]
+        words = (hot[:, None] * 64 + np.arange(64)).ravel()
+        words = words[self.maskbuf.view(np.uint64)[words] != 0]
+        flat = (words[:, None] * 8 + np.arange(8)).ravel()
+        flat = flat[self.maskbuf[flat]]
+        if not self.rowmajor:
+            rows, cols = np.divmod(flat, w)
+            return rows, cols, self.buf[flat]
+        cols, rows = np.divmod(flat, self.width)
+        if self.b == 1:  # its copy in the padding column (not excluded) is not a hit
+            flat, cols = flat[rows == 0], cols[rows == 0]
+            rows = np.zeros(len(cols), np.int64)
+        return rows, cols, self.buf[flat]
+
+
+def _excluded(exclude: list[np.ndarray] | None, n: int, blocks: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per block, the (rows, ids - block start) of its excluded items: all rows' (row, id) pairs
+    sorted by id once, a block's are one slice."""
+    lists = [np.asarray(e, dtype=np.int64).ravel() for e in exclude] if exclude is not None else []
+    ids = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(len(lists)), [len(e) for e in lists])
+    if len(ids) and (ids.max() >= n or ids.min() < -n):
+        raise IndexError(f"excluded item id out of range for {n} items")
+    ids = np.where(ids < 0, ids + n, ids)  # as ``scores[row, ids]`` reads negative ids
+    order = np.argsort(ids, kind="stable")
+    ids, rows = ids[order], rows[order]
+    cut = np.searchsorted(ids, [s for s, _ in blocks] + [n]).tolist()
+    return [(rows[cut[i] : cut[i + 1]], ids[cut[i] : cut[i + 1]] - s) for i, (s, _) in enumerate(blocks)]
+
+
+def _merge(top_id: np.ndarray, top_sc: np.ndarray, rows: np.ndarray, ids: np.ndarray, vals: np.ndarray, k: int) -> None:
+    """Fold candidates (all with higher ids than the kept ones) into each row's kept best k."""
+    per_row = np.bincount(rows, minlength=len(top_id))
+    hit = np.flatnonzero(per_row)
+    R = np.concatenate([np.repeat(hit, k), rows])
+    I = np.concatenate([top_id[hit].ravel(), ids])  # noqa: E741
+    V = np.concatenate([top_sc[hit].ravel(), vals])
+    order = np.lexsort((I, -V, R))
+    counts = per_row[hit] + k
+    pick = order[(np.cumsum(counts) - counts)[:, None] + np.arange(k)]
+    top_id[hit], top_sc[hit] = I[pick], V[pick]
+
+
+def _dense(X: np.ndarray, E: np.ndarray) -> np.ndarray:
+    """All (B, n) scores ``X @ E.T``; of row-major items as ``E @ X.T`` (one row padded to two),
+    the product of ``score_top_k``'s blocks, so the same values (and the faster product)."""
+    if E.flags.f_contiguous or not len(X) or X.dtype != np.float32 or E.dtype != np.float32:
+        return X @ E.T
+    XT = np.ascontiguousarray(np.concatenate([X, X]).T if len(X) == 1 else X.T)
+    return np.ascontiguousarray((np.ascontiguousarray(E) @ XT)[:, : len(X)].T)
+
+
+def _with_exclusions(scores: np.ndarray, exclude: list[np.ndarray] | None) -> np.ndarray:
+    for r, e in enumerate(exclude or []):
+        if len(e):
+            scores[r, e] = -np.inf
+    return scores
+
+
 def recommend(
     sae: SAEKernel,
     x: np.ndarray,
@@ -299,7 +544,7 @@ def recommend(
     """Encode, steer, score all items and take the top-k. Returns (ids, scores, codes, x')."""
     codes = sae.encode(x)
     xs = sae.steer(x, codes, suppress, mode, baseline)
-    ids, sc = top_items(xs @ item_emb.T, k, exclude)
+    ids, sc = score_top_k(xs, item_emb, k, exclude)
     return ids, sc, codes, xs
 
 

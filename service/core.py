@@ -2,7 +2,7 @@
 
 ``Core`` holds the verified bundle (through ``recsae.engine.Engine``), the concept store, the
 policy store and the drift tracker; the routes (``service.routes``) map HTTP onto it. All
-numbers come from the one kernel in ``recsae.kernel`` (encode, steer, top_items, explain), so a
+numbers come from the one kernel in ``recsae.kernel`` (encode, steer, score_top_k, explain), so a
 served answer is the offline answer. A request's options arrive parsed (``RecommendOptions``).
 """
 
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from recsae import BundleError
 from recsae.concepts import Concept
 from recsae.engine import Engine
-from recsae.kernel import Codes, top_items
+from recsae.kernel import Codes, score_top_k
 from recsae.policy import steering
 from service import metrics as M
 from service.concepts import ConceptStore, label_of
@@ -293,13 +293,10 @@ class Core:
             if eng.ann is not None:  # index candidates for the steered xs, re-scored exactly (recsae.ann)
                 ids, sc = eng.ann.top_items(xs, k_max, [jobs[i].seen if jobs[i].opts.exclude_seen else _NONE
                                                         for i, _ in plans])
-            else:
-                scores = xs @ eng.item_emb.T  # (B, n_items): the item matrix is read once per batch
-                for row, (i, _) in enumerate(plans):  # in place: no copy of the (B, n_items) scores
-                    if jobs[i].opts.exclude_seen and len(jobs[i].seen):
-                        scores[row, jobs[i].seen] = -np.inf
+            else:  # the item matrix is read once per batch, block by block (no (B, n_items) scores)
                 # the first k of the top-k_max are the top-k (best first, ties by lower id)
-                ids, sc = top_items(scores, k_max)
+                ids, sc = score_top_k(xs, eng.item_emb, k_max, [jobs[i].seen if jobs[i].opts.exclude_seen else _NONE
+                                                                for i, _ in plans])
             explained = self._explain_batch(jobs, plans, ids)
             for row, (i, plan) in enumerate(plans):
                 k = jobs[i].opts.k
