@@ -130,12 +130,26 @@ def _comparable(answer: list) -> list:
         return answer
 
 
+def _same(a, b, tol: float) -> bool:
+    """Equal, numbers within ``tol`` (a float (not int or bool) of one side against a number of the other)."""
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return abs(a - b) <= tol
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y, tol) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old", type=Path, required=True, help="the other checkout (e.g. from git archive)")
     ap.add_argument("--new", type=Path, default=ROOT)
     ap.add_argument("--bundle", help="bundle directory (default: the synthetic test bundle)")
     ap.add_argument("--users", type=int, default=200)
+    ap.add_argument("--tolerance", type=float, default=0.0,
+                    help="numbers may differ by this much (e.g. 2e-6: a changed summation order moves a float32 "
+                         "score by an ulp, its 6-decimal rounding by 1e-6); everything else still byte for byte")
     args = ap.parse_args(argv)
     if args.bundle is None:
         sys.path.insert(0, str(ROOT))
@@ -145,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="recsae-compare-") as tmp:
         old = run(args.old.resolve(), args.bundle, args.users, Path(tmp))
         new = run(args.new.resolve(), args.bundle, args.users, Path(tmp))
-    diffs = [(o, n) for o, n in zip(old, new) if _comparable(o) != _comparable(n)]
+    diffs = [(o, n) for o, n in zip(old, new) if not _same(_comparable(o), _comparable(n), args.tolerance)]
     if len(old) != len(new):
         print(f"different request lists: {len(old)} vs {len(new)}")
     for o, n in diffs[:20]:
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         statuses[a[3]] = statuses.get(a[3], 0) + 1
     explained = sum('"explanation":{' in a[4] for a in old)
     print(f"{len(old)} requests ({args.users} users; statuses {dict(sorted(statuses.items()))}; "
-          f"{explained} with explanations): {len(diffs)} differ")
+          f"{explained} with explanations): {len(diffs)} differ" + (f" (numbers within {args.tolerance:g})" if args.tolerance else ""))
     return 1 if diffs or len(old) != len(new) else 0
 
 
