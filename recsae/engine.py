@@ -25,10 +25,28 @@ from the CPU's by up to 1.3e-3 and 0.8% of ml-100k top-10 lists change order; wi
 1.4e-6 (benchmarks/gpu_onnx.py), so a GPU replica serves the answer the offline job measured."""
 
 
+_CUDA_PRELOADED = False
+
+
+def _preload_cuda(ort) -> None:
+    """onnxruntime-gpu installed from pip (the `gpu` extra) finds the pip-installed CUDA/cuDNN
+    libraries only after ``preload_dlls()`` (once a process); without a GPU nothing happens."""
+    global _CUDA_PRELOADED
+    if _CUDA_PRELOADED or "CUDAExecutionProvider" not in ort.get_available_providers():
+        return
+    _CUDA_PRELOADED = True
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime then falls back to the CPU provider
+            log.warning("could not preload the CUDA libraries (%s): ONNX Runtime may run on CPU", e)
+
+
 def make_session(path: str, threads: int = 1):
     """An ONNX Runtime session: CUDA provider first when onnxruntime-gpu sees a GPU."""
     import onnxruntime as ort
 
+    _preload_cuda(ort)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

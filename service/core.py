@@ -65,24 +65,9 @@ class NotFound(Exception):
     """An unknown user or latent: answered with 404."""
 
 
-def _prepare_gpu() -> None:
-    """onnxruntime-gpu installed from pip (the `gpu` extra) finds the pip-installed CUDA/cuDNN
-    libraries only after ``preload_dlls()``; without a GPU nothing happens (CPU provider)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return
-    if "CUDAExecutionProvider" in ort.get_available_providers() and hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()
-        except Exception as e:  # noqa: BLE001 - ONNX Runtime then falls back to the CPU provider
-            log.warning("could not preload the CUDA libraries (%s): ONNX Runtime may run on CPU", e)
-
-
 class Core:
     def __init__(self, settings: Settings):
         self.settings = settings
-        _prepare_gpu()
         self.engine = Engine.from_path(settings.bundle, threads=settings.ort_threads)
         self.provider = self.engine.session.get_providers()[0]
         bundle = self.engine.bundle
