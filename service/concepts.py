@@ -66,6 +66,7 @@ class ConceptStore:
         for j in self.concepts:
             self._put(j, self.summary(j))
         self.tracked: Callable[[], bool] | None = None  # set by the owner of the Tracker
+        self._hit_local, self._hit_redis = CACHE_HITS.labels("local"), CACHE_HITS.labels("redis")
 
     # -- the process-local copy (the request path) --------------------------------------------------
     def _put(self, latent: int, s: ConceptSummary) -> None:
@@ -81,9 +82,9 @@ class ConceptStore:
                 d = view[j]
             out[j] = d
         if self.link is None:
-            CACHE_HITS.labels("local").inc(len(out))
+            self._hit_local.inc(len(out))
         elif self.tracked is not None and self.tracked():
-            CACHE_HITS.labels("redis").inc(len(out))  # the copy is Redis' content, kept coherent
+            self._hit_redis.inc(len(out))  # the copy is Redis' content, kept coherent
         else:
             CACHE_FALLBACK.inc(len(out))  # Redis unreachable: the last known copy
         return out

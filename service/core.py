@@ -113,6 +113,9 @@ class Core:
         # baseline of benchmarks/hot_path.py's "price of explanation"
         self.plain = settings.plain_scores
         self.batcher = Batcher(self.run_batch, settings.max_batch)
+        self._unweighted = np.zeros((1, self.sae.k), np.float32)  # no latent suppressed (read only)
+        self._unweighted.flags.writeable = False
+        self._served = {src: M.RECOMMENDATIONS.labels(src) for src in ("user", "history")}
         self.ready = False
         self._warming = False
 
@@ -266,12 +269,20 @@ class Core:
             codes = Codes(np.zeros((len(live), 0), np.float32), np.zeros((len(live), 0), np.int64))
         else:
             codes = sae.encode(x)
+        # the codes are sorted by activation, the non-firing (0) last: a row's firing latents are
+        # its first n_active (lists made once a batch: each NumPy call on a tiny array costs ~1 us)
+        latents, n_active = codes.idx.tolist(), (codes.acts > 0).sum(axis=1).tolist()
         plans: list[tuple[int, _Plan]] = []
         for r, i in enumerate(live):
             try:
-                plans.append((i, self._plan(jobs[i], x[r : r + 1], Codes(codes.acts[r : r + 1], codes.idx[r : r + 1]))))
+                plans.append((i, self._plan(jobs[i], x[r : r + 1], Codes(codes.acts[r : r + 1], codes.idx[r : r + 1]),
+                                            latents[r][: n_active[r]])))
             except Exception as e:  # noqa: BLE001 - a 422 (or a bug) of one request stays that request's
                 out[i] = e
+        if plans and not self._warming:  # drift counts live traffic: not an auditor's requests
+            rows = [r for r, i in enumerate(live) if out[i] is None and not jobs[i].opts.audit]
+            if rows and codes.idx.shape[1]:
+                self.drift.record_codes(codes.idx[rows], codes.acts[rows])
         if plans:
             xs = np.concatenate([p.xs for _, p in plans]) if len(plans) > 1 else plans[0][1].xs
             k_max = max(jobs[i].opts.k for i, _ in plans)
@@ -283,9 +294,13 @@ class Core:
                 ids, sc = score_top_k(xs, eng.item_emb, k_max, [jobs[i].seen if jobs[i].opts.exclude_seen else _NONE
                                                                 for i, _ in plans])
             explained = self._explain_batch(jobs, plans, ids)
+            # everything excluded in a tiny catalogue: never -inf in JSON (sorted best first, the
+            # non-finite scores are each row's tail)
+            n_ok = np.isfinite(sc).sum(axis=1).tolist()
+            id_rows, score_rows = ids.tolist(), np.round(sc.astype(np.float64), DECIMALS).tolist()
             for row, (i, plan) in enumerate(plans):
-                k = jobs[i].opts.k
-                out[i] = _Scored(jobs[i], plan, ids[row, :k], sc[row, :k], explained[row])
+                n = min(jobs[i].opts.k, n_ok[row])
+                out[i] = _Scored(jobs[i], plan, id_rows[row][:n], score_rows[row][:n], explained[row])
         return out  # type: ignore[return-value]
 
     def _prepare(self, job: "Job") -> None:
@@ -316,9 +331,10 @@ class Core:
             )
         job.seen = np.asarray(idx, dtype=np.int64)
 
-    def _plan(self, job: "Job", x: np.ndarray, codes: Codes) -> "_Plan":
+    def _plan(self, job: "Job", x: np.ndarray, codes: Codes, active: list[int]) -> "_Plan":
         """Validate this request's suppression against the bundle, resolve its policy, compute the
-        suppression weights (once: scoring and the explanation both use them) and steer."""
+        suppression weights (once: scoring and the explanation both use them) and steer.
+        ``active``: its firing latents."""
         sae, o = self.sae, job.opts
         where, suppress = o.where, o.suppress
         bad = [j for j in suppress if not 0 <= j < sae.n_latents]
@@ -327,8 +343,6 @@ class Core:
                 (where, "suppress"),
                 f"unknown latent ids {bad[:10]}: this bundle has latents 0..{sae.n_latents - 1}",
             )
-        firing = codes.acts[0] > 0
-        active = [int(j) for j in codes.idx[0][firing]]
         # policies and concepts come from process memory, kept coherent by the Redis tracker:
         # no round trip on the request path
         policy = o.policy
@@ -345,16 +359,17 @@ class Core:
             suppress, o.suppress_baseline, o.mode,
         )
         strengths, sources, baseline, baseline_source, use_mode = st
+        if not strengths and not baseline and use_mode == "error":  # most requests: x as it is
+            return _Plan(x, codes, self._unweighted, active, pol, strengths, sources, baseline, baseline_source,
+                         use_mode)
         weights = sae.suppression_weights(codes, strengths)
         xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)
         return _Plan(xs, codes, weights, active, pol, strengths, sources, baseline, baseline_source, use_mode)
 
-    def _finish(self, job: "Job", plan: "_Plan", ids: np.ndarray, sc: np.ndarray,
+    def _finish(self, job: "Job", plan: "_Plan", ids: list[int], scores: list[float],
                 ex: "_Explained | None") -> dict[str, Any]:
         """The response body (schema: ``service.schemas.RecommendResponse``) from the top-k and,
         for an explained request, its share of ``_explain_batch``."""
-        n = int(np.isfinite(sc).sum())  # everything excluded in a tiny catalogue: never -inf in JSON
-        ids = ids[:n]  # (scores are sorted best first: the non-finite ones are the tail)
         pol, strengths, baseline, active = plan.pol, plan.strengths, plan.baseline, plan.active
         # The hot path builds the wire body as plain dicts (field for field the schema's
         # RecommendResponse; tests check served bodies round-trip through it unchanged):
@@ -362,17 +377,15 @@ class Core:
         item_ids, titles = self.item_ids, self.titles
         items = [
             {"rank": r + 1, "item_id": item_ids[i], "title": titles[i], "score": s, "explanation": None}
-            for r, (i, s) in enumerate(zip(ids.tolist(), np.round(sc[:n].astype(np.float64), DECIMALS).tolist()))
+            for r, (i, s) in enumerate(zip(ids, scores))
         ]
         active_out: list[dict] = []
         if ex is not None:
             active_out = self._explanation(ex, items)
 
         audit = job.opts.audit  # an auditor's request: not live traffic
-        if not self._warming:
-            if not audit:
-                self.drift.record(np.asarray(active, dtype=np.int64), plan.codes.acts[0][: len(active)])
-            M.RECOMMENDATIONS.labels(job.source).inc()
+        if not self._warming:  # (drift: recorded for the whole batch by run_batch)
+            self._served[job.source].inc()
             label = M.policy_label(pol.name if pol is not None else None) if strengths or baseline else None
             if label is not None:
                 M.SUPPRESSION.labels(label).inc()
@@ -541,9 +554,10 @@ class _Scored(NamedTuple):
 
     job: Job
     plan: "_Plan"
-    ids: np.ndarray
-    """its top-k item ids, best first (non-finite scores at the tail are dropped)"""
-    scores: np.ndarray
+    ids: list[int]
+    """its top-k item ids, best first (items with non-finite scores dropped)"""
+    scores: list[float]
+    """their scores, rounded for the wire"""
     explained: "_Explained | None"
 
 

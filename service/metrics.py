@@ -300,21 +300,42 @@ class DriftTracker:
         """Count one request whose firing latents (activation > 0, distinct) are ``latents``, with
         their activations ``acts`` (same order) when known."""
         latents = np.asarray(latents, dtype=np.int64)[: self._ring.shape[1]]
-        if acts is not None:
+        if acts is None:
+            self._record(latents[None], np.zeros((1, len(latents))))
+        else:
             self._has_acts = True
-        acts = np.zeros(len(latents)) if acts is None else np.asarray(acts, dtype=np.float64)[: len(latents)]
+            self._record(latents[None], np.asarray(acts, dtype=np.float64)[None, : len(latents)])
+
+    def record_codes(self, idx: np.ndarray, acts: np.ndarray) -> None:
+        """Count several requests at once (the service records a batch in one call): row r's
+        firing latents are ``idx[r]`` where ``acts[r] > 0``, with those activations."""
+        acts = np.asarray(acts, dtype=np.float64)[:, : self._ring.shape[1]]
+        firing = acts > 0
+        self._has_acts = True
+        self._record(np.where(firing, np.asarray(idx)[:, : acts.shape[1]], -1), np.where(firing, acts, 0.0))
+
+    def _record(self, ids: np.ndarray, acts: np.ndarray) -> None:
+        """Rows of latent ids (-1: none) and activations enter the ring, the oldest rows leave."""
+        rows = len(ids)
+        if rows == 0:
+            return
+        if rows > self.window:  # only the last window's requests stay
+            ids, acts, rows = ids[-self.window :], acts[-self.window :], self.window
         with self._lock:
-            old, old_acts = self._ring[self._pos], self._ring_acts[self._pos]
-            self._counts[old[old >= 0]] -= 1
-            self._sums[old[old >= 0]] -= old_acts[old >= 0]
-            old[:] = -1
-            old_acts[:] = 0.0
-            old[: len(latents)] = latents
-            old_acts[: len(latents)] = acts
-            self._counts[latents] += 1
-            self._sums[latents] += acts
-            self._pos = (self._pos + 1) % self.window
-            self._n = min(self._n + 1, self.window)
+            pos = (self._pos + np.arange(rows)) % self.window
+            old, old_acts = self._ring[pos], self._ring_acts[pos]
+            gone = old >= 0
+            np.subtract.at(self._counts, old[gone], 1)  # .at: a latent may leave with several rows
+            np.subtract.at(self._sums, old[gone], old_acts[gone])
+            self._ring[pos] = -1
+            self._ring_acts[pos] = 0.0
+            self._ring[pos, : ids.shape[1]] = ids
+            self._ring_acts[pos, : ids.shape[1]] = acts
+            new = ids >= 0
+            np.add.at(self._counts, ids[new], 1)
+            np.add.at(self._sums, ids[new], acts[new])
+            self._pos = int((self._pos + rows) % self.window)
+            self._n = min(self._n + rows, self.window)
         now = time.monotonic()
         if now - self._last_gauge >= 1.0:
             self._last_gauge = now

@@ -133,3 +133,35 @@ def test_tracker_keeps_live_mean_activations_over_the_window():
         t.record(np.array([2]), np.array([0.5]))
     d = t.snapshot()
     assert np.isnan(d.live_mean_activation[0]) and d.live_mean_activation[2] == pytest.approx(0.5)
+
+
+def test_a_batch_of_codes_counts_as_its_requests_one_by_one():
+    """The service records a whole batch with ``record_codes``: firing (activation > 0) latents
+    of each row, in order, through the ring: the same counts and sums as one request at a time,
+    whatever the batch sizes and wherever the ring wraps. Checked against a recount of the
+    window's rows (not against the tracker's own bookkeeping)."""
+    rng = np.random.default_rng(4)
+    ref = np.full(12, 1 / 12)
+    window, k = 7, 4
+    batched, single = DriftTracker(ref, k=k, window=window), DriftTracker(ref, k=k, window=window)
+    rows = []
+    for size in [3, 1, 5, 9, 2, 7, 4]:  # 9 > window: only its last 7 rows stay
+        idx = np.array([rng.choice(12, k, replace=False) for _ in range(size)])
+        acts = np.sort(rng.random((size, k)), axis=1)[:, ::-1].copy()
+        acts[rng.random((size, k)) < 0.3] = 0.0  # some latents do not fire
+        acts = -np.sort(-acts, axis=1)
+        batched.record_codes(idx, acts)
+        for r in range(size):
+            firing = acts[r] > 0
+            single.record(idx[r][firing], acts[r][firing])
+            rows.append((idx[r][firing], acts[r][firing]))
+        want_counts, want_sums = np.zeros(12), np.zeros(12)
+        for lat, a in rows[-window:]:
+            want_counts[lat] += 1
+            want_sums[lat] += a
+        for t in (batched, single):
+            assert t.n == min(len(rows), window)
+            assert t._counts.tolist() == want_counts.tolist()
+            assert np.allclose(t._sums, want_sums)
+    b, s = batched.snapshot(), single.snapshot()
+    assert b.jsd == pytest.approx(s.jsd) and np.allclose(b.live_rate, s.live_rate)
