@@ -48,11 +48,11 @@ from tests.devserver import Client, RedisServer, ServeProcess  # noqa: E402
 
 
 class TreeServer(ServeProcess):
-    """``bentoml serve`` of the service in another source tree (its ``service/`` on PYTHONPATH;
-    ``recsae/`` is this environment's, unchanged between the two commits compared)."""
+    """``bentoml serve`` of the service in another source tree (its ``service/`` and ``recsae/``
+    first on PYTHONPATH; the packages are this environment's, see ``_as_installed``)."""
 
     def __init__(self, tree: Path, env: dict[str, str]):
-        super().__init__({**env, "PYTHONPATH": str(tree)})
+        super().__init__({**env, "PYTHONPATH": env.get("PYTHONPATH", str(tree))})
         self.tree = tree
 
     def launch(self) -> "TreeServer":
@@ -70,19 +70,29 @@ def serve(tree: Path, bundle: Path, redis_url: str, **extra: str) -> TreeServer:
     return TreeServer(tree, env).start(timeout=180)
 
 
+def server_cpu(srv: TreeServer) -> float:
+    """CPU seconds (user + system) used so far by a server's process tree."""
+    import psutil
+
+    procs = [psutil.Process(srv.proc.pid)]
+    procs += procs[0].children(recursive=True)
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
 def ms(xs: list[float]) -> float:
     return 1000 * statistics.median(xs)
 
 
 # -- 1. price of explanation ------------------------------------------------------------------------
 def price(bundle: Path, redis_url: str, n: int, rounds: int) -> list[str]:
+    """Paired latency at concurrency 1, then throughput at 16 clients. Each throughput round starts
+    a fresh pair of servers: one process's speed varies by +-15% on this VM from one start to the
+    next (its event loop thread, same code and load: 1,307-1,773 us CPU a request over four
+    starts), so the rounds' medians compare processes, not one lucky or unlucky start."""
     users = user_ids(str(bundle))
-    plain = serve(ROOT, bundle, redis_url, RECSAE_PLAIN_SCORES="1")
-    sae = serve(ROOT, bundle, redis_url)
-    out = []
+    out: list[str] = []
+    plain, sae = _pair(bundle, redis_url)
     try:
-        for port in (plain.port, sae.port):
-            run_cell(port, users, 100, 2, (False, True), 0)  # warm-up
         # paired, concurrency 1: the three ways back to back per user, order rotating
         ways = [("plain", plain.port, False), ("explain=false", sae.port, False), ("explain=true", sae.port, True)]
         lat: dict[str, list[float]] = {w[0]: [] for w in ways}
@@ -98,31 +108,62 @@ def price(bundle: Path, redis_url: str, n: int, rounds: int) -> list[str]:
                 assert st == 200, st
         cp.close()
         cs.close()
-        base = ms(lat["plain"])
-        out += ["### Price of explanation (1.7k items), paired, concurrency 1", "",
-                f"| served as | requests | p50 ms | p99 ms | p50 vs plain | p50 vs explain=false |", "|---|---:|---:|---:|---:|---:|"]
-        for name in lat:
-            xs = sorted(lat[name])
-            out.append(f"| {name} | {len(xs)} | {ms(xs):.2f} | {1000 * xs[int(0.99 * (len(xs) - 1))]:.2f} | "
-                       f"{ms(xs) / base:.2f}x | {ms(xs) / ms(lat['explain=false']):.3f}x |")
-        # throughput at 16 clients, cells alternating
-        thr: dict[str, list[float]] = {w[0]: [] for w in ways}
-        per = max(16, n // rounds)
-        for r in range(rounds):
-            for name, port, explain in ways:
-                cell = run_cell(port, users, per, 16, (explain,), offset=r * per)
-                assert cell["errors"] == 0
-                thr[name].append(per / cell["wall"])
-        p = statistics.median(thr["plain"])
-        out += ["", "Throughput at 16 concurrent clients (median of the rounds' cells):", "",
-                "| served as | req/s | vs plain |", "|---|---:|---:|"]
-        for name in thr:
-            t = statistics.median(thr[name])
-            out.append(f"| {name} | {t:.0f} | {t / p:.2f}x |")
     finally:
         plain.stop()
         sae.stop()
+    base = ms(lat["plain"])
+    out += ["### Price of explanation (1.7k items), paired, concurrency 1", "",
+            "| served as | requests | p50 ms | p99 ms | p50 vs plain | p50 vs explain=false |", "|---|---:|---:|---:|---:|---:|"]
+    for name in lat:
+        xs = sorted(lat[name])
+        out.append(f"| {name} | {len(xs)} | {ms(xs):.2f} | {1000 * xs[int(0.99 * (len(xs) - 1))]:.2f} | "
+                   f"{ms(xs) / base:.2f}x | {ms(xs) / ms(lat['explain=false']):.3f}x |")
+    # throughput at 16 clients: per round a fresh server pair, cells in rotating order; also each
+    # server's own CPU time per request (its process tree), which the load generator beside it
+    # on this machine moves less than it moves the wall clock
+    names = ["plain", "explain=false", "explain=true"]
+    thr: dict[str, list[float]] = {w: [] for w in names}
+    cpu: dict[str, list[float]] = {w: [] for w in names}
+    for r in range(rounds):
+        plain, sae = _pair(bundle, redis_url)
+        try:
+            ways = [("plain", plain, False), ("explain=false", sae, False), ("explain=true", sae, True)]
+            for name, srv, explain in ways[r % 3:] + ways[: r % 3]:
+                c0 = server_cpu(srv)
+                cell = run_cell(srv.port, users, n, 16, (explain,), offset=r * n)
+                cpu[name].append((server_cpu(srv) - c0) / n)
+                assert cell["errors"] == 0
+                thr[name].append(n / cell["wall"])
+        finally:
+            plain.stop()
+            sae.stop()
+        print(f"price round {r + 1}/{rounds}: " + ", ".join(f"{w} {thr[w][-1]:.0f}" for w in names), file=sys.stderr)
+    p, pc = statistics.median(thr["plain"]), statistics.median(cpu["plain"])
+    out += ["", f"Throughput at 16 concurrent clients ({n} requests a cell; median of {rounds} rounds, each with a "
+            "fresh pair of servers):", "",
+            "| served as | req/s | vs plain | per round | server CPU us/request | vs plain |", "|---|---:|---:|---|---:|---:|"]
+    for name in names:
+        t, c = statistics.median(thr[name]), statistics.median(cpu[name])
+        rounds_ = " ".join(f"{x:.0f}" for x in thr[name])
+        out.append(f"| {name} | {t:.0f} | {t / p:.2f}x | {rounds_} | {1e6 * c:.0f} | {c / pc:.2f}x |")
+    ratios = sorted(e / q for e, q in zip(thr["explain=true"], thr["plain"]))
+    out += ["", f"explain=true / plain within each round: {' '.join(f'{x:.2f}' for x in ratios)} "
+            f"(median {statistics.median(ratios):.2f})"]
     return out
+
+
+def _pair(bundle: Path, redis_url: str) -> tuple[TreeServer, TreeServer]:
+    """A server of the recommender alone and one with the SAE, warmed up."""
+    users = user_ids(str(bundle))
+    plain = serve(ROOT, bundle, redis_url, RECSAE_PLAIN_SCORES="1")
+    try:
+        sae = serve(ROOT, bundle, redis_url)
+    except BaseException:
+        plain.stop()
+        raise
+    for srv in (plain, sae):
+        run_cell(srv.port, users, 200, 4, (False, True), 0)
+    return plain, sae
 
 
 # -- 2. the memory-bandwidth floor ------------------------------------------------------------------
@@ -185,6 +226,70 @@ def _time(fn) -> float:
 
 
 # -- 3. against the previous commit -----------------------------------------------------------------
+_STRIP = """
+import json, sys
+from pathlib import Path
+from pydantic import ValidationError
+from recsae.concepts import Concept
+path = Path(sys.argv[1])
+concepts = json.loads(path.read_text())
+def fit(c):
+    while True:
+        try:
+            Concept.model_validate(c)
+            return c
+        except ValidationError as e:
+            extra = [err["loc"] for err in e.errors() if err["type"] == "extra_forbidden"]
+            if not extra:
+                raise
+            for loc in extra:
+                d = c
+                for key in loc[:-1]:
+                    d = d[key]
+                d.pop(loc[-1], None)
+rows = concepts["concepts"] if isinstance(concepts, dict) else concepts
+rows[:] = [fit(c) for c in rows]
+path.write_text(json.dumps(concepts))
+"""
+
+
+def _as_installed(tree: Path) -> dict[str, str]:
+    """Environment for serving an older tree with the packages it declared: uvicorn picks uvloop
+    up whenever it is importable, so for a tree whose pyproject does not list it, a stub on its
+    path makes ``import uvloop`` fail (the asyncio loop it was served with)."""
+    if "uvloop" in (tree / "pyproject.toml").read_text():
+        return {}
+    stub = Path(tempfile.mkdtemp(prefix="recsae-no-uvloop-"))
+    (stub / "uvloop.py").write_text("raise ImportError('not a dependency of this tree')\n")
+    return {"PYTHONPATH": f"{stub}:{tree}"}
+
+
+def compat_bundle(bundle: Path, tree: Path, work: Path) -> Path:
+    """``bundle`` as an older tree's service reads it: a copy whose concepts.json keeps only the
+    fields that tree's ``Concept`` schema knows (later commits added some; its schema forbids
+    unknown ones), with the manifest's hashes redone. Everything served is unchanged."""
+    import json
+    import shutil
+
+    from recsae.bundle import MANIFEST, _hash_tree
+
+    out = work.resolve() / f"compat-{tree.name}-{bundle.name}"
+    if (out / MANIFEST).is_file():
+        return out
+    tmp = work.resolve() / f".compat-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(bundle, tmp, ignore=shutil.ignore_patterns("*.html"))
+    subprocess.run([sys.executable, "-c", _STRIP, str(tmp / "concepts.json")], cwd=tree,
+                   env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
+    manifest = json.loads((tmp / MANIFEST).read_text())
+    manifest["files"] = _hash_tree(tmp)
+    import hashlib
+
+    manifest["bundle_hash"] = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out)
+    return out
+
+
 def versus(base: Path, sizes: list[int], work: Path, redis_url: str, n: int, rounds: int, conc: int) -> list[str]:
     out = [f"### Throughput at {conc} concurrent clients, explain=true: previous commit vs this tree", "",
            "| items | previous req/s | this tree req/s | ratio | previous p50 ms | this p50 ms | errors |",
@@ -195,7 +300,8 @@ def versus(base: Path, sizes: list[int], work: Path, redis_url: str, n: int, rou
         res: dict[str, dict] = {"base": {"thr": [], "lat": [], "err": 0}, "this": {"thr": [], "lat": [], "err": 0}}
         for r in range(rounds):
             for name, tree in (("base", base), ("this", ROOT)) if r % 2 == 0 else (("this", ROOT), ("base", base)):
-                srv = serve(tree, bundle, redis_url)
+                srv = serve(tree, compat_bundle(bundle, tree, work) if tree == base else bundle, redis_url,
+                            **(_as_installed(tree) if tree == base else {}))
                 try:
                     run_cell(srv.port, users, 64, conc, (True,), 0)  # warm-up
                     cell = run_cell(srv.port, users, n, conc, (True,), offset=r * n)
@@ -216,8 +322,9 @@ def main() -> None:
     ap.add_argument("--bundle", default=str(catalogue_scale.BASE), help="the ml-100k bundle (1.7k items)")
     ap.add_argument("--base", type=Path, help="source tree of the previous commit (part 3 skipped without)")
     ap.add_argument("--sizes", default="1682,1000000")
-    ap.add_argument("--requests", type=int, default=400, help="requests per cell")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=1500,
+                    help="requests per cell (and paired per way); cells of a few hundred vary by 10-20%% here")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--work", default=".pytest-bundles/synthetic", help="where synthetic bundles are kept")
     ap.add_argument("--parts", default="price,floor,versus")
     args = ap.parse_args()
