@@ -239,17 +239,14 @@ class Core:
         return self._finish(*scored)
 
     def run_batch(self, jobs: list["Job"]) -> list["_Scored | Exception"]:
-        """The shared part of several requests: one encoder call, one SAE encode, one
-        matrix-matrix scoring pass and one explanation call; everything per request (validation,
-        policy, suppression, exclusion) is done per row exactly as for a single request — a
-        single request IS a batch of one. Returns each request's scored result (its body is
-        built by ``finish``), or the exception it answers with.
+        """The shared part of several requests: one encoder call, one SAE encode, one scoring
+        pass and one explanation call; everything per request (validation, policy, suppression,
+        exclusion) is done per row as for a single request (which IS a batch of one). Returns
+        each request's scored result, or the exception it answers with.
 
-        The batcher's thread runs this (NumPy and ONNX Runtime release the GIL); ``finish``,
-        the per-request Python that builds ~100 objects per explained body, runs in each
-        request's own coroutine on the event loop, which serialises the body right after: the
-        objects never cross threads, and the batch thread holds the GIL only briefly (at 16
-        clients, explained throughput +15-30% over building the bodies here)."""
+        The batcher's thread runs this (NumPy and ONNX Runtime release the GIL); ``finish``
+        builds each body (~100 objects when explained) in the request's own coroutine, which
+        writes it next: the objects never cross threads, the batch thread holds the GIL briefly."""
         out: list[_Scored | Exception | None] = [None] * len(jobs)
         live: list[int] = []
         for i, job in enumerate(jobs):
