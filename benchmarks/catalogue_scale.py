@@ -153,7 +153,8 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
                               "explanation": None} for r, (j, s) in enumerate(zip(ids[0].tolist(), sc[0].tolist()))]
                     job = Job("user", uid, None, RecommendOptions(k=10, explain=True))
                     core._prepare(job)
-                    core._explanation(core._explain_batch([job], [(0, core._plan(job, x, codes))], ids)[0], items)
+                    plan = core._plan(job, x, codes, active)
+                    core._explanation(core._explain_batch([job], [(0, plan)], ids)[0], active, items)
                     t7 = time.perf_counter()
                     t["redis"].append(t6 - t5)
                     t["explain"].append(t7 - t6)

@@ -113,8 +113,6 @@ class Core:
         # baseline of benchmarks/hot_path.py's "price of explanation"
         self.plain = settings.plain_scores
         self.batcher = Batcher(self.run_batch, settings.max_batch)
-        self._unweighted = np.zeros((1, self.sae.k), np.float32)  # no latent suppressed (read only)
-        self._unweighted.flags.writeable = False
         self._served = {src: M.RECOMMENDATIONS.labels(src) for src in ("user", "history")}
         self.ready = False
         self._warming = False
@@ -234,10 +232,6 @@ class Core:
                 out.append(e)
         return out
 
-    def finish(self, scored: "_Scored") -> dict[str, Any]:
-        """The response body of a scored request (``service.schemas.RecommendResponse``)."""
-        return self._finish(*scored)
-
     def run_batch(self, jobs: list["Job"]) -> list["_Scored | Exception"]:
         """The shared part of several requests: one encoder call, one SAE encode, one scoring
         pass and one explanation call; everything per request (validation, policy, suppression,
@@ -283,18 +277,17 @@ class Core:
         if plans:
             xs = np.concatenate([p.xs for _, p in plans]) if len(plans) > 1 else plans[0][1].xs
             k_max = max(jobs[i].opts.k for i, _ in plans)
+            exclude = [jobs[i].seen if jobs[i].opts.exclude_seen else _NONE for i, _ in plans]
+            # the first k of the top-k_max are the top-k (best first, ties by lower id)
             if eng.ann is not None:  # index candidates for the steered xs, re-scored exactly (recsae.ann)
-                ids, sc = eng.ann.top_items(xs, k_max, [jobs[i].seen if jobs[i].opts.exclude_seen else _NONE
-                                                        for i, _ in plans])
+                ids, sc = eng.ann.top_items(xs, k_max, exclude)
             else:  # the item matrix is read once per batch, block by block (no (B, n_items) scores)
-                # the first k of the top-k_max are the top-k (best first, ties by lower id)
-                ids, sc = score_top_k(xs, eng.item_emb, k_max, [jobs[i].seen if jobs[i].opts.exclude_seen else _NONE
-                                                                for i, _ in plans])
+                ids, sc = score_top_k(xs, eng.item_emb, k_max, exclude)
             explained = self._explain_batch(jobs, plans, ids)
             # everything excluded in a tiny catalogue: never -inf in JSON (sorted best first, the
             # non-finite scores are each row's tail)
             n_ok = np.isfinite(sc).sum(axis=1).tolist()
-            id_rows, score_rows = ids.tolist(), np.round(sc.astype(np.float64), DECIMALS).tolist()
+            id_rows, score_rows = ids.tolist(), _round(sc).tolist()
             for row, (i, plan) in enumerate(plans):
                 n = min(jobs[i].opts.k, n_ok[row])
                 out[i] = _Scored(jobs[i], plan, id_rows[row][:n], score_rows[row][:n], explained[row])
@@ -356,17 +349,14 @@ class Core:
             suppress, o.suppress_baseline, o.mode,
         )
         strengths, sources, baseline, baseline_source, use_mode = st
-        if not strengths and not baseline and use_mode == "error":  # most requests: x as it is
-            return _Plan(x, codes, self._unweighted, active, pol, strengths, sources, baseline, baseline_source,
-                         use_mode)
         weights = sae.suppression_weights(codes, strengths)
         xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)
         return _Plan(xs, codes, weights, active, pol, strengths, sources, baseline, baseline_source, use_mode)
 
-    def _finish(self, job: "Job", plan: "_Plan", ids: list[int], scores: list[float],
-                ex: "_Explained | None") -> dict[str, Any]:
-        """The response body (schema: ``service.schemas.RecommendResponse``) from the top-k and,
-        for an explained request, its share of ``_explain_batch``."""
+    def finish(self, scored: "_Scored") -> dict[str, Any]:
+        """The response body (schema: ``service.schemas.RecommendResponse``) of a scored request:
+        its top-k and, when explained, its share of ``_explain_batch``."""
+        job, plan, ids, scores, ex = scored
         pol, strengths, baseline, active = plan.pol, plan.strengths, plan.baseline, plan.active
         # The hot path builds the wire body as plain dicts (field for field the schema's
         # RecommendResponse; tests check served bodies round-trip through it unchanged):
@@ -378,7 +368,7 @@ class Core:
         ]
         active_out: list[dict] = []
         if ex is not None:
-            active_out = self._explanation(ex, items)
+            active_out = self._explanation(ex, active, items)
 
         audit = job.opts.audit  # an auditor's request: not live traffic
         if not self._warming:  # (drift: recorded for the whole batch by run_batch)
@@ -417,7 +407,7 @@ class Core:
         Each row is explained on its steered representation, its steered codes (z_j scaled by
         1 - w_j, ``w`` the suppression weights its steering used) and its steered bias
         ((1 - baseline) b_dec), so bias + sum(contributions) + error == steered score. All rows
-        are explained over the batch's ``k_max`` listed items; ``_finish`` keeps its first k.
+        are explained over the batch's ``k_max`` listed items; ``finish`` keeps its first k.
         """
         out: list[_Explained | None] = [None] * len(plans)
         rows = [] if self.plain else [r for r, (i, _) in enumerate(plans) if jobs[i].opts.explain]
@@ -432,10 +422,10 @@ class Core:
         w, xs = stack(lambda p: p.weights), stack(lambda p: p.xs)
         baseline = np.array([p.baseline for p in ps])
         ex = self.sae.explain(xs, Codes(acts * (1.0 - w), idx), self.engine.item_emb[ids[rows]], baseline)
-        # the codes are sorted by activation with the non-firing (0) last: the firing latents
-        # are each row's first n_active; they are ranked per item, largest contribution first
-        firing = acts > 0
-        n_active = firing.sum(axis=1).tolist()
+        # a row's firing latents are its first n_active (``run_batch``); they are ranked per
+        # item, largest contribution first
+        n_active = [len(p.active) for p in ps]
+        firing = np.arange(acts.shape[1]) < np.array(n_active)[:, None]
         key = np.where(firing[:, :, None], ex.contributions, -np.inf)
         order = np.argsort(-key, axis=1, kind="stable").transpose(0, 2, 1)  # (E, n, k)
         contrib = _round(ex.contributions.transpose(0, 2, 1))  # (E, n, k)
@@ -443,13 +433,13 @@ class Core:
         # arrays, not lists: the lists are made by ``finish`` on the thread that serialises them
         for e, r in enumerate(rows):
             m = n_active[e]
-            out[r] = _Explained(idx[e, :m], acts_r[e, :m], w[e, :m], bias[e], error[e], contrib[e], order[e, :, :m])
+            out[r] = _Explained(acts_r[e, :m], w[e, :m], bias[e], error[e], contrib[e], order[e, :, :m])
         return out
 
-    def _explanation(self, ex: "_Explained", items: list[dict]) -> list[dict]:
-        """Fill each listed item's explanation and return the active concepts (descriptions and
-        labels from process memory, ``ConceptStore.described``)."""
-        lat, sup = ex.latents.tolist(), (ex.strengths > 0).tolist()
+    def _explanation(self, ex: "_Explained", lat: list[int], items: list[dict]) -> list[dict]:
+        """Fill each listed item's explanation and return the active concepts ``lat`` (descriptions
+        and labels from process memory, ``ConceptStore.described``)."""
+        sup = (ex.strengths > 0).tolist()
         contrib, order, bias, error = ex.contributions.tolist(), ex.order.tolist(), ex.bias.tolist(), ex.error.tolist()
         concepts = self.store.described(lat)
         described = [concepts[j] for j in lat]
@@ -559,12 +549,10 @@ class _Scored(NamedTuple):
 
 
 class _Explained(NamedTuple):
-    """One request's share of ``Core._explain_batch``: its n_active firing latents (by
-    activation) and the decomposition of its listed items' scores (all k_max of the batch),
-    numbers rounded for the wire."""
+    """One request's share of ``Core._explain_batch``: its n_active firing latents' (its plan's
+    ``active``) activations and the decomposition of its listed items' scores (all k_max of the
+    batch), numbers rounded for the wire."""
 
-    latents: np.ndarray
-    """(n_active,) the firing latents"""
     activations: np.ndarray
     strengths: np.ndarray
     """(n_active,) suppression strength of each (0: not suppressed)"""

@@ -71,7 +71,7 @@ def model_json(model: BaseModel) -> Response:
 
 
 def body_json(body: dict) -> Response:
-    """A body built as plain dicts (``Core._finish``), serialised by orjson: on an explained
+    """A body built as plain dicts (``Core.finish``), serialised by orjson: on an explained
     body (~90 objects, 11 KB) 3x faster than pydantic-core's ``to_json`` (34 -> 10 us) and 10x
     faster than ``json.dumps``, with the same bytes (a test compares them)."""
     return Response(orjson.dumps(body), media_type="application/json")
