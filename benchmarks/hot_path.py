@@ -271,7 +271,7 @@ def compat_bundle(bundle: Path, tree: Path, work: Path) -> Path:
     import json
     import shutil
 
-    from recsae.bundle import MANIFEST, _hash_tree
+    from recsae.bundle import MANIFEST, _hash_tree, files_hash
 
     out = work.resolve() / f"compat-{tree.name}-{bundle.name}"
     if (out / MANIFEST).is_file():
@@ -282,9 +282,7 @@ def compat_bundle(bundle: Path, tree: Path, work: Path) -> Path:
                    env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
     manifest = json.loads((tmp / MANIFEST).read_text())
     manifest["files"] = _hash_tree(tmp)
-    import hashlib
-
-    manifest["bundle_hash"] = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
+    manifest["bundle_hash"] = files_hash(manifest["files"])
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, out)
     return out

@@ -53,6 +53,11 @@ def _hash_tree(root: Path) -> dict[str, str]:
     }
 
 
+def files_hash(files: dict[str, str]) -> str:
+    """The bundle hash: one digest of every file's name and hash (the manifest's ``files``)."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
     """Create a bundle atomically.
 
@@ -66,7 +71,7 @@ def write_bundle(out: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Pat
     try:
         body = fill(tmp)
         files = _hash_tree(tmp)
-        bundle_hash = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        bundle_hash = files_hash(files)
         manifest = {
             "format_version": FORMAT_VERSION,
             "recsae_version": __version__,
