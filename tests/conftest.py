@@ -157,3 +157,18 @@ def serving_bundle(describer: str | None = None) -> Path:
     processes): the synthetic one, so they need no dataset; `stats` concepts unless
     RECSAE_TEST_DESCRIBER says otherwise (``none``: a bundle without described concepts)."""
     return build_synthetic_bundle(describer=describer or os.environ.get("RECSAE_TEST_DESCRIBER", "stats"))
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    """The served bundle of a service test module (``serving_bundle``); a module that serves
+    another one defines its own ``bundle``."""
+    return serving_bundle()
+
+
+@pytest.fixture(scope="module")
+def engine(bundle: Path):
+    """The module's bundle loaded as the service loads it (ONNX Runtime + the NumPy kernel)."""
+    from recsae.engine import Engine
+
+    return Engine.from_path(str(bundle))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,20 +19,6 @@ from tests.devserver import Client, ServeProcess
 TOKEN = "audit-routes-" + uuid.uuid4().hex[:10]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Path:
-    from tests.conftest import serving_bundle
-
-    return serving_bundle()
-
-
-@pytest.fixture(scope="module")
-def engine(bundle):
-    from recsae.engine import Engine
-
-    return Engine.from_path(str(bundle))
 
 
 class _Answer:

@@ -44,13 +44,6 @@ PREFIX = f"hard-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
-def bundle() -> Path:
-    from tests.conftest import serving_bundle
-
-    return serving_bundle()
-
-
-@pytest.fixture(scope="module")
 def users(bundle) -> list[str]:
     return [str(u) for u in np.load(bundle / "users.npz")["user_ids"][:50]]
 

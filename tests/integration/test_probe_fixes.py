@@ -42,13 +42,6 @@ needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="r
 
 
 @pytest.fixture(scope="module")
-def bundle() -> Path:
-    from tests.conftest import serving_bundle
-
-    return serving_bundle()
-
-
-@pytest.fixture(scope="module")
 def redis_server():
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")

@@ -9,7 +9,6 @@ import time
 import tempfile
 import uuid
 from dataclasses import replace
-from pathlib import Path
 
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsae-prom-"))
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
@@ -17,23 +16,11 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.conftest import SYNTHETIC_SETTINGS, serving_bundle  # noqa: E402
+from tests.conftest import SYNTHETIC_SETTINGS  # noqa: E402
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 TOKEN = "test-admin-token-" + uuid.uuid4().hex[:8]
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Admin-Label": "pytest"}
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Path:
-    return serving_bundle()
-
-
-@pytest.fixture(scope="module")
-def engine(bundle):
-    from recsae.engine import Engine
-
-    return Engine.from_path(str(bundle))
 
 
 @pytest.fixture(scope="module")
