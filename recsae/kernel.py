@@ -365,7 +365,7 @@ def score_top_k(
     if kept.late.any():  # NaN-scored rows: all rows scored whole (the same products, so the same values)
         rows = np.flatnonzero(kept.late)
         sub = [exclude[r] for r in rows] if exclude is not None else None
-        kept.ids[rows], kept.sc[rows] = _exact_top(_with_exclusions(_dense(X, item_emb)[rows], sub), k)
+        kept.ids[rows], kept.sc[rows] = top_items(_dense(X, item_emb)[rows], k, sub)
     return kept.ids, kept.sc
 
 
@@ -521,13 +521,6 @@ def _dense(X: np.ndarray, E: np.ndarray) -> np.ndarray:
         return X @ E.T
     XT = np.ascontiguousarray(np.concatenate([X, X]).T if len(X) == 1 else X.T)
     return np.ascontiguousarray((np.ascontiguousarray(E) @ XT)[:, : len(X)].T)
-
-
-def _with_exclusions(scores: np.ndarray, exclude: list[np.ndarray] | None) -> np.ndarray:
-    for r, e in enumerate(exclude or []):
-        if len(e):
-            scores[r, e] = -np.inf
-    return scores
 
 
 def recommend(
