@@ -80,7 +80,8 @@ class Engine:
         # Row-major. Exact scoring (``recsae.kernel.score_top_k``) multiplies blocks of rows by
         # the batch's X.T: at 1M items a batch of 8 users costs ~2x one user, where ``X @ E.T``
         # from column-major items (the layout before) cost ~3.5x, 32 users ~4x vs ~9x; one user
-        # is about as fast either way (benchmarks/hot_path.py, part ``floor``). The rows that
+        # alone is ~10% slower (1M items: 14.6-16.4 vs 12.7-13.2 ms; benchmarks/hot_path.py,
+        # part ``floor``). The rows that
         # explanations and the ANN re-scoring gather (``item_emb[ids]``) are contiguous too.
         self.ann = ann.load(bundle.path, bundle.manifest, bundle.item_emb)
         self.item_emb = np.ascontiguousarray(bundle.item_emb, dtype=np.float32)

@@ -239,10 +239,11 @@ class ConceptStore:
             items = [c for c in items if c.status == status]
         if q:
             words = [w for w in q.lower().split() if w]
+            texts = [(c, searchable_text(c)) for c in items]  # once a concept, for both passes
             # whole words first ("popular" must not match every "mid-popularity"); partial words
             # only when no concept has them all as words ("horr" still finds horror)
-            whole = [c for c in items if all(_has_word(searchable_text(c), w) for w in words)]
-            items = whole or [c for c in items if all(w in searchable_text(c) for w in words)]
+            whole = [c for c, t in texts if all(_has_word(t, w) for w in words)]
+            items = whole or [c for c, t in texts if all(w in t for w in words)]
         key = sort.lstrip("-")
         desc = sort.startswith("-")
         if key == "latent":
