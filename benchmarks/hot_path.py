@@ -91,7 +91,7 @@ def price(bundle: Path, redis_url: str, n: int, rounds: int) -> list[str]:
     starts), so the rounds' medians compare processes, not one lucky or unlucky start."""
     users = user_ids(str(bundle))
     out: list[str] = []
-    plain, sae = _pair(bundle, redis_url)
+    plain, sae = _pair(bundle, redis_url, users)
     try:
         # paired, concurrency 1: the three ways back to back per user, order rotating
         ways = [("plain", plain.port, False), ("explain=false", sae.port, False), ("explain=true", sae.port, True)]
@@ -125,7 +125,7 @@ def price(bundle: Path, redis_url: str, n: int, rounds: int) -> list[str]:
     thr: dict[str, list[float]] = {w: [] for w in names}
     cpu: dict[str, list[float]] = {w: [] for w in names}
     for r in range(rounds):
-        plain, sae = _pair(bundle, redis_url)
+        plain, sae = _pair(bundle, redis_url, users)
         try:
             ways = [("plain", plain, False), ("explain=false", sae, False), ("explain=true", sae, True)]
             for name, srv, explain in ways[r % 3:] + ways[: r % 3]:
@@ -152,9 +152,8 @@ def price(bundle: Path, redis_url: str, n: int, rounds: int) -> list[str]:
     return out
 
 
-def _pair(bundle: Path, redis_url: str) -> tuple[TreeServer, TreeServer]:
+def _pair(bundle: Path, redis_url: str, users: list[str]) -> tuple[TreeServer, TreeServer]:
     """A server of the recommender alone and one with the SAE, warmed up."""
-    users = user_ids(str(bundle))
     plain = serve(ROOT, bundle, redis_url, RECSAE_PLAIN_SCORES="1")
     try:
         sae = serve(ROOT, bundle, redis_url)
@@ -292,14 +291,15 @@ def versus(base: Path, sizes: list[int], work: Path, redis_url: str, n: int, rou
     out = [f"### Throughput at {conc} concurrent clients, explain=true: previous commit vs this tree", "",
            "| items | previous req/s | this tree req/s | ratio | previous p50 ms | this p50 ms | errors |",
            "|---:|---:|---:|---:|---:|---:|---:|"]
+    base_env = _as_installed(base)
     for size in sizes:
         bundle = catalogue_scale.BASE if size <= 1682 else catalogue_scale.synthetic_bundle(size, work / f"items-{size}")
         users = user_ids(str(bundle))
+        served = {base: (compat_bundle(bundle, base, work), base_env), ROOT: (bundle, {})}
         res: dict[str, dict] = {"base": {"thr": [], "lat": [], "err": 0}, "this": {"thr": [], "lat": [], "err": 0}}
         for r in range(rounds):
             for name, tree in (("base", base), ("this", ROOT)) if r % 2 == 0 else (("this", ROOT), ("base", base)):
-                srv = serve(tree, compat_bundle(bundle, tree, work) if tree == base else bundle, redis_url,
-                            **(_as_installed(tree) if tree == base else {}))
+                srv = serve(tree, served[tree][0], redis_url, **served[tree][1])
                 try:
                     run_cell(srv.port, users, 64, conc, (True,), 0)  # warm-up
                     cell = run_cell(srv.port, users, n, conc, (True,), offset=r * n)
