@@ -75,6 +75,12 @@ class SAEKernel:
         """The decoder in float64 for ``pursuit``'s solves, converted once per kernel (not per request)."""
         return self.W_dec.astype(np.float64)
 
+    @cached_property
+    def _W_enc_t(self) -> np.ndarray:
+        """The encoder transposed and contiguous: ``x @ W_enc.T`` through a strided view is 3x
+        slower at serving batch sizes (8 rows: 47 -> 14 us)."""
+        return np.ascontiguousarray(self.W_enc.T)
+
     @property
     def n_latents(self) -> int:
         return self.W_dec.shape[0]
@@ -106,13 +112,9 @@ class SAEKernel:
             return Codes(np.concatenate([p.acts for p in parts]), np.concatenate([p.idx for p in parts]))
         if self.encoder == "pursuit":
             return self.pursuit(x)
-        pre = (x - self.b_dec) @ self.W_enc.T + self.b_enc
-        k = self.k
-        idx = np.argpartition(pre, -k, axis=1)[:, -k:]
-        acts = np.take_along_axis(pre, idx, axis=1)
-        order = np.argsort(-acts, axis=1, kind="stable")
-        idx = np.take_along_axis(idx, order, axis=1).astype(np.int64)
-        acts = np.maximum(np.take_along_axis(acts, order, axis=1), 0.0).astype(np.float32)
+        pre = (x - self.b_dec) @ self._W_enc_t + self.b_enc
+        idx = largest_first(pre, self.k)
+        acts = np.maximum(np.take_along_axis(pre, idx, axis=1), 0.0).astype(np.float32)
         return Codes(acts, idx)
 
     def pursuit(self, x: np.ndarray) -> Codes:
@@ -218,6 +220,22 @@ class SAEKernel:
         bias = item_vectors @ b_dec if b_dec.ndim == 1 else (item_vectors @ b_dec[:, :, None])[:, :, 0]
         error = (item_vectors @ (x - recon)[:, :, None])[:, :, 0]
         return Explanation(contrib.astype(np.float32), bias, error)
+
+
+def largest_first(pre: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` largest columns, largest first, ties to the lower column (int64 ``(B, k)``).
+
+    ``k`` passes of ``argmax``: for a TopK SAE's small k this beats ``argpartition`` + a sort of
+    the k at every batch size measured (1,024 latents, k=8: 1 row 13 vs 17 us, 8 rows 19 vs
+    83 us, 4,096 rows 7 vs 42 ms), and it breaks ties the same way in any batch."""
+    p = np.array(pre, dtype=np.float32 if pre.dtype == np.float32 else np.float64)  # a copy, overwritten
+    rows = np.arange(len(p))
+    out = np.empty((len(p), k), dtype=np.int64)
+    for t in range(k):
+        j = p.argmax(axis=1)
+        out[:, t] = j
+        p[rows, j] = -np.inf
+    return out
 
 
 def check_baseline(strength: float) -> None:

@@ -225,3 +225,17 @@ def test_reserved_direction_lives_in_its_own_latent_only():
     assert np.corrcoef(a0, x @ p)[0, 1] > 0.9 and np.corrcoef(a0, amount)[0, 1] > 0.7
     # and it costs the reconstruction little: the other latents read and write only the rest
     assert res.train.fvu < 1.1 * plain_res.train.fvu and res.train.dead_ratio <= plain_res.train.dead_ratio + 0.02
+
+
+@pytest.mark.parametrize("rows,k", [(1, 8), (8, 8), (300, 16), (5, 32)])
+def test_largest_first_matches_a_stable_sort_with_ties_to_the_lower_latent(rows, k):
+    from recsae.kernel import largest_first
+
+    rng = np.random.default_rng(rows + k)
+    pre = rng.standard_normal((rows, 256)).astype(np.float32)
+    pre[:, 40:60] = pre[:, :1]  # each row's first value repeated: ties, some of them across the k-th place
+    pre[:, 100:104] = np.float32(9.0)  # a four-way tie at the top
+    expected = np.argsort(-pre.astype(np.float64), axis=1, kind="stable")[:, :k]
+    before = pre.copy()
+    assert (largest_first(pre, k) == expected).all()
+    assert (pre == before).all()  # the input is not overwritten
