@@ -22,8 +22,9 @@ class Batcher:
     with the load. At most ``max_batch`` requests per batch (bounds the (B, n_items) scores).
     """
 
-    def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch: int = 32):
-        self.run, self.max_batch = run, max(1, int(max_batch))
+    def __init__(self, run: Callable[[list[Any]], list[Any]], max_batch: int = 32,
+                 observe: Callable[[int], None] | None = None):
+        self.run, self.max_batch, self.observe = run, max(1, int(max_batch)), observe
         self._queue: list[tuple[Any, Any, Any]] = []
         self._lock = threading.Lock()
         self._busy = False
@@ -52,6 +53,8 @@ class Batcher:
                     self._busy = False
                     return
             self.sizes.append(len(batch))
+            if self.observe is not None:
+                self.observe(len(batch))
             try:
                 results: list[Any] = self.run([job for job, _, _ in batch])
             except Exception as e:  # noqa: BLE001 - a failure of the shared part fails this batch only

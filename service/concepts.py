@@ -44,6 +44,9 @@ class Described(NamedTuple):
 
     summary: ConceptSummary
     label: str | None
+    entry: dict
+    """its ``active_latents`` entry (schema ``ActiveLatent``), the per-request fields (activation,
+    suppressed, strength) still to fill in: copy it, never change it"""
 
 
 class ConceptStore:
@@ -70,7 +73,9 @@ class ConceptStore:
 
     # -- the process-local copy (the request path) --------------------------------------------------
     def _put(self, latent: int, s: ConceptSummary) -> None:
-        self._view[latent] = Described(s, label_of(s.description))  # one dict store: atomic under the GIL
+        entry = {"latent": latent, "activation": 0.0, "description": s.description, "confidence": s.confidence,
+                 "status": s.status, "suppressed": False, "strength": 0.0}
+        self._view[latent] = Described(s, label_of(s.description), entry)  # one dict store: atomic under the GIL
 
     def described(self, latents: list[int]) -> dict[int, Described]:
         """The active concepts of a request, from process memory (no I/O)."""

@@ -112,7 +112,7 @@ class Core:
         # plain: serve the recommender alone (no SAE encode, no steering, no explanation) — the
         # baseline of benchmarks/hot_path.py's "price of explanation"
         self.plain = settings.plain_scores
-        self.batcher = Batcher(self.run_batch, settings.max_batch)
+        self.batcher = Batcher(self.run_batch, settings.max_batch, M.BATCH_SIZE.observe)
         self._served = {src: M.RECOMMENDATIONS.labels(src) for src in ("user", "history")}
         self.ready = False
         self._warming = False
@@ -283,7 +283,7 @@ class Core:
                 ids, sc = eng.ann.top_items(xs, k_max, exclude)
             else:  # the item matrix is read once per batch, block by block (no (B, n_items) scores)
                 ids, sc = score_top_k(xs, eng.item_emb, k_max, exclude)
-            explained = self._explain_batch(jobs, plans, ids)
+            explained = self._explain_batch(jobs, plans, xs, ids)
             # everything excluded in a tiny catalogue: never -inf in JSON (sorted best first, the
             # non-finite scores are each row's tail)
             n_ok = np.isfinite(sc).sum(axis=1).tolist()
@@ -398,67 +398,79 @@ class Core:
             "active_latents": active_out,
         }
 
-    def _explain_batch(self, jobs: list["Job"], plans: list[tuple[int, "_Plan"]],
+    def _explain_batch(self, jobs: list["Job"], plans: list[tuple[int, "_Plan"]], xs: np.ndarray,
                        ids: np.ndarray) -> list["_Explained | None"]:
         """Per-item bias + contributions + error (= the steered score) for every explained
         request of a batch, in one ``SAEKernel.explain`` call, one sort and one rounding: the
-        per-request work left is building the body's lists (``_explanation``).
+        per-request work left is building the body's lists (``_explanation``). ``xs``: the
+        plans' steered representations, stacked (what was scored); ``ids``: the listed items.
 
         Each row is explained on its steered representation, its steered codes (z_j scaled by
         1 - w_j, ``w`` the suppression weights its steering used) and its steered bias
         ((1 - baseline) b_dec), so bias + sum(contributions) + error == steered score. All rows
         are explained over the batch's ``k_max`` listed items; ``finish`` keeps its first k.
+        The number of NumPy calls does not grow with the batch: at a batch of one they are the
+        cost (each ~2 us).
         """
         out: list[_Explained | None] = [None] * len(plans)
         rows = [] if self.plain else [r for r, (i, _) in enumerate(plans) if jobs[i].opts.explain]
         if not rows:
             return out
         ps = [plans[r][1] for r in rows]
-
-        def stack(part: Any) -> np.ndarray:
-            return np.concatenate([part(p) for p in ps]) if len(ps) > 1 else part(ps[0])
-
-        acts, idx = stack(lambda p: p.codes.acts), stack(lambda p: p.codes.idx)
-        w, xs = stack(lambda p: p.weights), stack(lambda p: p.xs)
-        baseline = np.array([p.baseline for p in ps])
-        ex = self.sae.explain(xs, Codes(acts * (1.0 - w), idx), self.engine.item_emb[ids[rows]], baseline)
+        if len(ps) == 1:
+            p = ps[0]
+            acts, idx, w, baseline = p.codes.acts, p.codes.idx, p.weights, np.array([p.baseline])
+        else:
+            acts = np.concatenate([p.codes.acts for p in ps])
+            idx = np.concatenate([p.codes.idx for p in ps])
+            w = np.concatenate([p.weights for p in ps])
+            baseline = np.array([p.baseline for p in ps])
+        sel = rows if len(rows) < len(plans) else slice(None)
+        ex = self.sae.explain(xs[sel], Codes(acts * (1.0 - w), idx), self.engine.item_emb[ids[sel]], baseline)
+        E, k, n = ex.contributions.shape
+        # one rounding for all numbers of the explanations: per item its k contributions, then
+        # bias and error
+        table = np.empty((E, n, k + 2))
+        table[:, :, :k] = ex.contributions.transpose(0, 2, 1)
+        table[:, :, k], table[:, :, k + 1] = ex.bias, ex.error
         # a row's firing latents are its first n_active (``run_batch``); they are ranked per
         # item, largest contribution first
         n_active = [len(p.active) for p in ps]
-        firing = np.arange(acts.shape[1]) < np.array(n_active)[:, None]
-        key = np.where(firing[:, :, None], ex.contributions, -np.inf)
-        order = np.argsort(-key, axis=1, kind="stable").transpose(0, 2, 1)  # (E, n, k)
-        contrib = _round(ex.contributions.transpose(0, 2, 1))  # (E, n, k)
-        bias, error, acts_r = _round(ex.bias), _round(ex.error), _round(acts)
-        # arrays, not lists: the lists are made by ``finish`` on the thread that serialises them
+        key = -table[:, :, :k]
+        if min(n_active) < k:  # latents that did not fire go last (and are cut by ``finish``)
+            key = np.where(np.arange(k) >= np.array(n_active)[:, None, None], np.inf, key)
+        order = np.argsort(key, axis=2, kind="stable")  # (E, n, k)
+        np.round(table, DECIMALS, out=table)
+        acts_r = _round(acts)
         for e, r in enumerate(rows):
             m = n_active[e]
-            out[r] = _Explained(acts_r[e, :m], w[e, :m], bias[e], error[e], contrib[e], order[e, :, :m])
+            out[r] = _Explained(acts_r[e, :m], w[e, :m], table[e], order[e, :, :m])
         return out
 
     def _explanation(self, ex: "_Explained", lat: list[int], items: list[dict]) -> list[dict]:
         """Fill each listed item's explanation and return the active concepts ``lat`` (descriptions
-        and labels from process memory, ``ConceptStore.described``)."""
-        sup = (ex.strengths > 0).tolist()
-        contrib, order, bias, error = ex.contributions.tolist(), ex.order.tolist(), ex.bias.tolist(), ex.error.tolist()
-        concepts = self.store.described(lat)
-        described = [concepts[j] for j in lat]
-        labels = [d.label for d in described]
-        for n, item in enumerate(items):
-            c = contrib[n]
-            item["explanation"] = {
-                "bias": bias[n],
-                "error": error[n],
-                "contributions": [
-                    {"latent": lat[a], "contribution": c[a], "label": labels[a], "suppressed": sup[a]}
-                    for a in order[n]
-                ],
-            }
-        return [
-            {"latent": j, "activation": a, "description": d.summary.description, "confidence": d.summary.confidence,
-             "status": d.summary.status, "suppressed": s, "strength": w}
-            for j, a, d, s, w in zip(lat, ex.activations.tolist(), described, sup, ex.strengths.tolist())
-        ]
+        and labels from process memory, ``ConceptStore.described``; their entries prebuilt there)."""
+        strengths = ex.strengths.tolist()
+        sup = [s > 0 for s in strengths]
+        table, order = ex.table.tolist(), ex.order.tolist()
+        described = self.store.described(lat)
+        k = len(table[0]) - 2 if table else 0
+        # each latent's contribution entry, less the number, made once per request
+        protos = [{"latent": j, "contribution": 0.0, "label": described[j].label, "suppressed": s}
+                  for j, s in zip(lat, sup)]
+        for item, nums, ranked in zip(items, table, order):
+            contributions = []
+            for a in ranked:
+                c = protos[a].copy()
+                c["contribution"] = nums[a]
+                contributions.append(c)
+            item["explanation"] = {"bias": nums[k], "error": nums[k + 1], "contributions": contributions}
+        active = []
+        for j, a, s, w in zip(lat, ex.activations.tolist(), sup, strengths):
+            e = described[j].entry.copy()
+            e["activation"], e["suppressed"], e["strength"] = a, s, w
+            active.append(e)
+        return active
 
     # -- concepts and bundle ----------------------------------------------------------------------
     def concept(self, latent: int) -> Concept:
@@ -556,11 +568,8 @@ class _Explained(NamedTuple):
     activations: np.ndarray
     strengths: np.ndarray
     """(n_active,) suppression strength of each (0: not suppressed)"""
-    bias: np.ndarray
-    """(n,) per listed item"""
-    error: np.ndarray
-    contributions: np.ndarray
-    """(n, k) each latent position's contribution to each listed item"""
+    table: np.ndarray
+    """(n, k + 2) per listed item: each latent position's contribution, then bias and error"""
     order: np.ndarray
     """(n, n_active) per item, the firing latent positions, largest contribution first"""
 

@@ -126,3 +126,35 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(core):
     assert max(core.batcher.sizes) > 1, list(core.batcher.sizes)  # requests really were batched
     for n, b in enumerate(got):
         assert_same(b, single[n % len(jobs)])
+
+
+def test_latents_that_do_not_fire_are_left_out_of_explanations_batched_or_alone(core):
+    """A code can hold fewer than k firing latents (activation 0 after the ReLU). Here the
+    bundle's own SAE with its encoder bias lowered so that users fire 1..k-1 latents: each body
+    lists only its firing latents, every item ranks exactly those by contribution (largest
+    first), and a batch mixing such rows with full ones answers each as alone."""
+    import dataclasses
+
+    full = core.sae
+    users = [str(u) for u in core.bundle.users.user_ids[:10]]
+    x = core.engine.encode_users(np.array([core.bundle.users.index_of(u) for u in users]))
+    pre = np.sort((x - full.b_dec) @ full.W_enc.T + full.b_enc, axis=1)[:, ::-1]
+    shift = float(np.median(pre[:, full.k - 1]))  # about half the users fire fewer than k
+    core.sae = dataclasses.replace(full, b_enc=full.b_enc - np.float32(shift))
+    try:
+        jobs = [Job("user", u, None, opts()) for u in users]
+        batched = core.answers(jobs)
+        fewer = 0
+        for job, body in zip(jobs, batched):
+            assert_same(body, alone(core, job))
+            lat = [a["latent"] for a in body["active_latents"]]
+            assert all(a["activation"] > 0 for a in body["active_latents"])
+            fewer += len(lat) < full.k
+            for item in body["items"]:
+                contrib = item["explanation"]["contributions"]
+                assert sorted(c["latent"] for c in contrib) == sorted(lat)
+                values = [c["contribution"] for c in contrib]
+                assert values == sorted(values, reverse=True)
+        assert 0 < fewer < len(users), fewer  # rows with fewer than k firing, batched with full ones
+    finally:
+        core.sae = full

@@ -161,7 +161,8 @@ def test_a_batch_of_codes_counts_as_its_requests_one_by_one():
             want_sums[lat] += a
         for t in (batched, single):
             assert t.n == min(len(rows), window)
-            assert t._counts.tolist() == want_counts.tolist()
-            assert np.allclose(t._sums, want_sums)
+            counts, sums = t.totals()
+            assert counts.tolist() == want_counts.tolist()
+            assert np.allclose(sums, want_sums)
     b, s = batched.snapshot(), single.snapshot()
     assert b.jsd == pytest.approx(s.jsd) and np.allclose(b.live_rate, s.live_rate)

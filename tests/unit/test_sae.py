@@ -227,7 +227,7 @@ def test_reserved_direction_lives_in_its_own_latent_only():
     assert res.train.fvu < 1.1 * plain_res.train.fvu and res.train.dead_ratio <= plain_res.train.dead_ratio + 0.02
 
 
-@pytest.mark.parametrize("rows,k", [(1, 8), (8, 8), (300, 16), (5, 32)])
+@pytest.mark.parametrize("rows,k", [(1, 8), (3, 16), (8, 8), (300, 16), (5, 32)])
 def test_largest_first_matches_a_stable_sort_with_ties_to_the_lower_latent(rows, k):
     from recsae.kernel import largest_first
 
@@ -237,5 +237,7 @@ def test_largest_first_matches_a_stable_sort_with_ties_to_the_lower_latent(rows,
     pre[:, 100:104] = np.float32(9.0)  # a four-way tie at the top
     expected = np.argsort(-pre.astype(np.float64), axis=1, kind="stable")[:, :k]
     before = pre.copy()
-    assert (largest_first(pre, k) == expected).all()
+    idx, vals = largest_first(pre, k)
+    assert (idx == expected).all()
+    assert (vals == np.take_along_axis(pre, expected, axis=1)).all()
     assert (pre == before).all()  # the input is not overwritten
