@@ -109,6 +109,8 @@ class Core:
         )
         if self.tracker is not None:
             self.store.tracked = self.tracker.tracking.is_set
+        self._unweighted = np.zeros((1, self.sae.k), dtype=np.float32)  # suppression weights of nothing
+        self._unweighted.setflags(write=False)
         # plain: serve the recommender alone (no SAE encode, no steering, no explanation) — the
         # baseline of benchmarks/hot_path.py's "price of explanation"
         self.plain = settings.plain_scores
@@ -349,8 +351,11 @@ class Core:
             suppress, o.suppress_baseline, o.mode,
         )
         strengths, sources, baseline, baseline_source, use_mode = st
-        weights = sae.suppression_weights(codes, strengths)
-        xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)
+        if not strengths and not baseline and use_mode == "error":  # the usual request: x as encoded
+            weights, xs = self._unweighted, x
+        else:
+            weights = sae.suppression_weights(codes, strengths)
+            xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)
         return _Plan(xs, codes, weights, active, pol, strengths, sources, baseline, baseline_source, use_mode)
 
     def finish(self, scored: "_Scored") -> dict[str, Any]:
@@ -429,22 +434,20 @@ class Core:
         ex = self.sae.explain(xs[sel], Codes(acts * (1.0 - w), idx), self.engine.item_emb[ids[sel]], baseline)
         E, k, n = ex.contributions.shape
         # one rounding for all numbers of the explanations: per item its k contributions, then
-        # bias and error
-        table = np.empty((E, n, k + 2))
-        table[:, :, :k] = ex.contributions.transpose(0, 2, 1)
-        table[:, :, k], table[:, :, k + 1] = ex.bias, ex.error
+        # bias and error; a last row with the activations
+        table = np.zeros((E, n + 1, k + 2))
+        table[:, :n, :k] = ex.contributions.transpose(0, 2, 1)
+        table[:, :n, k], table[:, :n, k + 1], table[:, n, :k] = ex.bias, ex.error, acts
         # a row's firing latents are its first n_active (``run_batch``); they are ranked per
         # item, largest contribution first
         n_active = [len(p.active) for p in ps]
-        key = -table[:, :, :k]
+        key = -table[:, :n, :k]
         if min(n_active) < k:  # latents that did not fire go last (and are cut by ``finish``)
             key = np.where(np.arange(k) >= np.array(n_active)[:, None, None], np.inf, key)
         order = np.argsort(key, axis=2, kind="stable")  # (E, n, k)
         np.round(table, DECIMALS, out=table)
-        acts_r = _round(acts)
         for e, r in enumerate(rows):
-            m = n_active[e]
-            out[r] = _Explained(acts_r[e, :m], w[e, :m], table[e], order[e, :, :m])
+            out[r] = _Explained(w[e, : n_active[e]], table[e], order[e, :, : n_active[e]])
         return out
 
     def _explanation(self, ex: "_Explained", lat: list[int], items: list[dict]) -> list[dict]:
@@ -453,8 +456,9 @@ class Core:
         strengths = ex.strengths.tolist()
         sup = [s > 0 for s in strengths]
         table, order = ex.table.tolist(), ex.order.tolist()
+        activations = table.pop()
         described = self.store.described(lat)
-        k = len(table[0]) - 2 if table else 0
+        k = len(activations) - 2
         # each latent's contribution entry, less the number, made once per request
         protos = [{"latent": j, "contribution": 0.0, "label": described[j].label, "suppressed": s}
                   for j, s in zip(lat, sup)]
@@ -466,7 +470,7 @@ class Core:
                 contributions.append(c)
             item["explanation"] = {"bias": nums[k], "error": nums[k + 1], "contributions": contributions}
         active = []
-        for j, a, s, w in zip(lat, ex.activations.tolist(), sup, strengths):
+        for j, a, s, w in zip(lat, activations, sup, strengths):
             e = described[j].entry.copy()
             e["activation"], e["suppressed"], e["strength"] = a, s, w
             active.append(e)
@@ -562,14 +566,14 @@ class _Scored(NamedTuple):
 
 class _Explained(NamedTuple):
     """One request's share of ``Core._explain_batch``: its n_active firing latents' (its plan's
-    ``active``) activations and the decomposition of its listed items' scores (all k_max of the
-    batch), numbers rounded for the wire."""
+    ``active``) suppression and activations, and the decomposition of its listed items' scores
+    (all k_max of the batch), numbers rounded for the wire."""
 
-    activations: np.ndarray
     strengths: np.ndarray
     """(n_active,) suppression strength of each (0: not suppressed)"""
     table: np.ndarray
-    """(n, k + 2) per listed item: each latent position's contribution, then bias and error"""
+    """(n + 1, k + 2) per listed item: each latent position's contribution, then bias and error;
+    the last row: the k activations (then two zeros)"""
     order: np.ndarray
     """(n, n_active) per item, the firing latent positions, largest contribution first"""
 
