@@ -289,8 +289,9 @@ def compat_bundle(bundle: Path, tree: Path, work: Path) -> Path:
 
 def versus(base: Path, sizes: list[int], work: Path, redis_url: str, n: int, rounds: int, conc: int) -> list[str]:
     out = [f"### Throughput at {conc} concurrent clients, explain=true: previous commit vs this tree", "",
-           "| items | previous req/s | this tree req/s | ratio | previous p50 ms | this p50 ms | errors |",
-           "|---:|---:|---:|---:|---:|---:|---:|"]
+           "| items | previous req/s | this tree req/s | ratio | per round (previous / this) | previous p50 ms | "
+           "this p50 ms | errors |",
+           "|---:|---:|---:|---:|---|---:|---:|---:|"]
     base_env = _as_installed(base)
     for size in sizes:
         bundle = catalogue_scale.BASE if size <= 1682 else catalogue_scale.synthetic_bundle(size, work / f"items-{size}")
@@ -309,7 +310,8 @@ def versus(base: Path, sizes: list[int], work: Path, redis_url: str, n: int, rou
                 res[name]["lat"] += cell["lat"][True]
                 res[name]["err"] += cell["errors"]
         b, t = statistics.median(res["base"]["thr"]), statistics.median(res["this"]["thr"])
-        out.append(f"| {size:,} | {b:.0f} | {t:.0f} | {t / b:.2f}x | {ms(res['base']['lat']):.1f} | "
+        rounds_ = " ".join(f"{x:.0f}/{y:.0f}" for x, y in zip(res["base"]["thr"], res["this"]["thr"]))
+        out.append(f"| {size:,} | {b:.0f} | {t:.0f} | {t / b:.2f}x | {rounds_} | {ms(res['base']['lat']):.1f} | "
                    f"{ms(res['this']['lat']):.1f} | {res['base']['err'] + res['this']['err']} |")
         print(f"done {size}", file=sys.stderr, flush=True)
     return out

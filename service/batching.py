@@ -59,14 +59,23 @@ class Batcher:
                 results: list[Any] = self.run([job for job, _, _ in batch])
             except Exception as e:  # noqa: BLE001 - a failure of the shared part fails this batch only
                 results = [e] * len(batch)
+            # one wake-up of each waiting event loop per batch, not one per request
+            settled: dict[Any, list[tuple[Any, Any]]] = {}
             for (_, fut, loop), res in zip(batch, results):
+                settled.setdefault(loop, []).append((fut, res))
+            for loop, done in settled.items():
                 try:
-                    loop.call_soon_threadsafe(_settle, fut, res)
-                except RuntimeError:  # that request's event loop has closed: nobody waits for it
+                    loop.call_soon_threadsafe(_settle_all, done)
+                except RuntimeError:  # that event loop has closed: nobody waits for these
                     pass
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+def _settle_all(done: list[tuple[Any, Any]]) -> None:
+    for fut, res in done:
+        _settle(fut, res)
 
 
 def _settle(fut: Any, res: Any) -> None:
