@@ -202,10 +202,10 @@ class SAEKernel:
         """
         x = _rows(x)
         base = np.asarray(baseline, dtype=np.float64)
-        strengths = base.ravel().tolist()
-        for b in strengths:
+        baselines = base.ravel().tolist()
+        for b in baselines:
             check_baseline(b)
-        if not any(strengths):
+        if not any(baselines):
             b_dec = self.b_dec
         elif base.ndim == 0:
             b_dec = self.b_dec * np.float32(1.0 - base)

@@ -104,8 +104,6 @@ class Core:
         )
         if self.tracker is not None:
             self.store.tracked = self.tracker.tracking.is_set
-        self._unweighted = np.zeros((1, self.sae.k), dtype=np.float32)  # suppression weights of nothing
-        self._unweighted.setflags(write=False)
         # plain: serve the recommender alone (no SAE encode, no steering, no explanation) — the
         # baseline of benchmarks/hot_path.py's "price of explanation"
         self.plain = settings.plain_scores
@@ -346,11 +344,8 @@ class Core:
             suppress, o.suppress_baseline, o.mode,
         )
         strengths, sources, baseline, baseline_source, use_mode = st
-        if not strengths and not baseline and use_mode == "error":  # the usual request: x as encoded
-            weights, xs = self._unweighted, x
-        else:
-            weights = sae.suppression_weights(codes, strengths)
-            xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)
+        weights = sae.suppression_weights(codes, strengths)
+        xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)  # nothing to steer: x itself
         return _Plan(xs, codes, weights, active, pol, strengths, sources, baseline, baseline_source, use_mode)
 
     def finish(self, scored: "_Scored") -> dict[str, Any]:
