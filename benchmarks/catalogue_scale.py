@@ -154,7 +154,8 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
                     job = Job("user", uid, None, RecommendOptions(k=10, explain=True))
                     core._prepare(job)
                     plan = core._plan(job, x, codes, active)
-                    core._explanation(core._explain_batch([job], [(0, plan)], ids)[0], active, items)
+                    core._explanation(core._explain_batch([job], [(0, plan)], plan.xs, ids)[0], active, plan.strengths,
+                                      items)
                     t7 = time.perf_counter()
                     t["redis"].append(t6 - t5)
                     t["explain"].append(t7 - t6)

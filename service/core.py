@@ -363,7 +363,7 @@ class Core:
         ]
         active_out: list[dict] = []
         if ex is not None:
-            active_out = self._explanation(ex, active, items)
+            active_out = self._explanation(ex, active, strengths, items)
 
         audit = job.opts.audit  # an auditor's request: not live traffic
         if not self._warming:  # (drift: recorded for the whole batch by run_batch)
@@ -437,13 +437,15 @@ class Core:
         order = np.argsort(key, axis=2, kind="stable")  # (E, n, k)
         np.round(table, DECIMALS, out=table)
         for e, r in enumerate(rows):
-            out[r] = _Explained(w[e, : n_active[e]], table[e], order[e, :, : n_active[e]])
+            out[r] = _Explained(table[e], order[e, :, : n_active[e]])
         return out
 
-    def _explanation(self, ex: "_Explained", lat: list[int], items: list[dict]) -> list[dict]:
+    def _explanation(self, ex: "_Explained", lat: list[int], suppress: dict[int, float],
+                     items: list[dict]) -> list[dict]:
         """Fill each listed item's explanation and return the active concepts ``lat`` (descriptions
-        and labels from process memory, ``ConceptStore.described``; their entries prebuilt there)."""
-        strengths = ex.strengths.tolist()
+        and labels from process memory, ``ConceptStore.described``; their entries prebuilt there).
+        ``suppress``: the request's effective strengths (as its ``suppressed`` list shows them)."""
+        strengths = [suppress.get(j, 0.0) for j in lat]
         sup = [s > 0 for s in strengths]
         table, order = ex.table.tolist(), ex.order.tolist()
         activations = table.pop()
@@ -506,11 +508,9 @@ class _Scored(NamedTuple):
 
 class _Explained(NamedTuple):
     """One request's share of ``Core._explain_batch``: its n_active firing latents' (its plan's
-    ``active``) suppression and activations, and the decomposition of its listed items' scores
-    (all k_max of the batch), numbers rounded for the wire."""
+    ``active``) activations and the decomposition of its listed items' scores (all k_max of the
+    batch), numbers rounded for the wire."""
 
-    strengths: np.ndarray
-    """(n_active,) suppression strength of each (0: not suppressed)"""
     table: np.ndarray
     """(n + 1, k + 2) per listed item: each latent position's contribution, then bias and error;
     the last row: the k activations (then two zeros)"""

@@ -267,6 +267,10 @@ def test_each_suppressed_latent_can_carry_its_own_strength(client, engine):
     assert got["suppressed"] == sorted([{"latent": a, "strength": 0.7, "source": "request", "active": True},
                                         {"latent": b, "strength": 0.3, "source": "request", "active": True}],
                                        key=lambda e: e["latent"])  # listed by latent id
+    # each active concept shows the strength it was asked for, the same number (not float32's 0.699999988)
+    shown = {e["latent"]: (e["suppressed"], e["strength"]) for e in got["active_latents"]}
+    assert shown[a] == (True, 0.7) and shown[b] == (True, 0.3), shown
+    assert all(s == (False, 0.0) for j, s in shown.items() if j not in (a, b)), shown
     ids, scores = offline(engine, uid, k=20, suppress={a: 0.7, b: 0.3})
     assert [it["item_id"] for it in got["items"]] == ids
     assert [it["score"] for it in got["items"]] == pytest.approx(scores.tolist(), abs=1e-5)
