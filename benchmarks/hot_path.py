@@ -18,7 +18,8 @@
     .venv/bin/python benchmarks/hot_path.py --base /tmp/base --sizes 1682 --requests 300
     .venv/bin/python benchmarks/hot_path.py --parts floor --sizes 1000000   # part 2 alone
 
-Every server: one worker, its own private redis-server, loopback HTTP. Prints markdown.
+Every server: one worker, its own private redis-server, loopback HTTP, BentoML's access log on
+(the service's default; ``--access-log off`` for part 1 without it). Prints markdown.
 """
 
 from __future__ import annotations
@@ -327,12 +328,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--work", default=".pytest-bundles/synthetic", help="where synthetic bundles are kept")
     ap.add_argument("--parts", default="price,floor,versus")
+    ap.add_argument("--access-log", choices=("on", "off"), default="on",
+                    help="BentoML's access log of the servers (RECSAE_ACCESS_LOG; the service's default: on)")
     args = ap.parse_args()
+    if args.access_log == "off" and "versus" in args.parts.split(",") and args.base:
+        ap.error("--access-log off: the previous commit of part 3 cannot turn it off; use --parts price")
+    os.environ["RECSAE_ACCESS_LOG"] = "1" if args.access_log == "on" else "0"
     catalogue_scale.BASE = Path(args.bundle)
     parts = args.parts.split(",")
     load = os.getloadavg()
     lines = Printer([f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at start "
-                     f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; bundle {args.bundle}", ""])
+                     f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; bundle {args.bundle}; access log "
+                     f"{args.access_log}", ""])
     with RedisServer() if {"price", "versus"} & set(parts) else contextlib.nullcontext() as rs:
         if "price" in parts:
             lines += price(Path(args.bundle), rs.url, args.requests, args.rounds) + [""]

@@ -40,7 +40,8 @@ def _fail_start(message: str) -> None:
     os._exit(3)
 
 
-@bentoml.service(name="recsae", workers=SERVER.workers, traffic={"timeout": 30}, http={"port": SERVER.port})
+@bentoml.service(name="recsae", workers=SERVER.workers, traffic={"timeout": 30}, http={"port": SERVER.port},
+                 logging={"access": {"enabled": SERVER.access_log}})
 @bentoml.asgi_app(app, path="/")
 class RecSAEService:
     """Loads and verifies the bundle (RECSAE_BUNDLE), warms the request path, then serves."""

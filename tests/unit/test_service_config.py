@@ -48,10 +48,13 @@ def test_every_documented_variable_lands_in_the_settings():
 
 
 def test_server_settings_are_read_and_checked():
-    assert ServerSettings.from_env({}) == ServerSettings(workers=1, port=3000, max_body_bytes=65536)
+    assert ServerSettings.from_env({}) == ServerSettings(workers=1, port=3000, max_body_bytes=65536, access_log=True)
+    assert ServerSettings.from_env({"RECSAE_ACCESS_LOG": "0"}).access_log is False
+    assert ServerSettings.from_env({"RECSAE_ACCESS_LOG": " Off "}).access_log is False
+    assert ServerSettings.from_env({"RECSAE_ACCESS_LOG": "1"}).access_log is True
     s = ServerSettings.from_env({"RECSAE_WORKERS": "3", "RECSAE_PORT": "8080", "RECSAE_MAX_BODY_BYTES": "1024"})
     assert (s.workers, s.port, s.max_body_bytes) == (3, 8080, 1024)
     for name, bad in (("RECSAE_WORKERS", "two"), ("RECSAE_WORKERS", "0"), ("RECSAE_PORT", "70000"),
-                      ("RECSAE_MAX_BODY_BYTES", "1.5")):
+                      ("RECSAE_MAX_BODY_BYTES", "1.5"), ("RECSAE_ACCESS_LOG", "maybe")):
         with pytest.raises(ConfigError, match=name):
             ServerSettings.from_env({name: bad})
