@@ -179,5 +179,9 @@ def use_metrics_dir(path: str) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
-SERVER = ServerSettings.from_env()
-"""Read once, when the service is imported."""
+try:
+    SERVER = ServerSettings.from_env()
+    """Read once, when the service is imported."""
+    SERVER_ERROR: ConfigError | None = None
+except ConfigError as _e:  # the service refuses to start with this one line (service.service)
+    SERVER, SERVER_ERROR = ServerSettings(), _e

@@ -22,7 +22,7 @@ import bentoml
 from recsae import BundleError, ConfigError
 from service import metrics as M
 from service.app import app
-from service.config import SERVER, Settings
+from service.config import SERVER, SERVER_ERROR, Settings
 from service.core import Core
 from service.middleware import Edge, route_template
 from service.reload import Reloader
@@ -37,6 +37,12 @@ def _fail_start(message: str) -> None:
     log.critical("RecSAE service cannot start: %s", message)
     print(f"RecSAE service cannot start: {message}", file=sys.stderr, flush=True)
     logging.shutdown()
+    os._exit(3)
+
+
+if SERVER_ERROR is not None:  # a bad RECSAE_WORKERS, RECSAE_PORT, ...: one line, not a traceback
+    # (read by `bentoml serve` itself, before any worker: its log would repeat the line)
+    print(f"RecSAE service cannot start: {SERVER_ERROR}", file=sys.stderr, flush=True)
     os._exit(3)
 
 

@@ -148,6 +148,30 @@ def test_bad_bundles_refuse_to_start_with_one_clear_message(bundle, tmp_path):
         assert "Traceback" not in err, (kind, err[-2000:])
 
 
+def test_bad_server_settings_refuse_to_start_with_one_clear_message(bundle, tmp_path):
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "RECSAE_STATE_DIR": str(tmp_path / "state"),
+           "RECSAE_BUNDLE": str(bundle)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    procs = {
+        (name, value): subprocess.Popen(
+            [bentoml, "serve", "service.service:RecSAEService", "--port", "0", "--host", "127.0.0.1"],
+            cwd=REPO, env={**env, name: value}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )
+        for name, value in (("RECSAE_WORKERS", "two"), ("RECSAE_ACCESS_LOG", "maybe"))
+    }
+    for (name, value), p in procs.items():
+        try:
+            out, err = p.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail(f"{name}={value}: bentoml serve did not stop")
+        lines = [ln for ln in (out + err).splitlines() if "cannot start" in ln]
+        assert p.returncode == 3 and len(lines) == 1 and name in lines[0], (name, lines, err[-2000:])
+        assert "Traceback" not in err, err[-2000:]
+
+
 # -- reload ---------------------------------------------------------------------------------------
 class Load:
     """GET /recommend in a loop on its own connection; records every non-200."""
