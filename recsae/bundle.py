@@ -152,21 +152,29 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
 
 PACK_FROM = 200_000
 """Catalogues of this many items or more keep their ids, titles and features packed
-(``PackedStrings``, ``PackedIntLists``; ids found by binary search): at 10M items about 0.7 GB
+(``PackedStrings``, ``PackedIntLists``; ids found by binary search over their hashes): at 10M items about 0.7 GB
 instead of ~3 GB of Python objects. Smaller ones stay lists and a dict: faster, and small."""
+
+
+_hash = hash  # (a test makes every id collide)
 
 
 class PackedStrings(Sequence[str]):
     """Read-only strings in one UTF-8 buffer with offsets; an item decodes when read."""
 
-    __slots__ = ("_buf", "_off")
+    __slots__ = ("_buf", "_off", "hashes")
 
-    def __init__(self, values: Iterable[str]):
-        buf, off = bytearray(), array("q", [0])
+    def __init__(self, values: Iterable[str], keep_hashes: bool = False):
+        buf, off, hashes = bytearray(), array("q", [0]), array("q")
         for v in values:
-            buf += str(v).encode("utf-8", "surrogatepass")  # any str round-trips
+            v = str(v)
+            buf += v.encode("utf-8", "surrogatepass")  # any str round-trips
             off.append(len(buf))
+            if keep_hashes:
+                hashes.append(_hash(v))
         self._buf, self._off = bytes(buf), off
+        self.hashes = hashes if keep_hashes else None
+        """each string's ``hash()`` (this process's), when kept: what ``_IdIndex`` sorts"""
 
     def __len__(self) -> int:
         return len(self._off) - 1
@@ -186,19 +194,6 @@ class PackedStrings(Sequence[str]):
         buf, off = self._buf, self._off
         for i in range(len(off) - 1):
             yield buf[off[i] : off[i + 1]].decode("utf-8", "surrogatepass")
-
-    def as_fixed_width(self) -> np.ndarray:
-        """The UTF-8 strings as a NumPy ``S`` array (width: the longest), built without a Python
-        object per string."""
-        off = np.frombuffer(self._off, dtype=np.int64)
-        lengths = np.diff(off)
-        width = max(int(lengths.max(initial=0)), 1)
-        blob = np.frombuffer(self._buf + b"\0", dtype=np.uint8)
-        mat = np.zeros((len(lengths), width), dtype=np.uint8)
-        for j in range(width):
-            col = np.minimum(off[:-1] + j, len(blob) - 1)
-            mat[:, j] = np.where(j < lengths, blob[col], 0)
-        return mat.view(f"S{width}").ravel()
 
 
 class PackedIntLists(Sequence[list[int]]):
@@ -228,22 +223,28 @@ class PackedIntLists(Sequence[list[int]]):
         return self._flat[self._off[i] : self._off[i + 1]].tolist()
 
 
-class _SortedIds:
-    """Raw id -> row by binary search over the sorted UTF-8 ids (a dict of 10M str keys is ~1 GB)."""
+class _IdIndex:
+    """Raw id -> row: binary search over the ids' sorted hashes, then a string comparison. 16
+    bytes an item whatever the ids' length (a dict of 10M str keys is ~1 GB)."""
 
     def __init__(self, ids: PackedStrings):
-        keys = ids.as_fixed_width()
-        self.width = keys.dtype.itemsize
-        self.perm = np.argsort(keys, kind="stable")
-        self.keys = keys[self.perm]
+        if ids.hashes is None:
+            ids = PackedStrings(ids, keep_hashes=True)
+        h = np.frombuffer(ids.hashes, dtype=np.int64)
+        self.ids, self.perm = ids, np.argsort(h, kind="stable")
+        self.sorted = h[self.perm]
+        del h
+        ids.hashes = None  # sorted here: the unsorted copy is not needed any more
 
     def get(self, raw: str) -> int | None:
-        b = raw.encode("utf-8", "surrogatepass")
-        # NumPy's bytes drop trailing NULs: such an id (or a longer one) is not in the catalogue
-        if len(b) > self.width or b.endswith(b"\0"):
-            return None
-        p = int(np.searchsorted(self.keys, b))
-        return int(self.perm[p]) if p < len(self.keys) and self.keys[p] == b else None
+        h = _hash(raw)
+        p = int(np.searchsorted(self.sorted, h))
+        while p < len(self.sorted) and self.sorted[p] == h:  # equal hashes: compare the strings
+            i = int(self.perm[p])
+            if self.ids[i] == raw:
+                return i
+            p += 1
+        return None
 
 
 @dataclass
@@ -261,12 +262,12 @@ class Catalog:
     def __post_init__(self) -> None:
         if len(self.item_ids) >= PACK_FROM:
             if not isinstance(self.item_ids, PackedStrings):
-                self.item_ids = PackedStrings(self.item_ids)
+                self.item_ids = PackedStrings(self.item_ids, keep_hashes=True)
             if not isinstance(self.titles, PackedStrings):
                 self.titles = PackedStrings(self.titles)
             if not isinstance(self.item_features, PackedIntLists):
                 self.item_features = PackedIntLists(self.item_features)
-            self._index = _SortedIds(self.item_ids)
+            self._index = _IdIndex(self.item_ids)
         else:
             self._index = {r: i for i, r in enumerate(self.item_ids)}
 
@@ -290,8 +291,8 @@ class Catalog:
         """From ``to_json``'s dict, which it consumes: a large catalogue is packed field by field,
         each field's lists freed before the next is packed (a lower peak while loading)."""
         if len(d["item_ids"]) >= PACK_FROM:
-            for name, pack in (("item_ids", PackedStrings), ("titles", PackedStrings),
-                               ("item_features", PackedIntLists)):
+            for name, pack in (("item_ids", lambda v: PackedStrings(v, keep_hashes=True)),
+                               ("titles", PackedStrings), ("item_features", PackedIntLists)):
                 d[name] = pack(d.pop(name))
         return cls(
             d["item_ids"], d["titles"], d["feature_names"], d["item_features"],

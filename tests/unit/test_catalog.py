@@ -8,7 +8,7 @@ import pytest
 
 from recsae import bundle as B
 
-IDS = ["1", "10", "2", "héllo", "", "a" * 40, "\U0001f600x", "lone\udcffsurrogate", "z"]
+IDS = ["1", "10", "2", "héllo", "", "a" * 40, "\U0001f600x", "lone\udcffsurrogate", "z", "u" * 10_000]
 
 
 def test_packed_strings_read_as_the_list():
@@ -47,6 +47,13 @@ def test_a_packed_catalogue_finds_what_the_dict_finds(monkeypatch):
     assert packed.to_json() == small.to_json()
     assert [packed.features_of(i) for i in range(len(ids))] == [small.features_of(i) for i in range(len(ids))]
     assert B.Catalog.from_json(packed.to_json()).to_json() == small.to_json()
+
+
+def test_ids_whose_hashes_collide_are_told_apart_by_their_text(monkeypatch):
+    monkeypatch.setattr(B, "_hash", lambda s: 7)  # every id in one bucket
+    index = B._IdIndex(B.PackedStrings(IDS, keep_hashes=True))
+    assert [index.get(x) for x in IDS] == list(range(len(IDS)))
+    assert index.get("11") is None and index.get("u" * 9_999) is None
 
 
 def test_a_packed_bundle_serves_the_same_answers(bundle, monkeypatch, tmp_path):
