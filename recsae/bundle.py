@@ -152,17 +152,46 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
 
 PACK_FROM = 200_000
 """Catalogues of this many items or more keep their ids, titles and features packed
-(``PackedStrings``, ``PackedIntLists``; ids found by binary search over their hashes): at 10M items about 0.7 GB
-instead of ~3 GB of Python objects. Smaller ones stay lists and a dict: faster, and small."""
+(``PackedStrings``, ``PackedIntLists``; ids found by binary search over their hashes): at 10M
+items ~0.4 GB instead of ~2.5 GB of Python objects (``benchmarks/catalogue_memory.py``).
+Smaller ones stay lists and a dict: faster, and small."""
 
 
 _hash = hash  # (a test makes every id collide)
 
 
-class PackedStrings(Sequence[str]):
+class _Packed(Sequence):
+    """A read-only sequence stored as one flat buffer and offsets (``_off``); ``_at(i)`` reads
+    row i. Indexing as a list's: negative rows, slices (as lists), IndexError."""
+
+    __slots__ = ("_off",)
+    _off: array
+
+    def __len__(self) -> int:
+        return len(self._off) - 1
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._at(j) for j in range(*i.indices(len(self)))]
+        n, i = len(self._off) - 1, int(i)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("item index out of range")
+        return self._at(i)
+
+    def __iter__(self) -> Iterator:
+        for i in range(len(self._off) - 1):
+            yield self._at(i)
+
+    def _at(self, i: int) -> Any:
+        raise NotImplementedError
+
+
+class PackedStrings(_Packed):
     """Read-only strings in one UTF-8 buffer with offsets; an item decodes when read."""
 
-    __slots__ = ("_buf", "_off", "hashes")
+    __slots__ = ("_buf", "hashes")
 
     def __init__(self, values: Iterable[str], keep_hashes: bool = False):
         buf, off, hashes = bytearray(), array("q", [0]), array("q")
@@ -176,30 +205,14 @@ class PackedStrings(Sequence[str]):
         self.hashes = hashes if keep_hashes else None
         """each string's ``hash()`` (this process's), when kept: what ``_IdIndex`` sorts"""
 
-    def __len__(self) -> int:
-        return len(self._off) - 1
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self._off) - 1
-        i = int(i)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError("item index out of range")
+    def _at(self, i: int) -> str:
         return self._buf[self._off[i] : self._off[i + 1]].decode("utf-8", "surrogatepass")
 
-    def __iter__(self) -> Iterator[str]:
-        buf, off = self._buf, self._off
-        for i in range(len(off) - 1):
-            yield buf[off[i] : off[i + 1]].decode("utf-8", "surrogatepass")
 
-
-class PackedIntLists(Sequence[list[int]]):
+class PackedIntLists(_Packed):
     """Read-only lists of small ints (an item's feature indices) as one flat array + offsets."""
 
-    __slots__ = ("_flat", "_off")
+    __slots__ = ("_flat",)
 
     def __init__(self, values: Iterable[Sequence[int]]):
         flat, off = array("i"), array("q", [0])
@@ -208,18 +221,7 @@ class PackedIntLists(Sequence[list[int]]):
             off.append(len(flat))
         self._flat, self._off = flat, off
 
-    def __len__(self) -> int:
-        return len(self._off) - 1
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self._off) - 1
-        i = int(i)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError("item index out of range")
+    def _at(self, i: int) -> list[int]:
         return self._flat[self._off[i] : self._off[i + 1]].tolist()
 
 
