@@ -17,10 +17,37 @@ from uvicorn.protocols.http import h11_impl
 from service import auth
 from service.deps import served
 
-MAX_URL_BYTES = 64 * 1024  # above the longest schema-valid URL (4,096-char `suppress`, percent-encoded)
+MAX_URL_BYTES = 64 * 1024 - 1  # above the longest schema-valid URL (4,096-char `suppress`, percent-encoded);
+# httptools' own limit: uvicorn's httptools parser refuses longer URLs before the app sees them
 # uvicorn's h11 parser drops a request whose head exceeds 16 KiB with a plain-text 400 (or a
 # reset while the client still sends): let heads up to 1 MiB through so a long URL gets its 414.
 h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE = max(h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, 1 << 20)
+
+
+def _answer_long_urls_with_414(protocol: Any) -> None:
+    """uvicorn's httptools parser (the one it uses when httptools is installed, as here) answers a
+    URL over 65,535 bytes with a plain-text 400 before any middleware runs: make that the same
+    JSON 414 that ``Edge`` gives (the request head has been read whole by then)."""
+    plain_400 = protocol.send_400_response
+
+    @functools.wraps(plain_400)
+    def send_400_response(self: Any, msg: str) -> None:
+        if len(getattr(self, "url", b"")) <= MAX_URL_BYTES:
+            return plain_400(self, msg)
+        body = to_json({"detail": f"URL longer than {MAX_URL_BYTES} bytes"})
+        self.transport.write(b"HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: "
+                             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self.transport.close()
+
+    protocol.send_400_response = send_400_response
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # no httptools: uvicorn runs h11 (above)
+    pass
+else:
+    _answer_long_urls_with_414(HttpToolsProtocol)
 
 
 class _BodyTooLarge(Exception):
