@@ -297,7 +297,8 @@ class DriftTracker:
         self._lock = threading.Lock()
         self._last_gauge = 0.0
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # batches not yet in the ring
-        self._fold_lock = threading.Lock()
+        self._fold_lock = threading.Lock()  # one fold at a time, batches in order
+        self._pending_lock = threading.Lock()  # held only to append to or take ``_pending``
 
     @property
     def n(self) -> int:
@@ -319,8 +320,10 @@ class DriftTracker:
     def record_codes(self, idx: np.ndarray, acts: np.ndarray) -> None:
         """Count several requests at once (the service records a batch in one call): row r's
         firing latents are ``idx[r]`` where ``acts[r] > 0``, with those activations."""
-        self._pending.append((idx, acts))  # folded in by the next reader, or a second or 64 batches on
-        if len(self._pending) >= 64 or time.monotonic() - self._last_gauge >= 1.0:
+        with self._pending_lock:  # folded in by the next reader, or a second or 64 batches on
+            self._pending.append((idx, acts))
+            waiting = len(self._pending)
+        if waiting >= 64 or time.monotonic() - self._last_gauge >= 1.0:
             self._fold()
 
     def _fold(self) -> None:
@@ -329,7 +332,8 @@ class DriftTracker:
         if not self._pending:
             return
         with self._fold_lock:
-            pending, self._pending = self._pending, []
+            with self._pending_lock:  # a batch appended meanwhile is in this fold or the next
+                pending, self._pending = self._pending, []
             if not pending:
                 return
             idx = np.concatenate([i for i, _ in pending]) if len(pending) > 1 else pending[0][0]

@@ -166,3 +166,36 @@ def test_a_batch_of_codes_counts_as_its_requests_one_by_one():
             assert np.allclose(sums, want_sums)
     b, s = batched.snapshot(), single.snapshot()
     assert b.jsd == pytest.approx(s.jsd) and np.allclose(b.live_rate, s.live_rate)
+
+
+def test_batches_recorded_while_others_read_are_all_counted():
+    """The batch thread appends while /metrics and /drift fold: no batch may fall between them."""
+    import sys
+    import threading
+
+    t = DriftTracker(np.full(8, 1.0 / 8), k=2, window=100_000, top=2)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns between nearly any two bytecodes
+    stop = threading.Event()
+
+    def read():
+        while not stop.is_set():
+            t.totals()
+
+    def write(latent):
+        for _ in range(3000):
+            t.record_codes(np.array([[latent, 7]]), np.array([[1.0, 0.0]]))
+
+    reader = threading.Thread(target=read)
+    writers = [threading.Thread(target=write, args=(j,)) for j in range(4)]
+    reader.start()
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    stop.set()
+    reader.join()
+    sys.setswitchinterval(interval)
+    counts, sums = t.totals()
+    assert t.n == 12_000
+    assert counts[:4].tolist() == [3000] * 4 and counts[7] == 0 and sums[:4].tolist() == [3000.0] * 4
