@@ -55,18 +55,13 @@ def main() -> None:
             del sys.modules[name]
     import numpy as np
     import recsae
-    from service.config import Settings
     from service.core import Core, Job
     from service.options import RecommendOptions
 
     prefix = f"bench-batch-{uuid.uuid4().hex[:8]}"
 
     def make(plain: bool = False) -> Core:
-        c = Core(Settings(bundle=str(bundle), redis_url=catalogue_scale.SHARED_REDIS, redis_prefix=prefix,
-                          state_dir=tempfile.mkdtemp(prefix="recsae-bench-"), policy_sync_s=0, warmup=True,
-                          plain_scores=plain))
-        c.start()
-        return c
+        return started_core(bundle, catalogue_scale.SHARED_REDIS, prefix, plain)
 
     if args.price:
         try:
@@ -97,6 +92,19 @@ def main() -> None:
     finally:
         core.close()
         catalogue_scale.cleanup(prefix)
+
+
+def started_core(bundle: Path, redis_url: str, prefix: str, plain: bool = False):
+    """A started ``Core`` of ``bundle`` (the code under measurement: whichever ``service`` is
+    imported), warmed up, under its own Redis prefix and state directory."""
+    from service.config import Settings
+    from service.core import Core
+
+    core = Core(Settings(bundle=str(bundle), redis_url=redis_url, redis_prefix=prefix,
+                         state_dir=tempfile.mkdtemp(prefix="recsae-bench-"), policy_sync_s=0, warmup=True,
+                         plain_scores=plain))
+    core.start()
+    return core
 
 
 def price(cores: list, args: argparse.Namespace, Job: type, RecommendOptions: type) -> None:

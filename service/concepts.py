@@ -47,6 +47,9 @@ class Described(NamedTuple):
     entry: dict
     """its ``active_latents`` entry (schema ``ActiveLatent``), the per-request fields (activation,
     suppressed, strength) still to fill in: copy it, never change it"""
+    contribution: tuple[dict, dict]
+    """its entry in an item's ``contributions`` (schema ``Contribution``) when not suppressed /
+    suppressed, the number still to fill in: copy it, never change it"""
 
 
 class ConceptStore:
@@ -73,9 +76,12 @@ class ConceptStore:
 
     # -- the process-local copy (the request path) --------------------------------------------------
     def _put(self, latent: int, s: ConceptSummary) -> None:
+        label = label_of(s.description)
         entry = {"latent": latent, "activation": 0.0, "description": s.description, "confidence": s.confidence,
                  "status": s.status, "suppressed": False, "strength": 0.0}
-        self._view[latent] = Described(s, label_of(s.description), entry)  # one dict store: atomic under the GIL
+        contribution = tuple({"latent": latent, "contribution": 0.0, "label": label, "suppressed": sup}
+                             for sup in (False, True))
+        self._view[latent] = Described(s, label, entry, contribution)  # one dict store: atomic under the GIL
 
     def described(self, latents: list[int]) -> dict[int, Described]:
         """The active concepts of a request, from process memory (no I/O)."""

@@ -443,7 +443,8 @@ class Core:
     def _explanation(self, ex: "_Explained", lat: list[int], suppress: dict[int, float],
                      items: list[dict]) -> list[dict]:
         """Fill each listed item's explanation and return the active concepts ``lat`` (descriptions
-        and labels from process memory, ``ConceptStore.described``; their entries prebuilt there).
+        and labels from process memory, ``ConceptStore.described``; their entries prebuilt there,
+        copied here with this request's numbers).
         ``suppress``: the request's effective strengths (as its ``suppressed`` list shows them)."""
         strengths = [suppress.get(j, 0.0) for j in lat]
         sup = [s > 0 for s in strengths]
@@ -451,9 +452,7 @@ class Core:
         activations = table.pop()
         described = self.store.described(lat)
         k = len(activations) - 2
-        # each latent's contribution entry, less the number, made once per request
-        protos = [{"latent": j, "contribution": 0.0, "label": described[j].label, "suppressed": s}
-                  for j, s in zip(lat, sup)]
+        protos = [described[j].contribution[s] for j, s in zip(lat, sup)]  # prebuilt, less the number
         for item, nums, ranked in zip(items, table, order):
             contributions = []
             for a in ranked:

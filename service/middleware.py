@@ -17,8 +17,10 @@ from uvicorn.protocols.http import h11_impl
 from service import auth
 from service.deps import served
 
-MAX_URL_BYTES = 64 * 1024 - 1  # above the longest schema-valid URL (4,096-char `suppress`, percent-encoded);
-# httptools' own limit: uvicorn's httptools parser refuses longer URLs before the app sees them
+# above the longest schema-valid URL (4,096-char `suppress`, percent-encoded), and httptools' own
+# limit: uvicorn's httptools parser refuses longer URLs before the app sees them (below)
+MAX_URL_BYTES = 64 * 1024 - 1
+URL_TOO_LONG = {"detail": f"URL longer than {MAX_URL_BYTES} bytes"}  # the 414's body
 # uvicorn's h11 parser drops a request whose head exceeds 16 KiB with a plain-text 400 (or a
 # reset while the client still sends): let heads up to 1 MiB through so a long URL gets its 414.
 h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE = max(h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, 1 << 20)
@@ -34,7 +36,7 @@ def _answer_long_urls_with_414(protocol: Any) -> None:
     def send_400_response(self: Any, msg: str) -> None:
         if len(getattr(self, "url", b"")) <= MAX_URL_BYTES:
             return plain_400(self, msg)
-        body = to_json({"detail": f"URL longer than {MAX_URL_BYTES} bytes"})
+        body = to_json(URL_TOO_LONG)
         self.transport.write(b"HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: "
                              + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
         self.transport.close()
@@ -142,7 +144,7 @@ class Edge:
             return await self.app(scope, receive, send)
         path, qs = scope.get("path", ""), scope.get("query_string", b"")
         if len(scope.get("raw_path") or path.encode()) + len(qs) > MAX_URL_BYTES:
-            return await _answer(send, 414, {"detail": f"URL longer than {MAX_URL_BYTES} bytes"})
+            return await _answer(send, 414, URL_TOO_LONG)
         if path.startswith("/admin/"):
             svc = served()
             denied = auth.admin_denied(svc.settings.admin_token, scope) if svc is not None else None

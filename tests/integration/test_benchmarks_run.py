@@ -50,19 +50,12 @@ def test_catalogue_scale_builds_a_larger_synthetic_catalogue_that_serves(bundle,
     assert len(out[True]["core_total"]) == 2
 
 
-def test_batch_inprocess_prices_explanation_per_batch_size(bundle, prefix, capsys, tmp_path):
-    from service.config import Settings
-    from service.core import Core, Job
+def test_batch_inprocess_prices_explanation_per_batch_size(bundle, prefix, capsys):
+    from service.core import Job
     from service.options import RecommendOptions
 
-    def core(plain: bool) -> Core:
-        c = Core(Settings(bundle=str(bundle), redis_url=catalogue_scale.SHARED_REDIS, redis_prefix=prefix,
-                          state_dir=str(tmp_path / ("plain" if plain else "sae")),
-                          policy_sync_s=0, warmup=True, plain_scores=plain))
-        c.start()
-        return c
-
+    cores = [batch_inprocess.started_core(bundle, catalogue_scale.SHARED_REDIS, prefix, plain) for plain in (True, False)]
     args = argparse.Namespace(bundle=bundle, size=None, batches="1,4", requests=8, rounds=1)
-    batch_inprocess.price([core(True), core(False)], args, Job, RecommendOptions)
+    batch_inprocess.price(cores, args, Job, RecommendOptions)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |") or line.startswith("| 4 |")]
     assert len(rows) == 2 and all(len(r.split("|")) == 8 for r in rows), rows
