@@ -3,7 +3,7 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py service/_hotpath.c | sha256sum | cut -c1-12)
 BUNDLE ?= bundles/default
 PORT ?= 3000
 
@@ -12,7 +12,7 @@ PORT ?= 3000
 # One line before each long step instead of pip's silence; torch first, pinned: a looser spec
 # pulls a multi-GB CUDA build. The editable install's "Editable installation" notice is only
 # information (setuptools has no quieter channel for it), so it is filtered.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py service/_hotpath.c
 	@echo "installing into $(VENV) (a few minutes the first time, 1.4 GB; skipped while pyproject.toml is unchanged)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip

@@ -128,7 +128,7 @@ def price(cores: list, args: argparse.Namespace, Job: type, RecommendOptions: ty
                         jobs = [Job("user", users[(r * args.requests + s + i) % len(users)], None, opts)
                                 for i in range(b)]
                         for scored in core.run_batch(jobs):
-                            orjson.dumps(core.finish(scored))
+                            orjson.dumps(core.finish(scored, wire=True))
                     best[name] = min(best[name], (time.process_time() - t0) / (-(-args.requests // b) * b))
             p, f, t = (1e6 * best[name] for name, _, _ in ways)
             print(f"| {b} | {p:.0f} | {f:.0f} | {t:.0f} | {t - p:.0f} | {t - f:.0f} |", flush=True)

@@ -39,6 +39,7 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import orjson  # noqa: E402
 
 from recsae.bundle import UserTable, load_bundle, write_bundle  # noqa: E402
 from tests.devserver import Client, ServeProcess  # noqa: E402
@@ -118,7 +119,7 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
     """perf_counter per stage, in process, the way Core runs a request."""
     from recsae.kernel import score_top_k
     from service.config import Settings
-    from service.core import Core, Job
+    from service.core import Core, Job, _Scored
     from service.options import RecommendOptions
 
     core = Core(Settings(bundle=str(bundle), redis_url=SHARED_REDIS, redis_prefix=prefix,
@@ -149,13 +150,13 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
                     t5 = time.perf_counter()
                     core.store.described(active)  # process memory, kept coherent by Redis
                     t6 = time.perf_counter()
-                    items = [{"rank": r + 1, "item_id": core.item_ids[j], "title": core.titles[j], "score": float(s),
-                              "explanation": None} for r, (j, s) in enumerate(zip(ids[0].tolist(), sc[0].tolist()))]
                     job = Job("user", uid, None, RecommendOptions(k=10, explain=True))
                     core._prepare(job)
                     plan = core._plan(job, x, codes, active)
-                    core._explanation(core._explain_batch([job], [(0, plan)], plan.xs, ids)[0], active, plan.strengths,
-                                      items)
+                    ex = core._explain_batch([job], [(0, plan)], plan.xs, ids)[0]
+                    # the body as served: its items and explanations written (service.wire)
+                    orjson.dumps(core.finish(_Scored(job, plan, ids[0].tolist(), np.round(sc[0], 6).tolist(), ex),
+                                             wire=True))
                     t7 = time.perf_counter()
                     t["redis"].append(t6 - t5)
                     t["explain"].append(t7 - t6)

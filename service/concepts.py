@@ -24,6 +24,7 @@ import re
 import threading
 from typing import Any, Callable, Iterable, NamedTuple
 
+import orjson
 from redis.client import Pipeline
 
 from recsae.concepts import Concept
@@ -50,6 +51,9 @@ class Described(NamedTuple):
     contribution: tuple[dict, dict]
     """its entry in an item's ``contributions`` (schema ``Contribution``) when not suppressed /
     suppressed, the number still to fill in: copy it, never change it"""
+    contribution_json: tuple[tuple[bytes, bytes], tuple[bytes, bytes]]
+    """the same two entries as JSON before and after the number (``{"latent":12,"contribution":``,
+    ``,"label":...}``), for the compiled writer (``service.wire``)"""
 
 
 class ConceptStore:
@@ -81,7 +85,9 @@ class ConceptStore:
                  "status": s.status, "suppressed": False, "strength": 0.0}
         contribution = tuple({"latent": latent, "contribution": 0.0, "label": label, "suppressed": sup}
                              for sup in (False, True))
-        self._view[latent] = Described(s, label, entry, contribution)  # one dict store: atomic under the GIL
+        as_json = tuple((b'{"latent":%d,"contribution":' % latent,
+                         b"," + orjson.dumps({"label": label, "suppressed": sup})[1:]) for sup in (False, True))
+        self._view[latent] = Described(s, label, entry, contribution, as_json)  # one dict store: atomic under the GIL
 
     def described(self, latents: list[int]) -> dict[int, Described]:
         """The active concepts of a request, from process memory (no I/O)."""

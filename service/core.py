@@ -14,6 +14,7 @@ import time
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 from pydantic import ValidationError
 
 from recsae import BundleError
@@ -29,6 +30,7 @@ from service.config import Settings
 from service.options import RecommendOptions
 from service.policies import PolicyStore
 from service.recent import RecentLog
+from service.hotpath import KIND as HOT_PATH, compiled_explain, compiled_items
 from service.redis_link import RedisLink, Tracker
 from service.bundle_info import bundle_info
 from service.schemas import BundleInfo, Policy, SteerMode
@@ -131,9 +133,10 @@ class Core:
         gc.freeze()
         self.ready = True
         log.info(
-            "serving bundle %s (%s, %d latents) from %s on %s; redis=%s, %d concepts pre-filled; ready in %.2f s",
+            "serving bundle %s (%s, %d latents) from %s on %s; redis=%s, %d concepts pre-filled; hot path %s; "
+            "ready in %.2f s",
             self.bundle.version, self.engine.input_kind, self.sae.n_latents, self.bundle.path, self.provider,
-            "on" if self.link else "off", filled, time.perf_counter() - t0,
+            "on" if self.link else "off", filled, HOT_PATH, time.perf_counter() - t0,
         )
 
     def warm(self) -> None:
@@ -209,13 +212,14 @@ class Core:
     def recommend_history(self, history: list[str], opts: RecommendOptions) -> dict[str, Any]:
         return _answer(self.answers([Job("history", None, history, opts)])[0])
 
-    async def recommend_user_async(self, user_id: str, opts: RecommendOptions) -> dict[str, Any]:
-        """``recommend_user`` through the batcher: shares its encoder call, SAE encode and
-        scoring pass with the requests that arrive while the previous batch computes."""
-        return self.finish(await self.batcher.submit(Job("user", user_id, None, opts)))
+    async def recommend_user_async(self, user_id: str, opts: RecommendOptions) -> bytes:
+        """``recommend_user``'s body as JSON bytes, through the batcher: shares its encoder call,
+        SAE encode and scoring pass with the requests that arrive while the previous batch
+        computes; the items written by the compiled writer when built (``service.wire``)."""
+        return orjson.dumps(self.finish(await self.batcher.submit(Job("user", user_id, None, opts)), wire=True))
 
-    async def recommend_history_async(self, history: list[str], opts: RecommendOptions) -> dict[str, Any]:
-        return self.finish(await self.batcher.submit(Job("history", None, history, opts)))
+    async def recommend_history_async(self, history: list[str], opts: RecommendOptions) -> bytes:
+        return orjson.dumps(self.finish(await self.batcher.submit(Job("history", None, history, opts)), wire=True))
 
     def answers(self, jobs: list["Job"]) -> list[dict[str, Any] | Exception]:
         """Each request's body (or the exception it answers with), computed as one batch."""
@@ -348,22 +352,39 @@ class Core:
         xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)  # nothing to steer: x itself
         return _Plan(xs, codes, weights, active, pol, strengths, sources, baseline, baseline_source, use_mode)
 
-    def finish(self, scored: "_Scored") -> dict[str, Any]:
+    def finish(self, scored: "_Scored", wire: bool = False) -> dict[str, Any]:
         """The response body (schema: ``service.schemas.RecommendResponse``) of a scored request:
-        its top-k and, when explained, its share of ``_explain_batch``."""
+        its top-k and, when explained, its share of ``_explain_batch``. ``wire``: for orjson
+        only (the HTTP routes): ``items`` may then be an ``orjson.Fragment`` of their JSON,
+        written by the compiled writer (``service.wire``)."""
         job, plan, ids, scores, ex = scored
         pol, strengths, baseline, active = plan.pol, plan.strengths, plan.baseline, plan.active
         # The hot path builds the wire body as plain dicts (field for field the schema's
         # RecommendResponse; tests check served bodies round-trip through it unchanged):
         # constructing ~100 Pydantic objects per explained response cost more than the kernel.
         item_ids, titles = self.item_ids, self.titles
-        items = [
-            {"rank": r + 1, "item_id": item_ids[i], "title": titles[i], "score": s, "explanation": None}
-            for r, (i, s) in enumerate(zip(ids, scores))
-        ]
         active_out: list[dict] = []
+        sup: list[bool] = []
+        described: dict = {}
         if ex is not None:
-            active_out = self._explanation(ex, active, strengths, items)
+            described = self.store.described(active)
+            active_out, sup = self._active(ex, active, strengths, described)
+        items: Any = None
+        if wire and compiled_items is not None:
+            try:
+                protos = [described[j].contribution_json[s] for j, s in zip(active, sup)]
+                items = orjson.Fragment(compiled_items(ids, scores, item_ids, titles, ex.table if ex else None,
+                                                       ex.order if ex else None, [h for h, _ in protos],
+                                                       [t for _, t in protos]))
+            except (TypeError, ValueError, BufferError) as e:  # e.g. a title with lone surrogates
+                _declined("body", e)
+        if items is None:
+            items = [
+                {"rank": r + 1, "item_id": item_ids[i], "title": titles[i], "score": s, "explanation": None}
+                for r, (i, s) in enumerate(zip(ids, scores))
+            ]
+            if ex is not None:
+                self._explain_items(ex, [described[j].contribution[s] for j, s in zip(active, sup)], items)
 
         audit = job.opts.audit  # an auditor's request: not live traffic
         if not self._warming:  # (drift: recorded for the whole batch by run_batch)
@@ -373,9 +394,9 @@ class Core:
                 M.SUPPRESSION.labels(label).inc()
             if baseline:
                 M.BASELINE_SUPPRESSION.labels(label).inc()
-            if not audit:
-                self.recent.maybe_record(job.user_id, items, active, strengths, pol.name if pol is not None else None,
-                                         baseline)
+            if not audit and self.recent.sampled():
+                self.recent.record(job.user_id, [(item_ids[i], titles[i]) for i in ids[:10]], active, strengths,
+                                   pol.name if pol is not None else None, baseline)
         active_set = set(active)
         return {
             "user_id": job.user_id,
@@ -396,9 +417,10 @@ class Core:
     def _explain_batch(self, jobs: list["Job"], plans: list[tuple[int, "_Plan"]], xs: np.ndarray,
                        ids: np.ndarray) -> list["_Explained | None"]:
         """Per-item bias + contributions + error (= the steered score) for every explained
-        request of a batch, in one ``SAEKernel.explain`` call, one sort and one rounding: the
-        per-request work left is building the body's lists (``_explanation``). ``xs``: the
-        plans' steered representations, stacked (what was scored); ``ids``: the listed items.
+        request of a batch, ranked and rounded for the wire in one call: the compiled one
+        (``service.hotpath``, the GIL released) or ``SAEKernel.explain`` + one sort and one
+        rounding in NumPy; the per-request work left is building the body (``finish``). ``xs``:
+        the plans' steered representations, stacked (what was scored); ``ids``: the listed items.
 
         Each row is explained on its steered representation, its steered codes (z_j scaled by
         1 - w_j, ``w`` the suppression weights its steering used) and its steered bias
@@ -421,51 +443,75 @@ class Core:
             w = np.concatenate([p.weights for p in ps])
             baseline = np.array([p.baseline for p in ps])
         sel = rows if len(rows) < len(plans) else slice(None)
-        ex = self.sae.explain(xs[sel], Codes(acts * (1.0 - w), idx), self.engine.item_emb[ids[sel]], baseline)
+        xs, ids = xs[sel], ids[sel]
+        (E, n), k = ids.shape, acts.shape[1]
+        table, order = np.empty((E, n + 1, k + 2)), np.empty((E, n, k), dtype=np.int64)
+        try:
+            if compiled_explain is None:
+                raise TypeError("not compiled")
+            compiled_explain(xs, acts, w, idx, baseline, ids, self.sae.W_dec, self.sae.b_dec, self.engine.item_emb,
+                             table, order)
+        except (TypeError, ValueError) as e:
+            if compiled_explain is not None:  # an input it does not take (a dtype, a layout): say so once
+                _declined("explanation", e)
+            self._explain_numpy(xs, Codes(acts, idx), w, baseline, ids, [len(p.active) for p in ps], table, order)
+        activations = table[:, n, :k].tolist()
+        for e, r in enumerate(rows):
+            out[r] = _Explained(table[e], order[e], activations[e][: len(ps[e].active)])
+        return out
+
+    def _explain_numpy(self, xs: np.ndarray, codes: Codes, w: np.ndarray, baseline: np.ndarray, ids: np.ndarray,
+                       n_active: list[int], table: np.ndarray, order: np.ndarray) -> None:
+        """``_explain_batch`` in NumPy (the kernel's ``explain``): fills ``table`` and ``order``
+        as ``service/_hotpath.c``'s ``explain`` does."""
+        ex = self.sae.explain(xs, Codes(codes.acts * (1.0 - w), codes.idx), self.engine.item_emb[ids], baseline)
         E, k, n = ex.contributions.shape
         # one rounding for all numbers of the explanations: per item its k contributions, then
         # bias and error; a last row with the activations
-        table = np.zeros((E, n + 1, k + 2))
         table[:, :n, :k] = ex.contributions.transpose(0, 2, 1)
-        table[:, :n, k], table[:, :n, k + 1], table[:, n, :k] = ex.bias, ex.error, acts
+        table[:, :n, k], table[:, :n, k + 1], table[:, n, :k], table[:, n, k:] = ex.bias, ex.error, codes.acts, 0.0
         # a row's firing latents are its first n_active (``run_batch``); they are ranked per
-        # item, largest contribution first
-        n_active = [len(p.active) for p in ps]
+        # item, largest contribution first; the positions that did not fire are -1
         key = -table[:, :n, :k]
+        cut = np.arange(k) >= np.array(n_active)[:, None, None]
         if min(n_active) < k:  # latents that did not fire go last (and are cut by ``finish``)
-            key = np.where(np.arange(k) >= np.array(n_active)[:, None, None], np.inf, key)
-        order = np.argsort(key, axis=2, kind="stable")  # (E, n, k)
+            key = np.where(cut, np.inf, key)
+        order[:] = np.argsort(key, axis=2, kind="stable")
+        if min(n_active) < k:
+            order[np.broadcast_to(cut, order.shape)] = -1
         np.round(table, DECIMALS, out=table)
-        for e, r in enumerate(rows):
-            out[r] = _Explained(table[e], order[e, :, : n_active[e]])
-        return out
 
-    def _explanation(self, ex: "_Explained", lat: list[int], suppress: dict[int, float],
-                     items: list[dict]) -> list[dict]:
-        """Fill each listed item's explanation and return the active concepts ``lat`` (descriptions
-        and labels from process memory, ``ConceptStore.described``; their entries prebuilt there,
-        copied here with this request's numbers).
-        ``suppress``: the request's effective strengths (as its ``suppressed`` list shows them)."""
+    @staticmethod
+    def _active(ex: "_Explained", lat: list[int], suppress: dict[int, float],
+                described: dict) -> tuple[list[dict], list[bool]]:
+        """The active concepts ``lat`` (descriptions and labels from process memory,
+        ``ConceptStore.described``: their entries prebuilt there, copied here with this request's
+        numbers) and whether each is suppressed. ``suppress``: the request's effective strengths
+        (as its ``suppressed`` list shows them)."""
         strengths = [suppress.get(j, 0.0) for j in lat]
         sup = [s > 0 for s in strengths]
+        active = []
+        for j, a, s, w in zip(lat, ex.activations, sup, strengths):
+            e = described[j].entry.copy()
+            e["activation"], e["suppressed"], e["strength"] = a, s, w
+            active.append(e)
+        return active, sup
+
+    @staticmethod
+    def _explain_items(ex: "_Explained", protos: list[dict], items: list[dict]) -> None:
+        """Fill each listed item's explanation (the Python writer; ``service.wire`` is the
+        compiled one). ``protos``: each latent position's prebuilt contribution entry."""
         table, order = ex.table.tolist(), ex.order.tolist()
-        activations = table.pop()
-        described = self.store.described(lat)
-        k = len(activations) - 2
-        protos = [described[j].contribution[s] for j, s in zip(lat, sup)]  # prebuilt, less the number
+        k = len(table[0]) - 2
         for item, nums, ranked in zip(items, table, order):
             contributions = []
             for a in ranked:
+                if a < 0:  # the firing positions end here
+                    break
                 c = protos[a].copy()
                 c["contribution"] = nums[a]
                 contributions.append(c)
             item["explanation"] = {"bias": nums[k], "error": nums[k + 1], "contributions": contributions}
-        active = []
-        for j, a, s, w in zip(lat, activations, sup, strengths):
-            e = described[j].entry.copy()
-            e["activation"], e["suppressed"], e["strength"] = a, s, w
-            active.append(e)
-        return active
 
     # -- concepts and bundle ----------------------------------------------------------------------
     def concept(self, latent: int) -> Concept:
@@ -514,7 +560,9 @@ class _Explained(NamedTuple):
     """(n + 1, k + 2) per listed item: each latent position's contribution, then bias and error;
     the last row: the k activations (then two zeros)"""
     order: np.ndarray
-    """(n, n_active) per item, the firing latent positions, largest contribution first"""
+    """(n, k): per item, the firing latent positions, largest contribution first, then -1s"""
+    activations: list[float]
+    """the n_active firing latents' activations (the table's last row, as floats)"""
 
 
 class _Plan(NamedTuple):
@@ -531,6 +579,19 @@ class _Plan(NamedTuple):
     baseline: float
     baseline_source: str | None
     mode: SteerMode
+
+
+_DECLINED: set[str] = set()
+
+
+def _declined(what: str, e: Exception) -> None:
+    """The compiled hot path refused an input (the NumPy/Python path answers instead): logged
+    once per kind of refusal, counted every time."""
+    M.HOTPATH_FALLBACK.labels(what).inc()
+    key = f"{what}: {type(e).__name__}: {e}"
+    if key not in _DECLINED and len(_DECLINED) < 100:
+        _DECLINED.add(key)
+        log.warning("compiled hot path declined the %s (%s): computed in Python instead", what, e)
 
 
 def _answer(result: dict[str, Any] | Exception) -> dict[str, Any]:

@@ -80,6 +80,12 @@ BATCH_SIZE = Histogram(
     "Recommendation requests computed together in one batch (service.batching.Batcher).",
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
 )
+HOTPATH_FALLBACK = Counter(
+    "recsae_hotpath_fallback",
+    "Requests whose explanation or body the compiled hot path (service/_hotpath.c) declined, "
+    "computed in Python instead (answers unchanged, slower; the log says why once).",
+    ["part"],
+)
 RECOMMENDATIONS = Counter(
     "recsae_recommendations_served",
     "Recommendation responses served, by input (user id or explicit history).",

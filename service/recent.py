@@ -38,15 +38,18 @@ class RecentLog:
             self._thread = threading.Thread(target=self._drain, name="recsae-recent", daemon=True)
             self._thread.start()
 
-    def maybe_record(self, user_id: str | None, items: list[dict], active: list[int],
-                     strengths: dict[int, float], policy: str | None, baseline: float = 0.0) -> None:
-        if self.rate <= 0 or (self.rate < 1 and random.random() >= self.rate):
-            return
+    def sampled(self) -> bool:
+        """Whether to record this answer (a draw at ``rate``)."""
+        return self.rate > 0 and (self.rate >= 1 or random.random() < self.rate)
+
+    def record(self, user_id: str | None, items: list[tuple[str, str]], active: list[int],
+               strengths: dict[int, float], policy: str | None, baseline: float = 0.0) -> None:
+        """Keep one answer: ``items`` its listed (item_id, title), best first."""
         self._seq += 1
         entry = {
             "id": f"local-{self._seq}", "ts": round(time.time(), 3), "user_id": user_id, "policy": policy,
             "suppressed": sorted(strengths), "baseline": baseline, "active": active,
-            "items": [{"item_id": it["item_id"], "title": it["title"]} for it in items[:10]],
+            "items": [{"item_id": i, "title": t} for i, t in items[:10]],
         }
         self.local.append(entry)
         if self._thread is not None:

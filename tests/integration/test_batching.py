@@ -12,6 +12,7 @@ import uuid
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsae-prom-"))
 
 import numpy as np  # noqa: E402
+import orjson  # noqa: E402
 import pytest  # noqa: E402
 
 from service.core import ClientError, Job, NotFound  # noqa: E402
@@ -116,8 +117,8 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(core):
         async def one(job):
             try:
                 if job.source == "user":
-                    return await core.recommend_user_async(job.user_id, job.opts)
-                return await core.recommend_history_async(job.history, job.opts)
+                    return orjson.loads(await core.recommend_user_async(job.user_id, job.opts))
+                return orjson.loads(await core.recommend_history_async(job.history, job.opts))
             except (NotFound, ClientError) as e:
                 return e
         return await asyncio.gather(*[one(j) for j in requests(core) * 3])
