@@ -19,28 +19,30 @@
  * np.round does), and `order` (E, n, k) int64: per item the firing positions (acts > 0; a
  * TopK code lists them first) by contribution, largest first (ties: lower position), the rest -1.
  *
- * `items(ids, scores, item_ids, titles, table, order, heads, tails)` writes the JSON array of a
- * body's items (input checked; a violation raises, and the caller writes the body in Python):
+ * `items(ids, scores, item_ids, titles, table, order, parts, strengths)` writes a body's `items`
+ * and `active_latents` as two JSON arrays, returned as (bytes, bytes) (input checked; a
+ * violation raises, and the caller writes the body in Python):
  *   ids      list[int]    the listed items' catalogue indices, best first
  *   scores   list[float]  their scores, already rounded to 6 decimals
  *   item_ids, titles      sequences of str indexed by catalogue index
- *   table    None (not explained), or one row of `explain`'s table: (n + 1, k + 2) float64
- *   order    its `order` row: (n, k) int64; each item lists positions up to the first -1
- *   heads, tails  list[bytes], one per position `order` names: each position's contribution
- *            object before and after its number, e.g. b'{"latent":12,"contribution":' and
- *            b',"label":"90s horror","suppressed":false}'
+ *   table    None (not explained), or one row of `explain`'s table: (>= n + 1, k + 2) float64,
+ *            its last row the activations
+ *   order    its `order` row: (>= n, k) int64; each item lists positions up to the first -1
+ *   parts    one per firing position (none when not explained): the concept's prebuilt JSON
+ *            (service.concepts.Described.json: 5 bytes around the per-request fields)
+ *   strengths None (nothing suppressed) or per position the suppression strength (0: none)
  * Bytes: the same as orjson's (and pydantic's) for the same body: keys in the schema's order;
  * every float on the wire is rounded to 6 decimals (service.core.DECIMALS), so it is written as
  * the exact decimal m / 10^6 (m = rint(v * 1e6)) after checking that this decimal reads back as
  * v, in orjson's notation (1e-6 .. 9e-6 with an exponent); otherwise (|v| >= 1e9, or not so
- * rounded) as Python's repr. Non-finite: null, as orjson writes it.
+ * rounded) from Python's repr, in orjson's notation too. Non-finite: null, as orjson writes it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <string.h>
 
-#define HOTPATH_API 1
+#define HOTPATH_API 2
 
 typedef struct {
     char *buf;
@@ -73,6 +75,37 @@ static int out_put(Out *o, const char *s, Py_ssize_t n) {
 }
 
 #define PUT_LIT(o, lit) out_put((o), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+/* v as orjson writes it: Python's shortest repr, but exponents without zero padding (1e-7, not
+ * 1e-07) and the decade 1e-5 in decimals (0.000015, not 1.5e-05). */
+static int out_repr(Out *o, double v) {
+    char *s = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (!s) return -1;
+    char *e = strchr(s, 'e');
+    int rc;
+    if (!e || e[1] != '-') {
+        rc = out_put(o, s, (Py_ssize_t)strlen(s));
+    } else {
+        int exp = atoi(e + 2);
+        char tmp[64];
+        int p = 0;
+        if (exp == 5) {
+            const char *m = s;
+            if (*m == '-') tmp[p++] = *m++;
+            memcpy(tmp + p, "0.0000", 6);
+            p += 6;
+            for (; m < e; m++)
+                if (*m != '.') tmp[p++] = *m;
+        } else {
+            p = (int)(e - s);
+            memcpy(tmp, s, (size_t)p);
+            p += snprintf(tmp + p, sizeof tmp - (size_t)p, "e-%d", exp);
+        }
+        rc = out_put(o, tmp, p);
+    }
+    PyMem_Free(s);
+    return rc;
+}
 
 static int out_double(Out *o, double v) {
     if (!isfinite(v)) return PUT_LIT(o, "null");
@@ -108,11 +141,7 @@ static int out_double(Out *o, double v) {
             return out_put(o, tmp, p);
         }
     }
-    char *s = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-    if (!s) return -1;
-    int rc = out_put(o, s, (Py_ssize_t)strlen(s));
-    PyMem_Free(s);
-    return rc;
+    return out_repr(o, v);
 }
 
 static int out_long(Out *o, long long v) {
@@ -300,40 +329,73 @@ done:
     return result;
 }
 
+/* One firing position's prebuilt JSON: (contribution head, tail not suppressed, tail
+ * suppressed, entry head, entry middle), as service.concepts.Described.json. */
+enum { C_HEAD, C_TAIL_OFF, C_TAIL_ON, E_HEAD, E_MID, NPARTS };
+
+static int check_parts(PyObject *parts) {
+    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(parts); j++) {
+        PyObject *p = PyList_GET_ITEM(parts, j);
+        if (!PyTuple_Check(p) || PyTuple_GET_SIZE(p) != NPARTS) goto bad;
+        for (int q = 0; q < NPARTS; q++)
+            if (!PyBytes_Check(PyTuple_GET_ITEM(p, q))) goto bad;
+    }
+    return 0;
+bad:
+    PyErr_SetString(PyExc_TypeError, "parts: expected tuples of 5 bytes (service.concepts.Described.json)");
+    return -1;
+}
+
+static int out_bytes(Out *o, PyObject *b) { return out_put(o, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)); }
+
 static PyObject *items(PyObject *self, PyObject *args) {
-    PyObject *ids, *scores, *item_ids, *titles, *table_obj, *order_obj, *heads, *tails;
-    if (!PyArg_ParseTuple(args, "O!O!OOOOO!O!:items", &PyList_Type, &ids, &PyList_Type, &scores, &item_ids, &titles,
-                          &table_obj, &order_obj, &PyList_Type, &heads, &PyList_Type, &tails))
+    PyObject *ids, *scores, *item_ids, *titles, *table_obj, *order_obj, *parts, *strengths;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOO!O:items", &PyList_Type, &ids, &PyList_Type, &scores, &item_ids, &titles,
+                          &table_obj, &order_obj, &PyList_Type, &parts, &strengths))
         return NULL;
-    Py_ssize_t nprotos = PyList_GET_SIZE(heads);
+    Py_ssize_t nparts = PyList_GET_SIZE(parts);
     Py_ssize_t n = PyList_GET_SIZE(ids);
     if (PyList_GET_SIZE(scores) != n) {
         PyErr_SetString(PyExc_ValueError, "ids and scores differ in length");
         return NULL;
     }
+    if (strengths != Py_None && (!PyList_Check(strengths) || PyList_GET_SIZE(strengths) != nparts)) {
+        PyErr_SetString(PyExc_TypeError, "strengths: expected None or a list of one float per part");
+        return NULL;
+    }
+    if (check_parts(parts) < 0) return NULL;
     int explained = table_obj != Py_None;
+    if (!explained && nparts) {
+        PyErr_SetString(PyExc_ValueError, "parts without a table");
+        return NULL;
+    }
     Py_buffer table = {0}, order = {0};
-    Py_ssize_t k = 0, a = 0;
-    Out o;
+    Py_ssize_t k = 0, rows = 0;
+    double *sw = NULL;
+    Out o, act;
     o.buf = o.small;
     o.len = 0;
     o.cap = sizeof o.small;
+    act.buf = act.small;
+    act.len = 0;
+    act.cap = sizeof act.small;
     PyObject *result = NULL;
     if (explained) {
         if (get_array(table_obj, &table, "table", 'd', 2, 0) < 0) return NULL;
         if (get_array(order_obj, &order, "order", 'q', 2, 0) < 0) { PyBuffer_Release(&table); return NULL; }
         k = table.shape[1] - 2;
-        a = order.shape[1];
-        if (k < 0 || a != k || table.shape[0] < n || order.shape[0] < n || nprotos > k ||
-            PyList_GET_SIZE(tails) != nprotos) {
-            PyErr_SetString(PyExc_ValueError, "table, order, heads and tails do not fit the listed items");
+        rows = table.shape[0];
+        if (k < 0 || order.shape[1] != k || rows < n + 1 || order.shape[0] < n || nparts > k) {
+            PyErr_SetString(PyExc_ValueError, "table, order and parts do not fit the listed items");
             goto done;
         }
-        for (Py_ssize_t j = 0; j < nprotos; j++) {
-            if (!PyBytes_Check(PyList_GET_ITEM(heads, j)) || !PyBytes_Check(PyList_GET_ITEM(tails, j))) {
-                PyErr_SetString(PyExc_TypeError, "heads, tails: expected bytes");
-                goto done;
-            }
+    }
+    sw = PyMem_Calloc((size_t)(nparts ? nparts : 1), sizeof(double));
+    if (!sw) { PyErr_NoMemory(); goto done; }
+    if (strengths != Py_None) {
+        for (Py_ssize_t a = 0; a < nparts; a++) {
+            sw[a] = PyFloat_AsDouble(PyList_GET_ITEM(strengths, a));
+            if (sw[a] == -1.0 && PyErr_Occurred()) goto done;
         }
     }
     const double *T = explained ? (const double *)table.buf : NULL;
@@ -362,30 +424,41 @@ static PyObject *items(PyObject *self, PyObject *args) {
             PUT_LIT(&o, ",\"error\":") < 0 || out_double(&o, row[k + 1]) < 0 ||
             PUT_LIT(&o, ",\"contributions\":[") < 0)
             goto done;
-        for (Py_ssize_t t = 0; t < a; t++) {
-            long long pos = R[r * a + t];
+        for (Py_ssize_t t = 0; t < k; t++) {
+            long long pos = R[r * k + t];
             if (pos == -1) break;  /* the firing positions end here */
-            if (pos < 0 || pos >= nprotos) {
+            if (pos < 0 || pos >= nparts) {
                 PyErr_SetString(PyExc_ValueError, "order: position out of range");
                 goto done;
             }
-            PyObject *head = PyList_GET_ITEM(heads, pos), *tail = PyList_GET_ITEM(tails, pos);
-            if ((t && PUT_LIT(&o, ",") < 0) ||
-                out_put(&o, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head)) < 0 ||
+            PyObject *p = PyList_GET_ITEM(parts, pos);
+            if ((t && PUT_LIT(&o, ",") < 0) || out_bytes(&o, PyTuple_GET_ITEM(p, C_HEAD)) < 0 ||
                 out_double(&o, row[pos]) < 0 ||
-                out_put(&o, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail)) < 0)
+                out_bytes(&o, PyTuple_GET_ITEM(p, sw[pos] > 0 ? C_TAIL_ON : C_TAIL_OFF)) < 0)
                 goto done;
         }
         if (PUT_LIT(&o, "]}}") < 0) goto done;
     }
-    if (PUT_LIT(&o, "]") < 0) goto done;
-    result = PyBytes_FromStringAndSize(o.buf, o.len);
+    if (PUT_LIT(&o, "]") < 0 || PUT_LIT(&act, "[") < 0) goto done;
+    /* active_latents: each firing position's entry, its activation from the table's last row */
+    for (Py_ssize_t a = 0; a < nparts; a++) {
+        PyObject *p = PyList_GET_ITEM(parts, a);
+        if ((a && PUT_LIT(&act, ",") < 0) || out_bytes(&act, PyTuple_GET_ITEM(p, E_HEAD)) < 0 ||
+            out_double(&act, T[(rows - 1) * (k + 2) + a]) < 0 || out_bytes(&act, PyTuple_GET_ITEM(p, E_MID)) < 0 ||
+            (sw[a] > 0 ? PUT_LIT(&act, "true,\"strength\":") : PUT_LIT(&act, "false,\"strength\":")) < 0 ||
+            out_double(&act, sw[a]) < 0 || PUT_LIT(&act, "}") < 0)
+            goto done;
+    }
+    if (PUT_LIT(&act, "]") < 0) goto done;
+    result = Py_BuildValue("(y#y#)", o.buf, o.len, act.buf, act.len);
 done:
     if (explained) {
         PyBuffer_Release(&table);
         if (order.obj) PyBuffer_Release(&order);
     }
+    PyMem_Free(sw);
     if (o.buf != o.small) PyMem_Free(o.buf);
+    if (act.buf != act.small) PyMem_Free(act.buf);
     return result;
 }
 

@@ -90,7 +90,8 @@ def history_attribution(core: Core, history: np.ndarray, user: int | None, user_
     ids, titles = core.item_ids, core.titles
     hist = history.tolist()
     concepts = []
-    described = core.store.described(res["latents"].tolist())
+    latents = res["latents"].tolist()
+    described = dict(zip(latents, core.store.described(latents)))
     order = np.argsort(-res["activations"], kind="stable")
     for c in order.tolist():
         j = int(res["latents"][c])

@@ -51,9 +51,26 @@ class Described(NamedTuple):
     contribution: tuple[dict, dict]
     """its entry in an item's ``contributions`` (schema ``Contribution``) when not suppressed /
     suppressed, the number still to fill in: copy it, never change it"""
-    contribution_json: tuple[tuple[bytes, bytes], tuple[bytes, bytes]]
-    """the same two entries as JSON before and after the number (``{"latent":12,"contribution":``,
-    ``,"label":...}``), for the compiled writer (``service.wire``)"""
+    json: tuple[bytes, bytes, bytes, bytes, bytes]
+    """the same entries as JSON around their per-request fields, for the compiled writer
+    (``service.hotpath``): the contribution before its number (``{"latent":12,"contribution":``),
+    after it when not suppressed / suppressed (``,"label":...,"suppressed":false}``), the
+    ``active_latents`` entry before its activation (``{"latent":12,"activation":``) and after it
+    up to its suppressed flag (``,"description":...,"suppressed":``)"""
+
+
+def describe(latent: int, s: ConceptSummary) -> Described:
+    """A concept's prebuilt entries (``Described``) from its summary."""
+    label = label_of(s.description)
+    entry = {"latent": latent, "activation": 0.0, "description": s.description, "confidence": s.confidence,
+             "status": s.status, "suppressed": False, "strength": 0.0}
+    contribution = tuple({"latent": latent, "contribution": 0.0, "label": label, "suppressed": sup}
+                         for sup in (False, True))
+    fixed = {"description": s.description, "confidence": s.confidence, "status": s.status}
+    as_json = (b'{"latent":%d,"contribution":' % latent,
+               *(b"," + orjson.dumps({"label": label, "suppressed": sup})[1:] for sup in (False, True)),
+               b'{"latent":%d,"activation":' % latent, b"," + orjson.dumps(fixed)[1:-1] + b',"suppressed":')
+    return Described(s, label, entry, contribution, as_json)
 
 
 class ConceptStore:
@@ -80,24 +97,19 @@ class ConceptStore:
 
     # -- the process-local copy (the request path) --------------------------------------------------
     def _put(self, latent: int, s: ConceptSummary) -> None:
-        label = label_of(s.description)
-        entry = {"latent": latent, "activation": 0.0, "description": s.description, "confidence": s.confidence,
-                 "status": s.status, "suppressed": False, "strength": 0.0}
-        contribution = tuple({"latent": latent, "contribution": 0.0, "label": label, "suppressed": sup}
-                             for sup in (False, True))
-        as_json = tuple((b'{"latent":%d,"contribution":' % latent,
-                         b"," + orjson.dumps({"label": label, "suppressed": sup})[1:]) for sup in (False, True))
-        self._view[latent] = Described(s, label, entry, contribution, as_json)  # one dict store: atomic under the GIL
+        self._view[latent] = describe(latent, s)  # one dict store: atomic under the GIL
 
-    def described(self, latents: list[int]) -> dict[int, Described]:
-        """The active concepts of a request, from process memory (no I/O)."""
-        view, out = self._view, {}
-        for j in latents:
-            d = view.get(j)
-            if d is None:
-                self._put(j, self.summary(j))  # a latent the bundle does not describe
-                d = view[j]
-            out[j] = d
+    def described(self, latents: list[int]) -> list[Described]:
+        """The active concepts of a request (in the order of ``latents``), from process memory
+        (no I/O)."""
+        view = self._view
+        try:
+            out = [view[j] for j in latents]
+        except KeyError:  # a latent the bundle does not describe
+            for j in latents:
+                if j not in view:
+                    self._put(j, self.summary(j))
+            out = [view[j] for j in latents]
         if self.link is None:
             self._hit_local.inc(len(out))
         elif self.tracked is not None and self.tracked():

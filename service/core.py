@@ -355,27 +355,24 @@ class Core:
     def finish(self, scored: "_Scored", wire: bool = False) -> dict[str, Any]:
         """The response body (schema: ``service.schemas.RecommendResponse``) of a scored request:
         its top-k and, when explained, its share of ``_explain_batch``. ``wire``: for orjson
-        only (the HTTP routes): ``items`` may then be an ``orjson.Fragment`` of their JSON,
-        written by the compiled writer (``service.wire``)."""
+        only (the HTTP routes): ``items`` and ``active_latents`` may then be ``orjson.Fragment``s
+        of their JSON, written by the compiled hot path (``service.hotpath``).
+
+        Without it the body is plain dicts (field for field the schema's RecommendResponse; tests
+        check served bodies are byte for byte its serialisation): ~100 Pydantic objects per
+        explained response cost more than the kernel."""
         job, plan, ids, scores, ex = scored
         pol, strengths, baseline, active = plan.pol, plan.strengths, plan.baseline, plan.active
-        # The hot path builds the wire body as plain dicts (field for field the schema's
-        # RecommendResponse; tests check served bodies round-trip through it unchanged):
-        # constructing ~100 Pydantic objects per explained response cost more than the kernel.
         item_ids, titles = self.item_ids, self.titles
-        active_out: list[dict] = []
-        sup: list[bool] = []
-        described: dict = {}
-        if ex is not None:
-            described = self.store.described(active)
-            active_out, sup = self._active(ex, active, strengths, described)
+        described = self.store.described(active) if ex is not None else []
         items: Any = None
+        active_out: Any = []
         if wire and compiled_items is not None:
             try:
-                protos = [described[j].contribution_json[s] for j, s in zip(active, sup)]
-                items = orjson.Fragment(compiled_items(ids, scores, item_ids, titles, ex.table if ex else None,
-                                                       ex.order if ex else None, [h for h, _ in protos],
-                                                       [t for _, t in protos]))
+                body = compiled_items(ids, scores, item_ids, titles, ex.table if ex else None, ex.order if ex else None,
+                                      [d.json for d in described],
+                                      [strengths.get(j, 0.0) for j in active] if strengths and ex else None)
+                items, active_out = orjson.Fragment(body[0]), orjson.Fragment(body[1])
             except (TypeError, ValueError, BufferError) as e:  # e.g. a title with lone surrogates
                 _declined("body", e)
         if items is None:
@@ -384,7 +381,8 @@ class Core:
                 for r, (i, s) in enumerate(zip(ids, scores))
             ]
             if ex is not None:
-                self._explain_items(ex, [described[j].contribution[s] for j, s in zip(active, sup)], items)
+                active_out, sup = self._active(ex, active, strengths, described)
+                self._explain_items(ex, [d.contribution[s] for d, s in zip(described, sup)], items)
 
         audit = job.opts.audit  # an auditor's request: not live traffic
         if not self._warming:  # (drift: recorded for the whole batch by run_batch)
@@ -483,7 +481,7 @@ class Core:
 
     @staticmethod
     def _active(ex: "_Explained", lat: list[int], suppress: dict[int, float],
-                described: dict) -> tuple[list[dict], list[bool]]:
+                described: list) -> tuple[list[dict], list[bool]]:
         """The active concepts ``lat`` (descriptions and labels from process memory,
         ``ConceptStore.described``: their entries prebuilt there, copied here with this request's
         numbers) and whether each is suppressed. ``suppress``: the request's effective strengths
@@ -491,8 +489,8 @@ class Core:
         strengths = [suppress.get(j, 0.0) for j in lat]
         sup = [s > 0 for s in strengths]
         active = []
-        for j, a, s, w in zip(lat, ex.activations, sup, strengths):
-            e = described[j].entry.copy()
+        for d, a, s, w in zip(described, ex.activations, sup, strengths):
+            e = d.entry.copy()
             e["activation"], e["suppressed"], e["strength"] = a, s, w
             active.append(e)
         return active, sup

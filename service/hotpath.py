@@ -19,7 +19,7 @@ from typing import Callable
 
 log = logging.getLogger("recsae.service")
 
-API = 1
+API = 2
 """The ``_hotpath`` interface this code calls; a module built from another version is not used."""
 
 compiled_explain: Callable[..., None] | None = None

@@ -8,8 +8,6 @@ the Pydantic response model's own."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import orjson
 import pytest
@@ -19,6 +17,9 @@ from hypothesis import strategies as st
 from recsae.bundle import PackedStrings
 from recsae.kernel import Codes, SAEKernel
 from service import hotpath
+from service.concepts import describe
+from service.core import Core, _Explained
+from service.schemas import ConceptSummary
 
 needs_compiled = pytest.mark.skipif(hotpath.compiled_items is None, reason="not built: test_the_install_built_it fails")
 
@@ -29,29 +30,28 @@ def test_the_install_built_it():
     assert hotpath.KIND == "compiled" and hotpath.compiled_items is not None and hotpath.compiled_explain is not None
 
 
-def python_items(ids, scores, item_ids, titles, table, order, heads) -> list[dict]:
-    """The items as ``Core.finish`` builds them without the compiled writer."""
+def python_body(ids, scores, item_ids, titles, ex, described, strengths) -> bytes:
+    """``items`` and ``active_latents`` as ``Core.finish`` builds them without the compiled
+    writer (its own ``_active`` and ``_explain_items``), serialised by orjson."""
     items = [{"rank": r + 1, "item_id": item_ids[i], "title": titles[i], "score": s, "explanation": None}
              for r, (i, s) in enumerate(zip(ids, scores))]
-    if table is not None:
-        k = table.shape[1] - 2
-        for item, nums, ranked in zip(items, table.tolist(), order.tolist()):
-            item["explanation"] = {"bias": nums[k], "error": nums[k + 1], "contributions": [
-                {"latent": heads[a][0], "contribution": nums[a], "label": heads[a][1], "suppressed": heads[a][2]}
-                for a in (ranked[: ranked.index(-1)] if -1 in ranked else ranked)]}
-    return items
+    active_out = []
+    if ex is not None:
+        active = [d.summary.latent for d in described]
+        active_out, sup = Core._active(ex, active, strengths, described)
+        Core._explain_items(ex, [d.contribution[s] for d, s in zip(described, sup)], items)
+    return orjson.dumps({"items": items, "active_latents": active_out})
 
 
-def protos(latents: list[tuple[int, str | None, bool]]) -> tuple[list[bytes], list[bytes]]:
-    """The prebuilt halves (as ``service.concepts`` makes them) of each latent's contribution."""
-    heads = [b'{"latent":%d,"contribution":' % j for j, _, _ in latents]
-    tails = [b"," + orjson.dumps({"label": label, "suppressed": sup})[1:] for _, label, sup in latents]
-    return heads, tails
+def compiled_body(ids, scores, item_ids, titles, ex, described, strengths) -> bytes:
+    items, active = hotpath.compiled_items(
+        ids, scores, item_ids, titles, ex.table if ex else None, ex.order if ex else None, [d.json for d in described],
+        [strengths.get(d.summary.latent, 0.0) for d in described] if strengths and ex else None)
+    return orjson.dumps({"items": orjson.Fragment(items), "active_latents": orjson.Fragment(active)})
 
 
-def compiled(ids, scores, item_ids, titles, table, order, latents) -> bytes:
-    heads, tails = protos(latents)
-    return hotpath.compiled_items(ids, scores, item_ids, titles, table, order, heads, tails)
+def explained(table: np.ndarray, order: np.ndarray, n_active: int) -> _Explained:
+    return _Explained(table, order, table[-1, :n_active].tolist())
 
 
 def rounded(values) -> np.ndarray:
@@ -63,12 +63,20 @@ wire_number = st.one_of(
     st.floats(-1e3, 1e3), st.floats(-1e-4, 1e-4), st.floats(-2e9, 2e9), st.integers(-20, 20).map(lambda m: m / 1e6),
     st.sampled_from([0.0, -0.0, 1e-6, -9e-6, 1e-5, 999999999.999999, 1e9, 1e15]),
 )
+concept = st.builds(
+    lambda j, status, description, confidence: describe(j, ConceptSummary(
+        latent=j, status=status, description=description, confidence=confidence)),
+    st.integers(0, 1 << 20), st.sampled_from(["described", "undescribed", "dead"]), st.none() | wire_text,
+    st.none() | st.floats(0, 1),
+)
 
 
 @needs_compiled
 @settings(max_examples=300, deadline=None)
 @given(st.data())
-def test_same_bytes_as_orjson_for_any_strings_and_rounded_numbers(data):
+def test_same_bytes_as_the_python_writer_for_any_strings_and_numbers(data):
+    """Titles, ids, labels and descriptions of any text; numbers as the kernel rounds them (and,
+    for strengths, any in (0, 1]); some rows firing fewer than k latents; some suppressed."""
     n_catalog = data.draw(st.integers(1, 30))
     item_ids = data.draw(st.lists(wire_text, min_size=n_catalog, max_size=n_catalog))
     titles = data.draw(st.lists(wire_text, min_size=n_catalog, max_size=n_catalog))
@@ -76,34 +84,35 @@ def test_same_bytes_as_orjson_for_any_strings_and_rounded_numbers(data):
     ids = data.draw(st.lists(st.integers(0, n_catalog - 1), min_size=n, max_size=n))
     scores = rounded(data.draw(st.lists(wire_number, min_size=n, max_size=n))).tolist()
     if not data.draw(st.booleans()):
-        got = compiled(ids, scores, item_ids, titles, None, None, [])
-        assert got == orjson.dumps(python_items(ids, scores, item_ids, titles, None, None, []))
+        assert compiled_body(ids, scores, item_ids, titles, None, [], {}) == \
+            python_body(ids, scores, item_ids, titles, None, [], {})
         return
     k = data.draw(st.integers(1, 10))
-    n_active = data.draw(st.integers(1, k))
-    table = rounded(data.draw(st.lists(wire_number, min_size=(n + 1) * (k + 2), max_size=(n + 1) * (k + 2)))).reshape(
-        n + 1, k + 2)
-    order = np.array([data.draw(st.permutations(range(n_active))) + [-1] * (k - n_active) for _ in range(n)],
-                     dtype=np.int64).reshape(n, k)
-    latents = [(data.draw(st.integers(0, 1 << 20)), data.draw(st.none() | wire_text), data.draw(st.booleans()))
-               for _ in range(n_active)]
-    got = compiled(ids, scores, item_ids, titles, table, order, latents)
-    assert got == orjson.dumps(python_items(ids, scores, item_ids, titles, table, order, latents))
+    n_active = data.draw(st.integers(0, k))
+    rows = n + data.draw(st.integers(1, 3))  # the batch's k_max may list more items than this request
+    table = rounded(data.draw(st.lists(wire_number, min_size=rows * (k + 2), max_size=rows * (k + 2)))).reshape(
+        rows, k + 2)
+    order = np.array([data.draw(st.permutations(range(n_active))) + [-1] * (k - n_active) for _ in range(rows - 1)],
+                     dtype=np.int64).reshape(rows - 1, k)
+    described = data.draw(st.lists(concept, min_size=n_active, max_size=n_active,
+                                   unique_by=lambda d: d.summary.latent))
+    strengths = {d.summary.latent: data.draw(st.floats(0, 1, exclude_min=True) | st.sampled_from([0.5, 1.0, 1e-7]))
+                 for d in described if data.draw(st.booleans())}
+    ex = explained(table, order, n_active)
+    assert compiled_body(ids, scores, item_ids, titles, ex, described, strengths) == \
+        python_body(ids, scores, item_ids, titles, ex, described, strengths)
 
 
 @needs_compiled
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=20))
-def test_numbers_not_rounded_for_the_wire_still_read_back_exactly(values):
-    """Off the 6-decimal grid (or beyond 1e9) the writer falls back to Python's repr: another
-    notation than orjson's at times (1e-07 vs 1e-7), the same number; non-finite ones are null."""
+def test_any_number_is_written_as_orjson_writes_it(values):
+    """Off the 6-decimal grid (or beyond 1e9) the writer starts from Python's repr and writes
+    orjson's notation (1e-7, 0.000015); non-finite numbers are null, as orjson writes them."""
     ids = list(range(len(values)))
-    got = orjson.loads(compiled(ids, values, [str(i) for i in ids], ["t"] * len(ids), None, None, []))
-    for item, v in zip(got, values):
-        if math.isfinite(v):
-            assert item["score"] == v and math.copysign(1.0, item["score"]) == math.copysign(1.0, v)
-        else:
-            assert item["score"] is None
+    items, _ = hotpath.compiled_items(ids, values, [str(i) for i in ids], ["t"] * len(ids), None, None, [], None)
+    assert items == orjson.dumps([{"rank": i + 1, "item_id": str(i), "title": "t", "score": v, "explanation": None}
+                                  for i, v in enumerate(values)])
 
 
 @needs_compiled
@@ -113,15 +122,16 @@ def test_a_body_beyond_the_first_buffer_and_a_packed_catalogue():
     rng = np.random.default_rng(0)
     names = [f"item-{i}" for i in range(500)]
     long_titles = ["\u00e9\u2603 \"quoted\" \\ tab\t" * (i % 40 + 1) for i in range(500)]
-    item_ids, titles = PackedStrings(names), PackedStrings(long_titles)
     ids = rng.choice(500, 200, replace=False).tolist()
     scores = rounded(rng.normal(size=200)).tolist()
     table = rounded(rng.normal(size=(201, 10)))
     order = np.argsort(-table[:200, :8], axis=1).astype(np.int64)  # 8 positions, all firing
-    latents = [(j, f"concept {j}", j % 2 == 0) for j in range(8)]
-    got = compiled(ids, scores, item_ids, titles, table, order, latents)
+    described = [describe(j, ConceptSummary(latent=j, status="described", description=f"concept {j} — x" * 50,
+                                            confidence=0.5)) for j in range(8)]
+    ex = explained(table, order, 8)
+    got = compiled_body(ids, scores, PackedStrings(names), PackedStrings(long_titles), ex, described, {3: 0.5})
     assert len(got) > 100_000
-    assert got == orjson.dumps(python_items(ids, scores, names, long_titles, table, order, latents))
+    assert got == python_body(ids, scores, names, long_titles, ex, described, {3: 0.5})
 
 
 @needs_compiled
@@ -129,37 +139,45 @@ def test_input_it_cannot_write_is_refused_with_an_error_never_a_crash():
     ids, scores, names = [0, 1], [0.5, 0.25], ["a", "b"]
     table = np.zeros((3, 4))
     order = np.array([[0, 1], [1, -1]], dtype=np.int64)
-    heads, tails = protos([(1, "x", False), (2, "y", True)])
+    parts = [describe(j, ConceptSummary(latent=j, status="dead")).json for j in (1, 2)]
     call = hotpath.compiled_items
     with pytest.raises(ValueError):  # a lone surrogate: not UTF-8 (orjson refuses it as well)
-        call(ids, scores, ["\ud800", "b"], names, None, None, [], [])
+        call(ids, scores, ["\ud800", "b"], names, None, None, [], None)
     with pytest.raises(TypeError):  # not a str
-        call(ids, scores, [1, 2], names, None, None, [], [])
+        call(ids, scores, [1, 2], names, None, None, [], None)
     with pytest.raises(TypeError):
-        call(ids, scores, names, names, table.astype(np.float32), order, heads, tails)
+        call(ids, scores, names, names, table.astype(np.float32), order, parts, None)
     with pytest.raises(TypeError):
-        call(ids, scores, names, names, table, order.astype(np.int32), heads, tails)
+        call(ids, scores, names, names, table, order.astype(np.int32), parts, None)
     with pytest.raises((TypeError, BufferError, ValueError)):  # not C-contiguous
-        call(ids, scores, names, names, np.zeros((4, 3)).T, order, heads, tails)
-    with pytest.raises(ValueError):  # a position no head names
-        call(ids, scores, names, names, table, np.full((2, 2), 2, dtype=np.int64), heads, tails)
+        call(ids, scores, names, names, np.zeros((4, 3)).T, order, parts, None)
+    with pytest.raises(ValueError):  # a position no part names
+        call(ids, scores, names, names, table, np.full((2, 2), 2, dtype=np.int64), parts, None)
     with pytest.raises(ValueError):
-        call(ids, scores, names, names, table, np.full((2, 2), -2, dtype=np.int64), heads, tails)
+        call(ids, scores, names, names, table, np.full((2, 2), -2, dtype=np.int64), parts, None)
     with pytest.raises(ValueError):  # order's width is not the table's k
-        call(ids, scores, names, names, table, np.zeros((2, 3), dtype=np.int64), heads, tails)
-    with pytest.raises(ValueError):
-        call(ids, scores, names, names, table, order, heads, tails[:1])
-    with pytest.raises(ValueError):  # fewer table rows than items
-        call(ids, scores, names, names, np.zeros((1, 4)), order, heads, tails)
-    with pytest.raises(ValueError):
-        call([-1, 0], scores, names, names, None, None, [], [])
-    with pytest.raises(IndexError):
-        call([5, 0], scores, names, names, None, None, [], [])
-    with pytest.raises(ValueError):
-        call(ids, scores[:1], names, names, None, None, [], [])
+        call(ids, scores, names, names, table, np.zeros((2, 3), dtype=np.int64), parts, None)
+    with pytest.raises(TypeError):  # parts not as Described.json
+        call(ids, scores, names, names, table, order, [p[:4] for p in parts], None)
     with pytest.raises(TypeError):
-        call(ids, ["0.5", 0.25], names, names, None, None, [], [])
-    assert call([], [], [], [], None, None, [], []) == b"[]"
+        call(ids, scores, names, names, table, order, [tuple(x.decode() for x in p) for p in parts], None)
+    with pytest.raises(TypeError):  # one strength per part
+        call(ids, scores, names, names, table, order, parts, [0.5])
+    with pytest.raises(TypeError):
+        call(ids, scores, names, names, table, order, parts, [0.5, "x"])
+    with pytest.raises(ValueError):  # no table row for the activations
+        call(ids, scores, names, names, np.zeros((2, 4)), order, parts, None)
+    with pytest.raises(ValueError):
+        call(ids, scores, names, names, None, None, parts, None)
+    with pytest.raises(ValueError):
+        call([-1, 0], scores, names, names, None, None, [], None)
+    with pytest.raises(IndexError):
+        call([5, 0], scores, names, names, None, None, [], None)
+    with pytest.raises(ValueError):
+        call(ids, scores[:1], names, names, None, None, [], None)
+    with pytest.raises(TypeError):
+        call(ids, ["0.5", 0.25], names, names, None, None, [], None)
+    assert call([], [], [], [], None, None, [], None) == (b"[]", b"[]")
 
 
 def random_batch(rng, E=5, k=8, n=10, m=64, d=16, n_items=50, firing=None):
