@@ -8,7 +8,8 @@
 #    Debian packages (debootstrap minbase + python3.11 + the host's CA bundle) under that tag, so
 #    no image registry is needed; the daemon keeps it, so later runs reuse it.
 # 3. Builds the CPU image and the GPU variant (`--network host`: pip reaches the index as the
-#    host does); the CPU image must carry no pip, compilers, tests or torch.
+#    host does); the CPU image must carry no pip, compilers, tests or torch, and its hot path
+#    must be the compiled one (built in the Dockerfile's native stage).
 # 4. Trains a small bundle (`recsae train --dataset synthetic`), starts a redis-server on a free
 #    loopback port and the CPU container (`--network host`, bundle mounted read-only as written,
 #    a state volume), and checks: /readyz 200, GET /recommend?explain=true 200 with concepts, no
@@ -128,6 +129,13 @@ docker run --rm --network none --user 0 --entrypoint sh "$IMAGE" -c '
   python -c "import faiss" || exit 1
 ' || fail "the CPU image carries what it should not (pip, a compiler, torch, pytest or tests: printed above) or lacks faiss"
 step "CPU image: no pip, compiler, torch or tests; faiss for bundles with an index"
+# the compiled hot path was built in the image's native stage (it needs Debian's gcc there; set
+# SMOKE_ALLOW_PY_HOTPATH=1 where the build cannot reach Debian's packages)
+kind=$(docker run --rm --network none --entrypoint python "$IMAGE" -c "from service import hotpath; print(hotpath.KIND)") \
+  || fail "service.hotpath does not import in the image"
+[[ $kind == compiled || ${SMOKE_ALLOW_PY_HOTPATH:-0} == 1 ]] \
+  || fail "the image's hot path is '$kind', not compiled: see the native stage of the build log ($WORK/build-cpu.log)"
+step "CPU image: hot path $kind"
 
 # -- 4. The container --------------------------------------------------------------------------
 [[ -n $TRAIN_PID ]] && { wait "$TRAIN_PID" || { tail -n 40 "$WORK/train.log" >&2; TRAIN_PID=""; fail "recsae train failed (log above)"; }; }
