@@ -4,7 +4,8 @@
    server three ways — the recommender alone (``RECSAE_PLAIN_SCORES=1``: no SAE encode, no
    steering, no explanation), ``explain=false`` and ``explain=true``. Paired at concurrency 1
    (each user asked the three ways back to back, order rotating), and throughput at 16
-   concurrent clients (cells alternating, ``--rounds`` rounds).
+   concurrent clients (cells alternating, ``--rounds`` rounds); with ``--python-hotpath`` also
+   ``explain=true`` without the compiled hot path (``RECSAE_COMPILED_HOTPATH=0``).
 2. **The limit**: in process, exact scoring + top-k of 1, 8 and 32 users, the code before
    (``X @ E.T`` + exclusion + ``top_items``) and now (``recsae.kernel.score_top_k``), against
    the time to read the item matrix once at the machine's memory bandwidth (measured here, in
@@ -17,6 +18,7 @@
     .venv/bin/python benchmarks/hot_path.py --base /tmp/base
     .venv/bin/python benchmarks/hot_path.py --base /tmp/base --sizes 1682 --requests 300
     .venv/bin/python benchmarks/hot_path.py --parts floor --sizes 1000000   # part 2 alone
+    .venv/bin/python benchmarks/hot_path.py --parts price --python-hotpath  # + the Python hot path
 
 Every server: one worker, its own private redis-server, loopback HTTP, BentoML's access log on
 (the service's default; ``--access-log off`` for part 1 without it). Prints markdown.
@@ -85,7 +87,7 @@ def ms(xs: list[float]) -> float:
 
 
 # -- 1. price of explanation ------------------------------------------------------------------------
-def price(bundle: Path, redis_url: str, n: int, rounds: int) -> list[str]:
+def price(bundle: Path, redis_url: str, n: int, rounds: int, python_cell: bool = False) -> list[str]:
     """Paired latency at concurrency 1, then throughput at 16 clients. Each throughput round starts
     a fresh pair of servers: one process's speed varies by +-15% on this VM from one start to the
     next (its event loop thread, same code and load: 1,307-1,773 us CPU a request over four
@@ -122,22 +124,28 @@ def price(bundle: Path, redis_url: str, n: int, rounds: int) -> list[str]:
     # throughput at 16 clients: per round a fresh server pair, cells in rotating order; also each
     # server's own CPU time per request (its process tree), which the load generator beside it
     # on this machine moves less than it moves the wall clock
-    names = ["plain", "explain=false", "explain=true"]
+    names = ["plain", "explain=false", "explain=true"] + (["explain=true, Python hot path"] if python_cell else [])
     thr: dict[str, list[float]] = {w: [] for w in names}
     cpu: dict[str, list[float]] = {w: [] for w in names}
     for r in range(rounds):
         plain, sae = _pair(bundle, redis_url, users)
+        py = None
         try:
             ways = [("plain", plain, False), ("explain=false", sae, False), ("explain=true", sae, True)]
-            for name, srv, explain in ways[r % 3:] + ways[: r % 3]:
+            if python_cell:  # the same server without the compiled hot path (service/_hotpath.c)
+                py = serve(ROOT, bundle, redis_url, RECSAE_COMPILED_HOTPATH="0")
+                run_cell(py.port, users, 200, 4, (True,), 0)
+                ways.append((names[-1], py, True))
+            for name, srv, explain in ways[r % len(ways):] + ways[: r % len(ways)]:
                 c0 = server_cpu(srv)
                 cell = run_cell(srv.port, users, n, 16, (explain,), offset=r * n)
                 cpu[name].append((server_cpu(srv) - c0) / n)
                 assert cell["errors"] == 0
                 thr[name].append(n / cell["wall"])
         finally:
-            plain.stop()
-            sae.stop()
+            for srv in (plain, sae, py):
+                if srv is not None:
+                    srv.stop()
         print(f"price round {r + 1}/{rounds}: " + ", ".join(f"{w} {thr[w][-1]:.0f}" for w in names), file=sys.stderr)
     p, pc = statistics.median(thr["plain"]), statistics.median(cpu["plain"])
     out += ["", f"Throughput at 16 concurrent clients ({n} requests a cell; median of {rounds} rounds, each with a "
@@ -147,9 +155,10 @@ def price(bundle: Path, redis_url: str, n: int, rounds: int) -> list[str]:
         t, c = statistics.median(thr[name]), statistics.median(cpu[name])
         rounds_ = " ".join(f"{x:.0f}" for x in thr[name])
         out.append(f"| {name} | {t:.0f} | {t / p:.2f}x | {rounds_} | {1e6 * c:.0f} | {c / pc:.2f}x |")
-    ratios = sorted(e / q for e, q in zip(thr["explain=true"], thr["plain"]))
-    out += ["", f"explain=true / plain within each round: {' '.join(f'{x:.2f}' for x in ratios)} "
-            f"(median {statistics.median(ratios):.2f})"]
+    for name in names[2:]:
+        ratios = sorted(e / q for e, q in zip(thr[name], thr["plain"]))
+        out += ["", f"{name} / plain within each round: {' '.join(f'{x:.2f}' for x in ratios)} "
+                f"(median {statistics.median(ratios):.2f})"]
     return out
 
 
@@ -330,6 +339,8 @@ def main() -> None:
     ap.add_argument("--parts", default="price,floor,versus")
     ap.add_argument("--access-log", choices=("on", "off"), default="on",
                     help="BentoML's access log of the servers (RECSAE_ACCESS_LOG; the service's default: on)")
+    ap.add_argument("--python-hotpath", action="store_true",
+                    help="part 1 also serves explain=true without the compiled hot path (RECSAE_COMPILED_HOTPATH=0)")
     args = ap.parse_args()
     if args.access_log == "off" and "versus" in args.parts.split(",") and args.base:
         ap.error("--access-log off: the previous commit of part 3 cannot turn it off; use --parts price")
@@ -342,7 +353,7 @@ def main() -> None:
                      f"{args.access_log}", ""])
     with RedisServer() if {"price", "versus"} & set(parts) else contextlib.nullcontext() as rs:
         if "price" in parts:
-            lines += price(Path(args.bundle), rs.url, args.requests, args.rounds) + [""]
+            lines += price(Path(args.bundle), rs.url, args.requests, args.rounds, args.python_hotpath) + [""]
             print("done price", file=sys.stderr, flush=True)
         if "floor" in parts:
             for size in [int(s) for s in args.sizes.split(",")]:

@@ -128,6 +128,9 @@ class Settings:
     the baseline of benchmarks/hot_path.py's "price of explanation"."""
     warmup: bool = True
     """RECSAE_WARMUP: run the request path before reporting ready."""
+    compiled_hotpath: bool = True
+    """RECSAE_COMPILED_HOTPATH: use the compiled hot path where built (service/_hotpath.c); 0: the
+    NumPy/Python path, same answers (a switch for ops, and the baseline benchmarks compare)."""
 
     @classmethod
     def from_env(cls, env: Mapping | None = None) -> "Settings":
@@ -159,6 +162,7 @@ class Settings:
             max_batch=_int(env, "RECSAE_MAX_BATCH", 32, 0, 1_000_000),
             plain_scores=env.get("RECSAE_PLAIN_SCORES") == "1",
             warmup=env.get("RECSAE_WARMUP", "1") not in ("0", "false", "False", "no"),
+            compiled_hotpath=_flag(env, "RECSAE_COMPILED_HOTPATH", True),
         )
 
 

@@ -30,7 +30,7 @@ from service.config import Settings
 from service.options import RecommendOptions
 from service.policies import PolicyStore
 from service.recent import RecentLog
-from service.hotpath import KIND as HOT_PATH, compiled_explain, compiled_items
+from service.hotpath import compiled_explain, compiled_items, declined
 from service.redis_link import RedisLink, Tracker
 from service.bundle_info import bundle_info
 from service.schemas import BundleInfo, Policy, SteerMode
@@ -110,6 +110,9 @@ class Core:
         # baseline of benchmarks/hot_path.py's "price of explanation"
         self.plain = settings.plain_scores
         self.batcher = Batcher(self.run_batch, settings.max_batch, M.BATCH_SIZE.observe)
+        # the compiled hot path (service.hotpath) where built and not switched off
+        self._c_explain, self._c_items = (compiled_explain, compiled_items) if settings.compiled_hotpath else (None, None)
+        self.hot_path = "compiled" if self._c_items is not None else "python"
         self._served = {src: M.RECOMMENDATIONS.labels(src) for src in ("user", "history")}
         self.ready = False
         self._warming = False
@@ -136,7 +139,7 @@ class Core:
             "serving bundle %s (%s, %d latents) from %s on %s; redis=%s, %d concepts pre-filled; hot path %s; "
             "ready in %.2f s",
             self.bundle.version, self.engine.input_kind, self.sae.n_latents, self.bundle.path, self.provider,
-            "on" if self.link else "off", filled, HOT_PATH, time.perf_counter() - t0,
+            "on" if self.link else "off", filled, self.hot_path, time.perf_counter() - t0,
         )
 
     def warm(self) -> None:
@@ -367,14 +370,14 @@ class Core:
         described = self.store.described(active) if ex is not None else []
         items: Any = None
         active_out: Any = []
-        if wire and compiled_items is not None:
+        if wire and self._c_items is not None:
             try:
-                body = compiled_items(ids, scores, item_ids, titles, ex.table if ex else None, ex.order if ex else None,
+                body = self._c_items(ids, scores, item_ids, titles, ex.table if ex else None, ex.order if ex else None,
                                       [d.json for d in described],
                                       [strengths.get(j, 0.0) for j in active] if strengths and ex else None)
                 items, active_out = orjson.Fragment(body[0]), orjson.Fragment(body[1])
             except (TypeError, ValueError, BufferError) as e:  # e.g. a title with lone surrogates
-                _declined("body", e)
+                declined("body", e)
         if items is None:
             items = [
                 {"rank": r + 1, "item_id": item_ids[i], "title": titles[i], "score": s, "explanation": None}
@@ -445,13 +448,13 @@ class Core:
         (E, n), k = ids.shape, acts.shape[1]
         table, order = np.empty((E, n + 1, k + 2)), np.empty((E, n, k), dtype=np.int64)
         try:
-            if compiled_explain is None:
+            if self._c_explain is None:
                 raise TypeError("not compiled")
-            compiled_explain(xs, acts, w, idx, baseline, ids, self.sae.W_dec, self.sae.b_dec, self.engine.item_emb,
-                             table, order)
+            self._c_explain(xs, acts, w, idx, baseline, ids, self.sae.W_dec, self.sae.b_dec, self.engine.item_emb,
+                            table, order)
         except (TypeError, ValueError) as e:
-            if compiled_explain is not None:  # an input it does not take (a dtype, a layout): say so once
-                _declined("explanation", e)
+            if self._c_explain is not None:  # an input it does not take (a dtype, a layout): say so once
+                declined("explanation", e)
             self._explain_numpy(xs, Codes(acts, idx), w, baseline, ids, [len(p.active) for p in ps], table, order)
         activations = table[:, n, :k].tolist()
         for e, r in enumerate(rows):
@@ -577,19 +580,6 @@ class _Plan(NamedTuple):
     baseline: float
     baseline_source: str | None
     mode: SteerMode
-
-
-_DECLINED: set[str] = set()
-
-
-def _declined(what: str, e: Exception) -> None:
-    """The compiled hot path refused an input (the NumPy/Python path answers instead): logged
-    once per kind of refusal, counted every time."""
-    M.HOTPATH_FALLBACK.labels(what).inc()
-    key = f"{what}: {type(e).__name__}: {e}"
-    if key not in _DECLINED and len(_DECLINED) < 100:
-        _DECLINED.add(key)
-        log.warning("compiled hot path declined the %s (%s): computed in Python instead", what, e)
 
 
 def _answer(result: dict[str, Any] | Exception) -> dict[str, Any]:

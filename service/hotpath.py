@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from service.metrics import HOTPATH_FALLBACK
+
 log = logging.getLogger("recsae.service")
 
 API = 2
@@ -36,4 +38,16 @@ except ImportError:  # not compiled (no C compiler at install, or a source tree 
     pass
 
 KIND = "compiled" if compiled_items is not None else "python"
-"""Which this process uses (logged when the service starts)."""
+"""Whether it is built (``Core.hot_path``: whether it is used, ``RECSAE_COMPILED_HOTPATH``)."""
+
+_declined: set[str] = set()
+
+
+def declined(what: str, e: Exception) -> None:
+    """The compiled hot path refused an input and the NumPy/Python path answers instead: counted
+    every time (``recsae_hotpath_fallback_total``), logged once per kind of refusal."""
+    HOTPATH_FALLBACK.labels(what).inc()
+    key = f"{what}: {type(e).__name__}: {e}"
+    if key not in _declined and len(_declined) < 100:
+        _declined.add(key)
+        log.warning("compiled hot path declined the %s (%s): computed in Python instead", what, e)

@@ -159,3 +159,40 @@ def test_latents_that_do_not_fire_are_left_out_of_explanations_batched_or_alone(
         assert 0 < fewer < len(users), fewer  # rows with fewer than k firing, batched with full ones
     finally:
         core.sae = full
+
+
+def test_the_compiled_hot_path_and_the_python_one_answer_alike(core, synthetic_bundle, tmp_path):
+    """``RECSAE_COMPILED_HOTPATH=0`` (and any install without a C compiler) serves the NumPy
+    kernel's explanations and the dict-built bodies: the same answers, item for item, to the
+    float32 rounding of the explanation numbers."""
+    from service.config import Settings
+    from service.core import Core
+    from service.schemas import PolicyIn
+
+    slow = Core(Settings(bundle=str(synthetic_bundle), redis_url=None, redis_prefix=f"py-{uuid.uuid4().hex[:8]}",
+                         state_dir=str(tmp_path), warmup=False, compiled_hotpath=False))
+    slow.start()
+    try:
+        calm = core.policies.current("calm")
+        slow.policies.put("calm", PolicyIn(latents=calm.latents, strength=calm.strength, baseline=calm.baseline),
+                          who="test")
+        assert (core.hot_path, slow.hot_path) == ("compiled", "python")
+
+        async def both():
+            out = []
+            for job in requests(core):
+                got = []
+                for c in (core, slow):
+                    try:
+                        call = (c.recommend_user_async(job.user_id, job.opts) if job.source == "user"
+                                else c.recommend_history_async(job.history, job.opts))
+                        got.append(orjson.loads(await call))
+                    except (NotFound, ClientError) as e:
+                        got.append(e)
+                out.append(got)
+            return out
+
+        for fast, py in asyncio.run(both()):
+            assert_same(fast, py)
+    finally:
+        slow.close()
