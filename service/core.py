@@ -352,7 +352,10 @@ class Core:
         )
         strengths, sources, baseline, baseline_source, use_mode = st
         weights = sae.suppression_weights(codes, strengths)
-        xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)  # nothing to steer: x itself
+        if strengths or baseline or use_mode != "error":
+            xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)
+        else:  # nothing to steer (most requests): x itself, without the kernel's checks
+            xs = x
         return _Plan(xs, codes, weights, active, pol, strengths, sources, baseline, baseline_source, use_mode)
 
     def finish(self, scored: "_Scored", wire: bool = False) -> dict[str, Any]:
