@@ -145,6 +145,9 @@ class Edge:
         path, qs = scope.get("path", ""), scope.get("query_string", b"")
         if len(scope.get("raw_path") or path.encode()) + len(qs) > MAX_URL_BYTES:
             return await _answer(send, 414, URL_TOO_LONG)
+        if scope["method"] == "HEAD" and path not in _BENTOML_PATHS and "GET" in allowed_methods(self.api, path):
+            # HEAD is GET without the body (RFC 9110 9.3.2): FastAPI routes answer GET only
+            scope, send = {**scope, "method": "GET"}, _bodiless(send)
         if path.startswith("/admin/"):
             svc = served()
             denied = auth.admin_denied(svc.settings.admin_token, scope) if svc is not None else None
@@ -185,6 +188,16 @@ class Edge:
         return await self.app(scope, receive, json_404)
 
 
+def _bodiless(send: Any) -> Any:
+    """``send`` of a HEAD answered as GET: the status and headers (Content-Length: the GET's),
+    no body."""
+    async def head_send(msg: dict) -> None:
+        if msg["type"] == "http.response.body":
+            msg = {**msg, "body": b""}
+        await send(msg)
+    return head_send
+
+
 def _routes(api: FastAPI) -> list:
     """Every route of the app: FastAPI keeps included routers nested in ``app.routes``."""
     return list(iter_route_contexts(api.routes))
@@ -214,4 +227,6 @@ def allowed_methods(api: FastAPI, path: str) -> str:
     for route in _routes(api):
         if getattr(route, "methods", None) and route.matches(scope)[0] != Match.NONE:
             methods |= route.methods
+    if "GET" in methods:  # answered as GET without the body (``Edge``)
+        methods.add("HEAD")
     return ", ".join(sorted(methods))

@@ -267,7 +267,7 @@ def test_unknown_paths_get_a_json_404(server):
 
 
 def test_405_names_every_method_of_the_path(server):
-    for path, want in (("/recommend", {"GET", "POST"}), ("/admin/policies/p1", {"GET", "PUT", "DELETE"})):
+    for path, want in (("/recommend", {"GET", "HEAD", "POST"}), ("/admin/policies/p1", {"GET", "HEAD", "PUT", "DELETE"})):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         conn.request("OPTIONS", path, headers=AUTH)
         r = conn.getresponse()
@@ -275,6 +275,22 @@ def test_405_names_every_method_of_the_path(server):
         conn.close()
         assert r.status == 405 and want <= {m.strip() for m in r.getheader("allow", "").split(",")}, (
             path, r.status, r.getheader("allow"))
+
+
+def test_head_is_get_without_the_body(server):
+    """Load balancers, uptime checks and link checkers ask HEAD: every GET route answers it as
+    GET would, status and headers (Content-Length included), without the body (RFC 9110)."""
+    for path in ("/recommend?user_id=1&k=3&explain=true", "/recommend?user_id=no-such-user", "/concepts?limit=2",
+                 "/concepts/3", "/bundle", "/audit", "/docs", "/readyz", "/metrics"):
+        st, ctype, raw = _raw(server.port, "GET", path)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("HEAD", path)
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        assert (r.status, r.getheader("content-type", ""), body) == (st, ctype, b""), (path, r.status, st)
+        if path != "/metrics":  # (the metrics text grows between the two requests)
+            assert int(r.getheader("content-length")) == len(raw), path
 
 
 def test_readme_states_how_many_latents_firing_rate_exports(server):
