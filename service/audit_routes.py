@@ -137,18 +137,65 @@ def audit_history_post(body: HistoryRequest, _q: Annotated[NoParams, Query()], c
     return Response(out.model_dump_json(), media_type="application/json")
 
 
+class TitleSearch:
+    """Case-insensitive word search over a catalogue's titles, as one casefolded text searched by
+    ``str.find`` (C speed): a query no title matches costs one pass over the text (~0.1 s at 10M
+    titles) instead of a Python comparison per title (seconds, holding the GIL the event loop
+    needs). Built on first use (10M titles: a few seconds, and the text's size in memory)."""
+
+    def __init__(self, titles: Any):
+        parts = [t.casefold().replace("\n", " ") for t in titles]
+        self.starts = np.zeros(len(parts) + 1, dtype=np.int64)  # title i is text[starts[i]:starts[i + 1] - 1]
+        np.cumsum(np.fromiter((len(p) + 1 for p in parts), dtype=np.int64, count=len(parts)), out=self.starts[1:])
+        self.text = "\n".join(parts)
+
+    def find(self, q: str, limit: int, skip: int | None = None) -> list[int]:
+        """The first ``limit`` titles (catalogue order) holding every word of ``q``, but ``skip``."""
+        words = q.casefold().split()
+        if not words:
+            return [i for i in range(min(limit + 1, len(self.starts) - 1)) if i != skip][:limit]
+        text, out, cur = self.text, [], 0
+        # leapfrog: each word's next occurrence from ``cur``; the title holding the furthest one is
+        # the first that can hold them all (no earlier title holds that word): check it, move on.
+        # Each step passes at least one title holding the rarest word.
+        while len(out) < limit:
+            far = -1
+            for w in words:
+                p = text.find(w, cur)
+                if p < 0:
+                    return out
+                far = max(far, p)
+            start = text.rfind("\n", 0, far) + 1
+            end = text.find("\n", far)
+            end = len(text) if end < 0 else end
+            title = text[start:end]
+            if all(w in title for w in words):
+                i = int(np.searchsorted(self.starts, start))
+                if i != skip:
+                    out.append(i)
+                cur = end + 1
+            else:  # a word is missing here: its next occurrence is past this title
+                cur = start
+        return out
+
+
+_search_lock = threading.Lock()
+
+
+def title_search(core: Core) -> TitleSearch:
+    with _search_lock:
+        index = getattr(core, "_audit_title_search", None)
+        if index is None:
+            index = core._audit_title_search = TitleSearch(core.titles)  # type: ignore[attr-defined]
+        return index
+
+
 @router.get("/audit/items", response_model=ItemList, responses=ERRORS, tags=["audit"],
             summary="Catalogue items whose title contains every word (for typing a history by title)")
 def audit_items(q: Annotated[ItemQuery, Query()], core: CoreDep, _: Audit) -> Response:
-    words = q.q.casefold().split()
     exact = core.bundle.catalog.index_of(q.q.strip())
-    found = [exact] if exact is not None else []
-    for i, t in enumerate(core.titles):
-        if len(found) >= q.limit:
-            break
-        if i != exact and all(w in t.casefold() for w in words):
-            found.append(i)
-    out = ItemList(items=[CatalogItem(item_id=core.item_ids[i], title=core.titles[i]) for i in found])
+    found = ([exact] if exact is not None else []) + title_search(core).find(q.q, q.limit, skip=exact)
+    out = ItemList(items=[CatalogItem(item_id=core.item_ids[i], title=core.titles[i]) for i in found[: q.limit]])
     return Response(out.model_dump_json(), media_type="application/json")
 
 

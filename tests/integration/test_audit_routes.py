@@ -13,6 +13,8 @@ import uuid
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.devserver import Client, ServeProcess
 
@@ -254,3 +256,16 @@ def test_user_id_models_get_encoder_alignment_and_say_so():
                 assert np.array_equal(np.argsort(-col, kind="stable"), np.argsort(-align, kind="stable"))
                 checked += 1
     assert checked > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(st.sampled_from("abcAB ßSsé\nÉ1"), max_size=12), max_size=30),
+       st.text(st.sampled_from("abcAB ßSsé\nÉ1"), max_size=6), st.integers(1, 5), st.none() | st.integers(0, 29))
+def test_title_search_finds_what_a_scan_of_every_title_finds(titles, q, limit, skip):
+    """``TitleSearch`` (one casefolded text, ``str.find``) against the plain scan it replaced:
+    the first ``limit`` titles in catalogue order holding every casefolded word of ``q``."""
+    from service.audit_routes import TitleSearch
+
+    words = q.casefold().split()
+    want = [i for i, t in enumerate(titles) if i != skip and all(w in t.casefold() for w in words)][:limit]
+    assert TitleSearch(titles).find(q, limit, skip=skip) == want
