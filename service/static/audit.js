@@ -212,11 +212,28 @@ async function rerank() {
     setStatus(status, text, "ready");
   } catch (e) {
     if (seq !== state.seq) return;
+    if (policy && policy === state.policy && refusedPolicy(e)) return policyGone(policy);
     status.dataset.suppress = suppress.join(",");
     status.dataset.baseline = String(baseline);
     status.dataset.policy = policy;
     setStatus(status, e.message, "error", true);
   }
+}
+
+// a 422 naming the policy: it was deleted (or renamed) since the page listed it
+function refusedPolicy(e) {
+  const d = e.body && e.body.detail;
+  return e.status === 422 && Array.isArray(d) && d.some((x) => Array.isArray(x.loc) && x.loc[x.loc.length - 1] === "policy");
+}
+
+// drop the gone policy: re-read the stored ones, answer without it, and say so
+async function policyGone(name) {
+  state.policy = "";
+  await loadPolicies();
+  await rerank();
+  const status = $("#rec-status");
+  if (status.dataset.state === "ready")
+    setStatus(status, `policy ${name} no longer exists (deleted since this page listed it), so it is no longer applied: ${status.textContent}`, "ready");
 }
 
 // -- rendering ------------------------------------------------------------------------------------

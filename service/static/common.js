@@ -38,6 +38,7 @@ async function api(path, opts = {}) {
   if (!r.ok) {
     const err = new Error(r.status === 401 ? "401: audit token missing or wrong — enter it at the top right" : `${r.status}: ${detailText(body)}`);
     err.status = r.status;
+    err.body = body;
     throw err;
   }
   return body;

@@ -273,6 +273,32 @@ def test_ux_review_defects(server, browser):
     c.close()
 
 
+def test_a_policy_deleted_while_the_page_applies_it_is_dropped_with_a_word(server, browser):
+    """An operator deletes the policy an auditor has selected: the next re-rank does not end in a
+    bare 422 but re-reads the policies, answers without it (URL included) and says why."""
+    proc, _ = server
+    c, cdp = Client(proc.port), browser
+    _, base = c.request("GET", "/recommend", {"user_id": "3", "k": 10, "explain": "true"})
+    latents = [a["latent"] for a in base["active_latents"]][:2]
+    try:
+        assert c.request("PUT", "/admin/policies/ux-gone", body={"latents": latents, "strength": 1.0},
+                         headers=ADMIN)[0] == 200
+        _open(cdp, f"{proc.base}/audit?user=3&policy=ux-gone")
+        cdp.wait("(s => s.dataset.state === 'ready' && s.dataset.policy === 'ux-gone')(document.querySelector('#rec-status'))")
+        assert c.request("DELETE", "/admin/policies/ux-gone", headers=ADMIN)[0] in (200, 204)
+        cdp.js("(e => e.dispatchEvent(new Event('change')))(document.querySelector('#policy'))")  # re-rank
+        cdp.wait("(s => s.dataset.state === 'ready' && s.textContent.includes('no longer exists'))"
+                 "(document.querySelector('#rec-status'))")
+        assert cdp.js("document.querySelector('#rec-status').dataset.policy") == ""
+        assert cdp.js("document.querySelector('#policy').value") == ""
+        assert not cdp.js("[...document.querySelector('#policy').options].some(o => o.value === 'ux-gone')")
+        assert "policy=" not in cdp.js("location.search")
+        assert cdp.js(ITEMS) == _ids(base)  # the answer without any policy
+    finally:
+        c.request("DELETE", "/admin/policies/ux-gone", headers=ADMIN)
+        c.close()
+
+
 def test_segments_table_is_what_the_api_answers(server, browser):
     proc, _ = server
     c, cdp = Client(proc.port), browser
