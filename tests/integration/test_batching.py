@@ -194,5 +194,8 @@ def test_the_compiled_hot_path_and_the_python_one_answer_alike(core, synthetic_b
 
         for fast, py in asyncio.run(both()):
             assert_same(fast, py)
+        from service import hotpath
+
+        assert not hotpath._declined, hotpath._declined  # the compiled path took every request itself
     finally:
         slow.close()
