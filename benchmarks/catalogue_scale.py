@@ -154,7 +154,7 @@ def stage_times(bundle: Path, n: int, prefix: str) -> dict[bool, dict[str, list[
                     core._prepare(job)
                     plan = core._plan(job, x, codes, active)
                     ex = core._explain_batch([job], [(0, plan)], plan.xs, ids)[0]
-                    # the body as served: its items and explanations written (service.wire)
+                    # the body as served: its items and explanations written (service.hotpath)
                     orjson.dumps(core.finish(_Scored(job, plan, ids[0].tolist(), np.round(sc[0], 6).tolist(), ex),
                                              wire=True))
                     t7 = time.perf_counter()

@@ -218,7 +218,8 @@ class Core:
     async def recommend_user_async(self, user_id: str, opts: RecommendOptions) -> bytes:
         """``recommend_user``'s body as JSON bytes, through the batcher: shares its encoder call,
         SAE encode and scoring pass with the requests that arrive while the previous batch
-        computes; the items written by the compiled writer when built (``service.wire``)."""
+        computes; items and concepts written by the compiled hot path when built
+        (``service.hotpath``)."""
         return orjson.dumps(self.finish(await self.batcher.submit(Job("user", user_id, None, opts)), wire=True))
 
     async def recommend_history_async(self, history: list[str], opts: RecommendOptions) -> bytes:
@@ -503,7 +504,7 @@ class Core:
 
     @staticmethod
     def _explain_items(ex: "_Explained", protos: list[dict], items: list[dict]) -> None:
-        """Fill each listed item's explanation (the Python writer; ``service.wire`` is the
+        """Fill each listed item's explanation (the Python writer; ``service.hotpath`` has the
         compiled one). ``protos``: each latent position's prebuilt contribution entry."""
         table, order = ex.table.tolist(), ex.order.tolist()
         k = len(table[0]) - 2
