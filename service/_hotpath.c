@@ -29,7 +29,7 @@
  *            its last row the activations
  *   order    its `order` row: (>= n, k) int64; each item lists positions up to the first -1
  *   parts    one per firing position (none when not explained): the concept's prebuilt JSON
- *            (service.concepts.Described.json: 5 bytes around the per-request fields)
+ *            (service.concepts.Described.json: 5 byte strings around the per-request fields)
  *   strengths None (nothing suppressed) or per position the suppression strength (0: none)
  * Bytes: the same as orjson's (and pydantic's) for the same body: keys in the schema's order;
  * every float on the wire is rounded to 6 decimals (service.core.DECIMALS), so it is written as
