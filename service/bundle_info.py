@@ -11,7 +11,7 @@ from recsae.kernel import SAEKernel
 from service.schemas import BundleInfo, ModelInfo, SAEInfo
 
 
-def bundle_info(bundle: Bundle, engine: Engine, sae: SAEKernel, provider: str) -> BundleInfo:
+def bundle_info(bundle: Bundle, engine: Engine, sae: SAEKernel, provider: str, hot_path: str = "python") -> BundleInfo:
     m = bundle.manifest
     model = m["model"]
     metrics = m.get("metrics", {})
@@ -60,6 +60,7 @@ def bundle_info(bundle: Bundle, engine: Engine, sae: SAEKernel, provider: str) -
         describer=describer,
         accepts_history=engine.accepts_history,
         execution_provider=provider,
+        hot_path=hot_path,
         metrics=headline,
         quality_warnings=[str(w) for w in (metrics.get("quality") or {}).get("warnings", [])],
     )

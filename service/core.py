@@ -526,7 +526,7 @@ class Core:
         return c
 
     def bundle_info(self) -> BundleInfo:
-        return bundle_info(self.bundle, self.engine, self.sae, self.provider)
+        return bundle_info(self.bundle, self.engine, self.sae, self.provider, self.hot_path)
 
 
 _NONE = np.zeros(0, dtype=np.int64)

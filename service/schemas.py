@@ -49,10 +49,7 @@ OptionalPolicyName = Annotated[
     # blank = none (documented); one pattern, not a union, so an error names the field itself
     Annotated[str, StringConstraints(pattern=rf"^(?:{POLICY_NAME[1:-1]}|\s*)$")] | None,
     BeforeValidator(_blank_to_none),
-    Field(
-        default=None,
-        description="name of a stored suppression policy (see /admin/policies); empty = none",
-    ),
+    Field(default=None, description="name of a stored suppression policy (see /admin/policies); empty = none"),
 ]
 ModeOption = Annotated[
     Literal[(*get_args(SteerMode), "")] | None,  # "" = none, as the query string gives it
@@ -255,9 +252,8 @@ class ItemExplanation(BaseModel):
         "when the baseline is suppressed with strength s"
     )
     error: float = Field(description="what the SAE does not reconstruct (0 in reconstruction mode)")
-    contributions: list[Contribution] = Field(
-        default_factory=list, description="every active concept, largest contribution first"
-    )
+    contributions: list[Contribution] = Field(default_factory=list,
+                                              description="every active concept, largest contribution first")
 
 
 class RecommendedItem(BaseModel):
@@ -386,6 +382,8 @@ class BundleInfo(BaseModel):
     describer: str
     accepts_history: bool = Field(description="whether POST /recommend (explicit history) works")
     execution_provider: str = Field(description="ONNX Runtime provider of the encoder in this worker")
+    hot_path: Literal["compiled", "python"] = Field("python", description="'compiled': this worker explains and writes "
+                                                    "bodies in C (service/_hotpath.c); 'python': NumPy and orjson, slower")
     metrics: dict[str, Any] = Field(default_factory=dict, description="headline offline metrics")
     quality_warnings: list[str] = Field(
         default_factory=list,

@@ -177,6 +177,7 @@ def test_the_compiled_hot_path_and_the_python_one_answer_alike(core, synthetic_b
         slow.policies.put("calm", PolicyIn(latents=calm.latents, strength=calm.strength, baseline=calm.baseline),
                           who="test")
         assert (core.hot_path, slow.hot_path) == ("compiled", "python")
+        assert (core.bundle_info().hot_path, slow.bundle_info().hot_path) == ("compiled", "python")  # GET /bundle
 
         async def both():
             out = []
