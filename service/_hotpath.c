@@ -19,7 +19,7 @@
  * np.round does), and `order` (E, n, k) int64: per item the firing positions (acts > 0; a
  * TopK code lists them first) by contribution, largest first (ties: lower position), the rest -1.
  *
- * `items(ids, scores, item_ids, titles, table, order, parts, strengths)` writes a body's `items`
+ * `items(ids, scores, item_ids, titles, table, order, parts, strengths, top)` writes a body's `items`
  * and `active_latents` as two JSON arrays, returned as (bytes, bytes) (input checked; a
  * violation raises, and the caller writes the body in Python):
  *   ids      list[int]    the listed items' catalogue indices, best first
@@ -31,6 +31,7 @@
  *   parts    one per firing position (none when not explained): the concept's prebuilt JSON
  *            (service.concepts.Described.json: 5 byte strings around the per-request fields)
  *   strengths None (nothing suppressed) or per position the suppression strength (0: none)
+ *   top      0: every contribution; else each item's first `top`, the rest summed in `other`
  * Bytes: the same as orjson's (and pydantic's) for the same body: keys in the schema's order;
  * every float on the wire is rounded to 6 decimals (service.core.DECIMALS), so it is written as
  * the exact decimal m / 10^6 (m = rint(v * 1e6)) after checking that this decimal reads back as
@@ -42,7 +43,7 @@
 #include <math.h>
 #include <string.h>
 
-#define HOTPATH_API 2
+#define HOTPATH_API 3
 
 typedef struct {
     char *buf;
@@ -350,9 +351,14 @@ static int out_bytes(Out *o, PyObject *b) { return out_put(o, PyBytes_AS_STRING(
 
 static PyObject *items(PyObject *self, PyObject *args) {
     PyObject *ids, *scores, *item_ids, *titles, *table_obj, *order_obj, *parts, *strengths;
-    if (!PyArg_ParseTuple(args, "O!O!OOOOO!O:items", &PyList_Type, &ids, &PyList_Type, &scores, &item_ids, &titles,
-                          &table_obj, &order_obj, &PyList_Type, &parts, &strengths))
+    Py_ssize_t top;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOO!On:items", &PyList_Type, &ids, &PyList_Type, &scores, &item_ids, &titles,
+                          &table_obj, &order_obj, &PyList_Type, &parts, &strengths, &top))
         return NULL;
+    if (top < 0) {
+        PyErr_SetString(PyExc_ValueError, "top: 0 (all) or more");
+        return NULL;
+    }
     Py_ssize_t nparts = PyList_GET_SIZE(parts);
     Py_ssize_t n = PyList_GET_SIZE(ids);
     if (PyList_GET_SIZE(scores) != n) {
@@ -420,6 +426,7 @@ static PyObject *items(PyObject *self, PyObject *args) {
             continue;
         }
         const double *row = T + r * (k + 2);
+        double other = 0.0;
         if (PUT_LIT(&o, ",\"explanation\":{\"bias\":") < 0 || out_double(&o, row[k]) < 0 ||
             PUT_LIT(&o, ",\"error\":") < 0 || out_double(&o, row[k + 1]) < 0 ||
             PUT_LIT(&o, ",\"contributions\":[") < 0)
@@ -431,13 +438,17 @@ static PyObject *items(PyObject *self, PyObject *args) {
                 PyErr_SetString(PyExc_ValueError, "order: position out of range");
                 goto done;
             }
+            if (top && t >= top) {  /* left out: summed in `other`, in ranked order (as the Python path) */
+                other += row[pos];
+                continue;
+            }
             PyObject *p = PyList_GET_ITEM(parts, pos);
             if ((t && PUT_LIT(&o, ",") < 0) || out_bytes(&o, PyTuple_GET_ITEM(p, C_HEAD)) < 0 ||
                 out_double(&o, row[pos]) < 0 ||
                 out_bytes(&o, PyTuple_GET_ITEM(p, sw[pos] > 0 ? C_TAIL_ON : C_TAIL_OFF)) < 0)
                 goto done;
         }
-        if (PUT_LIT(&o, "]}}") < 0) goto done;
+        if (PUT_LIT(&o, "],\"other\":") < 0 || out_double(&o, round6(other)) < 0 || PUT_LIT(&o, "}}") < 0) goto done;
     }
     if (PUT_LIT(&o, "]") < 0 || PUT_LIT(&act, "[") < 0) goto done;
     /* active_latents: each firing position's entry, its activation from the table's last row */

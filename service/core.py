@@ -378,7 +378,8 @@ class Core:
             try:
                 body = self._c_items(ids, scores, item_ids, titles, ex.table if ex else None, ex.order if ex else None,
                                       [d.json for d in described],
-                                      [strengths.get(j, 0.0) for j in active] if strengths and ex else None)
+                                      [strengths.get(j, 0.0) for j in active] if strengths and ex else None,
+                                      job.opts.explain_top or 0)
                 items, active_out = orjson.Fragment(body[0]), orjson.Fragment(body[1])
             except (TypeError, ValueError, BufferError) as e:  # e.g. a title with lone surrogates
                 declined("body", e)
@@ -389,7 +390,8 @@ class Core:
             ]
             if ex is not None:
                 active_out, sup = self._active(ex, active, strengths, described)
-                self._explain_items(ex, [d.contribution[s] for d, s in zip(described, sup)], items)
+                self._explain_items(ex, [d.contribution[s] for d, s in zip(described, sup)], items,
+                                    job.opts.explain_top or 0)
 
         audit = job.opts.audit  # an auditor's request: not live traffic
         if not self._warming:  # (drift: recorded for the whole batch by run_batch)
@@ -503,20 +505,25 @@ class Core:
         return active, sup
 
     @staticmethod
-    def _explain_items(ex: "_Explained", protos: list[dict], items: list[dict]) -> None:
+    def _explain_items(ex: "_Explained", protos: list[dict], items: list[dict], top: int = 0) -> None:
         """Fill each listed item's explanation (the Python writer; ``service.hotpath`` has the
-        compiled one). ``protos``: each latent position's prebuilt contribution entry."""
+        compiled one). ``protos``: each latent position's prebuilt contribution entry; ``top``:
+        list only each item's first ``top`` (0: all), the rest summed in ``other``."""
         table, order = ex.table.tolist(), ex.order.tolist()
         k = len(table[0]) - 2
         for item, nums, ranked in zip(items, table, order):
-            contributions = []
-            for a in ranked:
+            contributions, other = [], 0.0
+            for t, a in enumerate(ranked):
                 if a < 0:  # the firing positions end here
                     break
+                if top and t >= top:  # left out: summed, in ranked order (as service/_hotpath.c)
+                    other += nums[a]
+                    continue
                 c = protos[a].copy()
                 c["contribution"] = nums[a]
                 contributions.append(c)
-            item["explanation"] = {"bias": nums[k], "error": nums[k + 1], "contributions": contributions}
+            item["explanation"] = {"bias": nums[k], "error": nums[k + 1], "contributions": contributions,
+                                   "other": round(other * 1e6) / 1e6}  # rounded as np.round(x, 6) does
 
     # -- concepts and bundle ----------------------------------------------------------------------
     def concept(self, latent: int) -> Concept:

@@ -21,7 +21,7 @@ from service.metrics import HOTPATH_FALLBACK
 
 log = logging.getLogger("recsae.service")
 
-API = 2
+API = 3
 """The ``_hotpath`` interface this code calls; a module built from another version is not used."""
 
 compiled_explain: Callable[..., None] | None = None

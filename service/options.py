@@ -30,6 +30,8 @@ class RecommendOptions:
     """number of items to return"""
     explain: bool = False
     """add active concepts and per-item score decompositions"""
+    explain_top: int | None = None
+    """list only each item's N largest contributions (the rest summed in ``other``); None: all"""
     suppress: Mapping[int, float] = field(default_factory=dict)
     """latent -> strength in (0, 1] of the request's own suppression (a latent named twice
     already merged to the stronger)"""
@@ -52,6 +54,7 @@ class RecommendOptions:
     @classmethod
     def of(cls, r: Any, where: Where, audit: bool = False) -> "RecommendOptions":
         """From a validated ``RecommendQuery`` (where='query') or ``RecommendRequest`` ('body')."""
-        return cls(k=r.k, explain=r.explain, suppress=r.suppress_strengths(), policy=r.policy,
+        return cls(k=r.k, explain=r.explain, explain_top=r.explain_top, suppress=r.suppress_strengths(),
+                   policy=r.policy,
                    exclude_seen=r.exclude_seen, mode=r.mode or None, suppress_baseline=r.suppress_baseline,
                    where=where, audit=audit)

@@ -145,6 +145,8 @@ class _Options(BaseModel):
 
     k: Annotated[int, NoBool] = Field(10, ge=1, le=MAX_K, description=f"number of items to return (1..{MAX_K})")
     explain: bool = Field(False, description="add active concepts and per-item score decompositions")
+    explain_top: Annotated[Annotated[int, Field(ge=1, le=1024), NoBool] | None, BeforeValidator(_blank_to_none)] = Field(
+        None, description="with explain: each item lists its N largest contributions, the rest summed in `other`")
     policy: OptionalPolicyName
     exclude_seen: bool = Field(True, description="never recommend items already in the history")
     mode: ModeOption
@@ -236,24 +238,20 @@ class RecommendRequest(_Options):
 class Contribution(BaseModel):
     latent: int
     contribution: float = Field(description="z_j * (W_dec[j] . item): this concept's share of the score")
-    label: str | None = Field(
-        None,
-        description="the concept's short name (its description up to ' — '); the full description and "
-        "confidence are in `active_latents`, once per latent rather than once per item",
-    )
+    label: str | None = Field(None, description="the concept's short name (its description up to ' — '); "
+                              "its description and confidence are in `active_latents`, once per latent")
     suppressed: bool = False
 
 
 class ItemExplanation(BaseModel):
-    """``bias + sum(contributions) + error == score`` (float32 rounding, < 1e-4)."""
+    """``bias + sum(contributions) + other + error == score`` (float32 rounding, < 1e-4)."""
 
-    bias: float = Field(
-        description="the SAE decoder bias' (the baseline's) share of the score: (1 - s) b_dec . item "
-        "when the baseline is suppressed with strength s"
-    )
+    bias: float = Field(description="the SAE decoder bias' (the baseline's) share of the score: (1 - s) b_dec . item "
+                        "when the baseline is suppressed with strength s")
     error: float = Field(description="what the SAE does not reconstruct (0 in reconstruction mode)")
-    contributions: list[Contribution] = Field(default_factory=list,
-                                              description="every active concept, largest contribution first")
+    contributions: list[Contribution] = Field(default_factory=list, description="every active concept (with "
+                                              "explain_top: the N largest), largest contribution first")
+    other: float = Field(0.0, description="the contributions explain_top left out, summed (0 when all are listed)")
 
 
 class RecommendedItem(BaseModel):

@@ -50,6 +50,7 @@ def requests(core) -> list[Job]:
         opts(suppress_baseline=0.5, k=20),
         opts(mode="reconstruction", suppress={first[0]: 1.0}),
         opts(exclude_seen=False, k=3),
+        opts(explain_top=2, suppress={first[0]: 1.0}),
         opts(policy="no-such-policy"),  # 422, alone and in a batch
         opts(suppress={10**6: 1.0}),  # 422
     ]

@@ -792,3 +792,29 @@ def test_the_example_requests_printed_at_start_show_an_effect_on_this_bundle(cli
     assert len(named) == 2 and named <= {a["latent"] for a in explained.json()["active_latents"]}
     assert [i["item_id"] for i in suppressed.json()["items"]] != [i["item_id"] for i in explained.json()["items"]]
     assert concepts.json()["total"] > 0
+
+
+def test_explain_top_lists_the_largest_contributions_and_sums_the_rest(client, engine):
+    """explain_top=N: each item lists its N largest contributions, those of the full explanation,
+    and `other` holds the rest, so bias + contributions + other + error is still the score."""
+    uid = users(engine)[1]
+    full = client.get("/recommend", params={"user_id": uid, "k": 5, "explain": True}).json()
+    top2 = client.get("/recommend", params={"user_id": uid, "k": 5, "explain": True, "explain_top": 2}).json()
+    assert top2["active_latents"] == full["active_latents"] and len(full["active_latents"]) > 2
+    for a, b in zip(full["items"], top2["items"]):
+        ea, eb = a["explanation"], b["explanation"]
+        assert ea["other"] == 0.0 and eb["contributions"] == ea["contributions"][:2]
+        assert eb["other"] == pytest.approx(sum(c["contribution"] for c in ea["contributions"][2:]), abs=2e-6)
+        total = eb["bias"] + eb["error"] + eb["other"] + sum(c["contribution"] for c in eb["contributions"])
+        assert total == pytest.approx(b["score"], abs=1e-4)
+    if engine.accepts_history:
+        hist = list(engine.bundle.catalog.item_ids[10:14])
+        r = client.post("/recommend", json={"history": hist, "explain": True, "explain_top": 1})
+        assert r.status_code == 200 and all(len(it["explanation"]["contributions"]) == 1 for it in r.json()["items"])
+        r = client.post("/recommend", json={"history": hist, "explain": True, "explain_top": True})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "explain_top"]
+    blank = client.get("/recommend", params={"user_id": uid, "k": 5, "explain": True, "explain_top": ""}).json()
+    assert blank == full  # an empty value: no limit, as other optional query parameters read it
+    for bad in ("0", "-1", "x", "1025", "true", "1.5"):
+        r = client.get("/recommend", params={"user_id": uid, "explain": True, "explain_top": bad})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "explain_top"], (bad, r.text)

@@ -30,7 +30,7 @@ def test_the_install_built_it():
     assert hotpath.KIND == "compiled" and hotpath.compiled_items is not None and hotpath.compiled_explain is not None
 
 
-def python_body(ids, scores, item_ids, titles, ex, described, strengths) -> bytes:
+def python_body(ids, scores, item_ids, titles, ex, described, strengths, top=0) -> bytes:
     """``items`` and ``active_latents`` as ``Core.finish`` builds them without the compiled
     writer (its own ``_active`` and ``_explain_items``), serialised by orjson."""
     items = [{"rank": r + 1, "item_id": item_ids[i], "title": titles[i], "score": s, "explanation": None}
@@ -39,14 +39,14 @@ def python_body(ids, scores, item_ids, titles, ex, described, strengths) -> byte
     if ex is not None:
         active = [d.summary.latent for d in described]
         active_out, sup = Core._active(ex, active, strengths, described)
-        Core._explain_items(ex, [d.contribution[s] for d, s in zip(described, sup)], items)
+        Core._explain_items(ex, [d.contribution[s] for d, s in zip(described, sup)], items, top)
     return orjson.dumps({"items": items, "active_latents": active_out})
 
 
-def compiled_body(ids, scores, item_ids, titles, ex, described, strengths) -> bytes:
+def compiled_body(ids, scores, item_ids, titles, ex, described, strengths, top=0) -> bytes:
     items, active = hotpath.compiled_items(
         ids, scores, item_ids, titles, ex.table if ex else None, ex.order if ex else None, [d.json for d in described],
-        [strengths.get(d.summary.latent, 0.0) for d in described] if strengths and ex else None)
+        [strengths.get(d.summary.latent, 0.0) for d in described] if strengths and ex else None, top)
     return orjson.dumps({"items": orjson.Fragment(items), "active_latents": orjson.Fragment(active)})
 
 
@@ -76,7 +76,8 @@ concept = st.builds(
 @given(st.data())
 def test_same_bytes_as_the_python_writer_for_any_strings_and_numbers(data):
     """Titles, ids, labels and descriptions of any text; numbers as the kernel rounds them (and,
-    for strengths, any in (0, 1]); some rows firing fewer than k latents; some suppressed."""
+    for strengths, any in (0, 1]); some rows firing fewer than k latents; some suppressed; some
+    listing only their top contributions (explain_top, the rest summed in `other`)."""
     n_catalog = data.draw(st.integers(1, 30))
     item_ids = data.draw(st.lists(wire_text, min_size=n_catalog, max_size=n_catalog))
     titles = data.draw(st.lists(wire_text, min_size=n_catalog, max_size=n_catalog))
@@ -99,8 +100,9 @@ def test_same_bytes_as_the_python_writer_for_any_strings_and_numbers(data):
     strengths = {d.summary.latent: data.draw(st.floats(0, 1, exclude_min=True) | st.sampled_from([0.5, 1.0, 1e-7]))
                  for d in described if data.draw(st.booleans())}
     ex = explained(table, order, n_active)
-    assert compiled_body(ids, scores, item_ids, titles, ex, described, strengths) == \
-        python_body(ids, scores, item_ids, titles, ex, described, strengths)
+    top = data.draw(st.sampled_from([0, 0, 1, 2, 3, k]))  # explain_top (0: all)
+    assert compiled_body(ids, scores, item_ids, titles, ex, described, strengths, top) == \
+        python_body(ids, scores, item_ids, titles, ex, described, strengths, top)
 
 
 @needs_compiled
@@ -110,7 +112,7 @@ def test_any_number_is_written_as_orjson_writes_it(values):
     """Off the 6-decimal grid (or beyond 1e9) the writer starts from Python's repr and writes
     orjson's notation (1e-7, 0.000015); non-finite numbers are null, as orjson writes them."""
     ids = list(range(len(values)))
-    items, _ = hotpath.compiled_items(ids, values, [str(i) for i in ids], ["t"] * len(ids), None, None, [], None)
+    items, _ = hotpath.compiled_items(ids, values, [str(i) for i in ids], ["t"] * len(ids), None, None, [], None, 0)
     assert items == orjson.dumps([{"rank": i + 1, "item_id": str(i), "title": "t", "score": v, "explanation": None}
                                   for i, v in enumerate(values)])
 
@@ -142,42 +144,44 @@ def test_input_it_cannot_write_is_refused_with_an_error_never_a_crash():
     parts = [describe(j, ConceptSummary(latent=j, status="dead")).json for j in (1, 2)]
     call = hotpath.compiled_items
     with pytest.raises(ValueError):  # a lone surrogate: not UTF-8 (orjson refuses it as well)
-        call(ids, scores, ["\ud800", "b"], names, None, None, [], None)
+        call(ids, scores, ["\ud800", "b"], names, None, None, [], None, 0)
     with pytest.raises(TypeError):  # not a str
-        call(ids, scores, [1, 2], names, None, None, [], None)
+        call(ids, scores, [1, 2], names, None, None, [], None, 0)
     with pytest.raises(TypeError):
-        call(ids, scores, names, names, table.astype(np.float32), order, parts, None)
+        call(ids, scores, names, names, table.astype(np.float32), order, parts, None, 0)
     with pytest.raises(TypeError):
-        call(ids, scores, names, names, table, order.astype(np.int32), parts, None)
+        call(ids, scores, names, names, table, order.astype(np.int32), parts, None, 0)
     with pytest.raises((TypeError, BufferError, ValueError)):  # not C-contiguous
-        call(ids, scores, names, names, np.zeros((4, 3)).T, order, parts, None)
+        call(ids, scores, names, names, np.zeros((4, 3)).T, order, parts, None, 0)
     with pytest.raises(ValueError):  # a position no part names
-        call(ids, scores, names, names, table, np.full((2, 2), 2, dtype=np.int64), parts, None)
+        call(ids, scores, names, names, table, np.full((2, 2), 2, dtype=np.int64), parts, None, 0)
     with pytest.raises(ValueError):
-        call(ids, scores, names, names, table, np.full((2, 2), -2, dtype=np.int64), parts, None)
+        call(ids, scores, names, names, table, np.full((2, 2), -2, dtype=np.int64), parts, None, 0)
     with pytest.raises(ValueError):  # order's width is not the table's k
-        call(ids, scores, names, names, table, np.zeros((2, 3), dtype=np.int64), parts, None)
+        call(ids, scores, names, names, table, np.zeros((2, 3), dtype=np.int64), parts, None, 0)
     with pytest.raises(TypeError):  # parts not as Described.json
-        call(ids, scores, names, names, table, order, [p[:4] for p in parts], None)
+        call(ids, scores, names, names, table, order, [p[:4] for p in parts], None, 0)
     with pytest.raises(TypeError):
-        call(ids, scores, names, names, table, order, [tuple(x.decode() for x in p) for p in parts], None)
+        call(ids, scores, names, names, table, order, [tuple(x.decode() for x in p) for p in parts], None, 0)
     with pytest.raises(TypeError):  # one strength per part
-        call(ids, scores, names, names, table, order, parts, [0.5])
+        call(ids, scores, names, names, table, order, parts, [0.5], 0)
     with pytest.raises(TypeError):
-        call(ids, scores, names, names, table, order, parts, [0.5, "x"])
+        call(ids, scores, names, names, table, order, parts, [0.5, "x"], 0)
     with pytest.raises(ValueError):  # no table row for the activations
-        call(ids, scores, names, names, np.zeros((2, 4)), order, parts, None)
+        call(ids, scores, names, names, np.zeros((2, 4)), order, parts, None, 0)
     with pytest.raises(ValueError):
-        call(ids, scores, names, names, None, None, parts, None)
+        call(ids, scores, names, names, None, None, parts, None, 0)
     with pytest.raises(ValueError):
-        call([-1, 0], scores, names, names, None, None, [], None)
+        call([-1, 0], scores, names, names, None, None, [], None, 0)
     with pytest.raises(IndexError):
-        call([5, 0], scores, names, names, None, None, [], None)
+        call([5, 0], scores, names, names, None, None, [], None, 0)
     with pytest.raises(ValueError):
-        call(ids, scores[:1], names, names, None, None, [], None)
+        call(ids, scores[:1], names, names, None, None, [], None, 0)
     with pytest.raises(TypeError):
-        call(ids, ["0.5", 0.25], names, names, None, None, [], None)
-    assert call([], [], [], [], None, None, [], None) == (b"[]", b"[]")
+        call(ids, ["0.5", 0.25], names, names, None, None, [], None, 0)
+    assert call([], [], [], [], None, None, [], None, 0) == (b"[]", b"[]")
+    with pytest.raises(ValueError):  # top: 0 (all) or more
+        call(ids, scores, names, names, table, order, parts, None, -1)
 
 
 def random_batch(rng, E=5, k=8, n=10, m=64, d=16, n_items=50, firing=None):
