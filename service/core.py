@@ -215,15 +215,15 @@ class Core:
     def recommend_history(self, history: list[str], opts: RecommendOptions) -> dict[str, Any]:
         return _answer(self.answers([Job("history", None, history, opts)])[0])
 
-    async def recommend_user_async(self, user_id: str, opts: RecommendOptions) -> bytes:
-        """``recommend_user``'s body as JSON bytes, through the batcher: shares its encoder call,
-        SAE encode and scoring pass with the requests that arrive while the previous batch
-        computes; items and concepts written by the compiled hot path when built
-        (``service.hotpath``)."""
-        return orjson.dumps(self.finish(await self.batcher.submit(Job("user", user_id, None, opts)), wire=True))
+    async def recommend_user_async(self, user_id: str, opts: RecommendOptions) -> dict[str, Any]:
+        """``recommend_user``'s body for orjson (``finish``'s ``wire``: items and concepts may be
+        ``orjson.Fragment``s written by the compiled hot path), through the batcher: shares its
+        encoder call, SAE encode and scoring pass with the requests that arrive while the previous
+        batch computes."""
+        return self.finish(await self.batcher.submit(Job("user", user_id, None, opts)), wire=True)
 
-    async def recommend_history_async(self, history: list[str], opts: RecommendOptions) -> bytes:
-        return orjson.dumps(self.finish(await self.batcher.submit(Job("history", None, history, opts)), wire=True))
+    async def recommend_history_async(self, history: list[str], opts: RecommendOptions) -> dict[str, Any]:
+        return self.finish(await self.batcher.submit(Job("history", None, history, opts)), wire=True)
 
     def answers(self, jobs: list["Job"]) -> list[dict[str, Any] | Exception]:
         """Each request's body (or the exception it answers with), computed as one batch."""
@@ -353,10 +353,7 @@ class Core:
         )
         strengths, sources, baseline, baseline_source, use_mode = st
         weights = sae.suppression_weights(codes, strengths)
-        if strengths or baseline or use_mode != "error":
-            xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)
-        else:  # nothing to steer (most requests): x itself, without the kernel's checks
-            xs = x
+        xs = sae.steer_weighted(x, codes, weights, use_mode, baseline)  # nothing to steer: x itself
         return _Plan(xs, codes, weights, active, pol, strengths, sources, baseline, baseline_source, use_mode)
 
     def finish(self, scored: "_Scored", wire: bool = False) -> dict[str, Any]:
@@ -453,14 +450,15 @@ class Core:
         xs, ids = xs[sel], ids[sel]
         (E, n), k = ids.shape, acts.shape[1]
         table, order = np.empty((E, n + 1, k + 2)), np.empty((E, n, k), dtype=np.int64)
-        try:
-            if self._c_explain is None:
-                raise TypeError("not compiled")
-            self._c_explain(xs, acts, w, idx, baseline, ids, self.sae.W_dec, self.sae.b_dec, self.engine.item_emb,
-                            table, order)
-        except (TypeError, ValueError) as e:
-            if self._c_explain is not None:  # an input it does not take (a dtype, a layout): say so once
+        done = False
+        if self._c_explain is not None:
+            try:
+                self._c_explain(xs, acts, w, idx, baseline, ids, self.sae.W_dec, self.sae.b_dec,
+                                self.engine.item_emb, table, order)
+                done = True
+            except (TypeError, ValueError) as e:  # an input it does not take (a dtype, a layout)
                 declined("explanation", e)
+        if not done:
             self._explain_numpy(xs, Codes(acts, idx), w, baseline, ids, [len(p.active) for p in ps], table, order)
         activations = table[:, n, :k].tolist()
         for e, r in enumerate(rows):

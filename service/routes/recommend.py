@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
 
-from service.deps import CoreDep, json_bytes, timed
+from service.deps import CoreDep, body_json, timed
 from service.errors import E404, E422
 from service.schemas import NoParams, RecommendQuery, RecommendRequest, RecommendResponse
 
@@ -21,7 +21,7 @@ AuditHeader = Annotated[str | None, Header(max_length=8, description="1: an audi
             summary="Recommend for a known user")
 async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep, x_recsae_audit: AuditHeader = None) -> Response:
     with timed("GET /recommend", q.explain):
-        return json_bytes(await core.recommend_user_async(q.user_id, q.options(audit=x_recsae_audit == "1")))
+        return body_json(await core.recommend_user_async(q.user_id, q.options(audit=x_recsae_audit == "1")))
 
 
 @router.post("/recommend", response_model=RecommendResponse, responses={422: E422},
@@ -29,4 +29,4 @@ async def recommend(q: Annotated[RecommendQuery, Query()], core: CoreDep, x_recs
 async def recommend_history(body: RecommendRequest, _: Annotated[NoParams, Query()], core: CoreDep,
                             x_recsae_audit: AuditHeader = None) -> Response:
     with timed("POST /recommend", body.explain):
-        return json_bytes(await core.recommend_history_async(body.history, body.options(audit=x_recsae_audit == "1")))
+        return body_json(await core.recommend_history_async(body.history, body.options(audit=x_recsae_audit == "1")))

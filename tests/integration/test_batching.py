@@ -118,8 +118,8 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(core):
         async def one(job):
             try:
                 if job.source == "user":
-                    return orjson.loads(await core.recommend_user_async(job.user_id, job.opts))
-                return orjson.loads(await core.recommend_history_async(job.history, job.opts))
+                    return orjson.loads(orjson.dumps(await core.recommend_user_async(job.user_id, job.opts)))
+                return orjson.loads(orjson.dumps(await core.recommend_history_async(job.history, job.opts)))
             except (NotFound, ClientError) as e:
                 return e
         return await asyncio.gather(*[one(j) for j in requests(core) * 3])
@@ -188,7 +188,7 @@ def test_the_compiled_hot_path_and_the_python_one_answer_alike(core, synthetic_b
                     try:
                         call = (c.recommend_user_async(job.user_id, job.opts) if job.source == "user"
                                 else c.recommend_history_async(job.history, job.opts))
-                        got.append(orjson.loads(await call))
+                        got.append(orjson.loads(orjson.dumps(await call)))
                     except (NotFound, ClientError) as e:
                         got.append(e)
                 out.append(got)
